@@ -1,0 +1,72 @@
+"""Recipes: which layers, loss weights and optimiser an optimisation uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .vgg import Pooling
+
+Optimizer = Literal["adam", "lbfgs"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    content_layers: dict[str, float]
+    style_layers: dict[str, float]
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+    optimizer: Optimizer
+    learning_rate: float
+    # Divide each layer's weight by its target's mean square, so every layer's loss is a relative
+    # error and one set of weights suits every style image and weight set.
+    normalize_by_target: bool = True
+    pooling: Pooling = "max"
+    # Smallest long side of the coarse-to-fine schedule; below it VGG's deep layers see too little.
+    min_scale: int = 128
+    coarse_to_fine: bool = True
+    lbfgs_history: int = 10
+    notes: str = field(default="", compare=False)
+
+    @property
+    def layers(self) -> set[str]:
+        return set(self.content_layers) | set(self.style_layers)
+
+
+DEFAULT = Recipe(
+    name="default",
+    content_layers={"relu4_2": 1.0},
+    style_layers={f"relu{i}_1": 1.0 for i in range(1, 6)},
+    content_weight=1.0,
+    style_weight=1.0,
+    tv_weight=0.2,
+    optimizer="lbfgs",
+    learning_rate=1.0,
+    notes="relative (target-normalised) losses on ReLU outputs, L-BFGS, coarse-to-fine",
+)
+
+# ImageNet's mean std: d2l optimises pixels divided by it, Impasto optimises pixels in [0, 1].
+_IMAGENET_STD = 0.226
+
+SEED = Recipe(
+    name="seed",
+    # d2l's style_layers [0, 5, 10, 19, 28] and content_layers [25] are torchvision indices of
+    # conv1_1, conv2_1, conv3_1, conv4_1, conv5_1 and conv4_4, tapped before their ReLU.
+    content_layers={"conv4_4": 1.0},
+    style_layers={f"conv{i}_1": 1.0 for i in range(1, 6)},
+    content_weight=1.0,
+    # The seed writes style_weight = 1e3, but sums `10 * styles_l`, which repeats the list of style
+    # losses ten times: the weight it really applies is 1e4.
+    style_weight=1e4,
+    # Same TV and step size as d2l, converted from its normalised-pixel units to [0, 1] pixels.
+    tv_weight=10 / _IMAGENET_STD,
+    optimizer="adam",
+    learning_rate=0.3 * _IMAGENET_STD,
+    normalize_by_target=False,
+    notes="d2l's choices with its effective style weight 1e4; single scale",
+    coarse_to_fine=False,
+)
+
+RECIPES = {recipe.name: recipe for recipe in (DEFAULT, SEED)}

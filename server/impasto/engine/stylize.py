@@ -1,0 +1,301 @@
+"""The optimisation: coarse-to-fine gradient descent on the image itself."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from .imageops import fit_long_side, keep_content_colours, resize
+from .losses import LossParts, Targets, gram, total_loss
+from .recipes import DEFAULT, Recipe
+from .vgg import VGGFeatures
+from .weights import WeightSet
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class Cancelled(Exception):
+    """The caller asked the job to stop."""
+
+
+@dataclass(frozen=True)
+class Style:
+    image: torch.Tensor  # (1, 3, H, W), RGB in [0, 1]
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Options:
+    size: int = 384  # working long side in pixels
+    iterations: int = 100  # per scale
+    strength: float = 1.0  # multiplies the style weight: 0 keeps the content, 2 doubles the style
+    style_scale: float = 1.0  # style image long side relative to the working size
+    preserve_colors: bool = False
+    init: Literal["content", "noise"] | torch.Tensor = "content"
+    seed: int = 0
+    preview_seconds: float | None = None
+    recipe: Recipe = DEFAULT
+
+
+@dataclass(frozen=True)
+class Progress:
+    scale: int  # 1-based
+    scales: int
+    height: int
+    width: int
+    iteration: int  # 1-based, within the scale
+    iterations: int
+    step: int  # 1-based, over the whole job
+    steps: int
+    content_loss: float
+    style_loss: float
+    tv_loss: float
+    elapsed: float
+    eta: float = field(default=math.nan)
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.steps
+
+
+ProgressCallback = Callable[[Progress], None]
+PreviewCallback = Callable[[torch.Tensor, Progress], None]
+
+
+def scale_sizes(height: int, width: int, long_side: int, recipe: Recipe) -> list[tuple[int, int]]:
+    """Working sizes from coarse to fine, about √2 apart, ending at `long_side`."""
+    sides = [long_side]
+    while recipe.coarse_to_fine and sides[-1] / math.sqrt(2) >= recipe.min_scale:
+        sides.append(round(sides[-1] / math.sqrt(2)))
+    return [fit_long_side(height, width, side) for side in reversed(sides)]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to PyTorch")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: Apple's Metal backend is not available here")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    # bf16 convolutions beat fp32 on CPUs with native bf16 dot products (AVX512-BF16 or AMX);
+    # elsewhere they are emulated and slower (docs/benchmarks.md).
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class Engine:
+    """Holds the network for one weight set on one device; runs one job at a time per call."""
+
+    def __init__(self, weights: WeightSet, device: torch.device, precision: Precision = "auto"):
+        self.weights = weights
+        self.device = device
+        if precision == "auto":
+            precision = (
+                "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "fp32"
+            )
+        self.precision = precision
+        self._networks: dict[tuple[frozenset[str], str], VGGFeatures] = {}
+        self._lock = threading.Lock()
+
+    def network(self, recipe: Recipe) -> VGGFeatures:
+        key = (frozenset(recipe.layers), recipe.pooling)
+        with self._lock:
+            if key not in self._networks:
+                net = VGGFeatures(self.weights, recipe.layers, recipe.pooling).to(self.device)
+                self._networks[key] = net.to(memory_format=torch.channels_last)
+            return self._networks[key]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def features(self, net: VGGFeatures, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self._autocast():
+            return net(image.contiguous(memory_format=torch.channels_last))
+
+    def stylize(
+        self,
+        content: torch.Tensor,
+        styles: Sequence[Style],
+        options: Options = Options(),
+        *,
+        on_progress: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> torch.Tensor:
+        """Returns the stylised image at the working size, RGB in [0, 1], on the CPU."""
+        _check_inputs(content, styles, options)
+        recipe = options.recipe
+        net = self.network(recipe)
+        content = content.to(self.device, torch.float32)
+        sizes = scale_sizes(content.shape[2], content.shape[3], options.size, recipe)
+        run = _Run(self, net, content, styles, options, sizes, on_progress, on_preview, cancel)
+        image = run.initial_image(sizes[0])
+        for index, size in enumerate(sizes):
+            image = run.optimise_scale(index, resize(image, size))
+        if options.preserve_colors:
+            image = keep_content_colours(image, content)
+        return image.detach().clamp(0, 1).cpu()
+
+
+def _check_inputs(content: torch.Tensor, styles: Sequence[Style], options: Options) -> None:
+    if content.ndim != 4 or content.shape[:2] != (1, 3):
+        raise ValueError(f"content must be a (1, 3, H, W) tensor, got {tuple(content.shape)}")
+    if not styles:
+        raise ValueError("at least one style image is needed")
+    numbers = {
+        "size": options.size,
+        "iterations": options.iterations,
+        "strength": options.strength,
+        "style_scale": options.style_scale,
+    } | {f"style weight {i + 1}": s.weight for i, s in enumerate(styles)}
+    for name, value in numbers.items():
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
+    if options.size < 16:
+        raise ValueError(f"size must be at least 16 px, got {options.size}")
+    if sum(s.weight for s in styles) <= 0:
+        raise ValueError("the style weights add up to 0; give at least one style a positive weight")
+    if not 0.01 <= options.style_scale <= 8 and options.style_scale != 0:
+        raise ValueError(f"style_scale must be between 0.01 and 8, got {options.style_scale}")
+
+
+class _Run:
+    """One job's state across scales: targets, timing, callbacks."""
+
+    def __init__(self, engine, net, content, styles, options, sizes, on_progress, on_preview, cancel):
+        self.engine, self.net, self.content, self.styles = engine, net, content, styles
+        self.options, self.recipe, self.sizes = options, options.recipe, sizes
+        self.on_progress, self.on_preview, self.cancel = on_progress, on_preview, cancel
+        self.start = time.monotonic()
+        self.last_preview = -math.inf
+        self.steps_done = 0
+        # Each scale costs about its pixel count per iteration; used for the time-left estimate.
+        self.cost = [h * w for h, w in sizes]
+        self.cost_done = 0.0
+
+    def initial_image(self, size: tuple[int, int]) -> torch.Tensor:
+        init = self.options.init
+        if isinstance(init, torch.Tensor):
+            return resize(init.to(self.engine.device, torch.float32), size)
+        if init == "noise":
+            generator = torch.Generator().manual_seed(self.options.seed)
+            noise = torch.rand((1, 3, *size), generator=generator)
+            return noise.to(self.engine.device)
+        return resize(self.content, size)
+
+    def targets(self, size: tuple[int, int]) -> Targets:
+        recipe = self.recipe
+        with torch.no_grad():
+            content = {
+                k: v.float()
+                for k, v in self.engine.features(self.net, resize(self.content, size)).items()
+                if k in recipe.content_layers
+            }
+            total_weight = sum(s.weight for s in self.styles)
+            grams = {k: 0.0 for k in recipe.style_layers}
+            for style in self.styles:
+                style_size = fit_long_side(
+                    *style.image.shape[2:], round(max(size) * (self.options.style_scale or 1))
+                )
+                image = resize(style.image.to(self.engine.device, torch.float32), style_size)
+                features = self.engine.features(self.net, image)
+                for k in grams:
+                    # A weighted mean of Grams: its MSE differs from the weighted sum of per-style MSEs
+                    # only by a constant, at a fraction of the cost.
+                    grams[k] = grams[k] + gram(features[k]) * (style.weight / total_weight)
+        style_weight = recipe.style_weight * self.options.strength
+        content_weights = {k: recipe.content_weight * w for k, w in recipe.content_layers.items()}
+        style_weights = {k: style_weight * w for k, w in recipe.style_layers.items()}
+        if recipe.normalize_by_target:
+            content_weights = {k: w / _mean_square(content[k]) for k, w in content_weights.items()}
+            style_weights = {k: w / _mean_square(grams[k]) for k, w in style_weights.items()}
+        return Targets(content, content_weights, grams, style_weights, recipe.tv_weight)
+
+    def optimise_scale(self, index: int, image: torch.Tensor) -> torch.Tensor:
+        targets = self.targets(tuple(image.shape[2:]))
+        image = image.detach().clone().contiguous().requires_grad_(True)
+        optimizer = _make_optimizer(self.recipe, image)
+        parts: list[LossParts] = []
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss_parts = total_loss(image, self.engine.features(self.net, image), targets)
+            loss_parts.total.backward()
+            parts.append(loss_parts)
+            return loss_parts.total
+
+        iterations = self.options.iterations
+        for iteration in range(1, iterations + 1):
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled()
+            parts.clear()
+            if isinstance(optimizer, torch.optim.LBFGS):
+                optimizer.step(closure)
+            else:
+                closure()
+                optimizer.step()
+                with torch.no_grad():
+                    image.clamp_(0, 1)
+            self._report(index, image, iteration, parts[-1])
+        return image.detach().clamp(0, 1)
+
+    def _report(self, index: int, image: torch.Tensor, iteration: int, parts: LossParts) -> None:
+        self.steps_done += 1
+        self.cost_done += self.cost[index]
+        elapsed = time.monotonic() - self.start
+        iterations = self.options.iterations
+        cost_total = sum(self.cost) * iterations
+        eta = elapsed * (cost_total - self.cost_done) / self.cost_done
+        h, w = image.shape[2:]
+        progress = Progress(
+            scale=index + 1, scales=len(self.sizes), height=h, width=w,
+            iteration=iteration, iterations=iterations,
+            step=self.steps_done, steps=len(self.sizes) * iterations,
+            content_loss=parts.content.item(), style_loss=parts.style.item(), tv_loss=parts.tv.item(),
+            elapsed=elapsed, eta=eta,
+        )  # fmt: skip
+        if self.on_progress is not None:
+            self.on_progress(progress)
+        preview_due = self.options.preview_seconds is not None and (
+            elapsed - self.last_preview >= self.options.preview_seconds or progress.step == progress.steps
+        )
+        if self.on_preview is not None and preview_due:
+            self.last_preview = elapsed
+            preview = image.detach().clamp(0, 1)
+            if self.options.preserve_colors:
+                preview = keep_content_colours(preview, self.content)
+            self.on_preview(preview.cpu(), progress)
+
+
+def _mean_square(tensor: torch.Tensor) -> float:
+    return max(float(torch.square(tensor).mean()), 1e-12)
+
+
+def _make_optimizer(recipe: Recipe, image: torch.Tensor) -> torch.optim.Optimizer:
+    if recipe.optimizer == "lbfgs":
+        # One function evaluation per iteration, so progress and cancel keep their rhythm.
+        return torch.optim.LBFGS(
+            [image], lr=recipe.learning_rate, max_iter=1, history_size=recipe.lbfgs_history
+        )
+    return torch.optim.Adam([image], lr=recipe.learning_rate)
