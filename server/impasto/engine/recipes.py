@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .vgg import Pooling
@@ -70,3 +70,10 @@ SEED = Recipe(
 )
 
 RECIPES = {recipe.name: recipe for recipe in (DEFAULT, SEED)}
+
+# Step sizes that suit each optimiser on target-normalised losses over [0, 1] pixels.
+LEARNING_RATES: dict[str, float] = {"lbfgs": 1.0, "adam": 0.02}
+
+
+def with_optimizer(recipe: Recipe, optimizer: Optimizer) -> Recipe:
+    return replace(recipe, optimizer=optimizer, learning_rate=LEARNING_RATES[optimizer])

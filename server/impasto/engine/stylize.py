@@ -91,6 +91,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def default_size(device: torch.device) -> int:
+    """A working long side that finishes in minutes, not hours, on this kind of device."""
+    return {"cuda": 1024, "mps": 768}.get(device.type, 384)
+
+
 def cpu_has_bf16() -> bool:
     # bf16 convolutions beat fp32 on CPUs with native bf16 dot products (AVX512-BF16 or AMX);
     # elsewhere they are emulated and slower (docs/benchmarks.md).

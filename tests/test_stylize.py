@@ -1,0 +1,130 @@
+"""The optimisation as a user sees it: the loss falls, runs repeat, cancel is prompt, colours hold."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import gradient_image
+
+from impasto.engine import DEFAULT, Cancelled, Engine, Options, Style
+from impasto.engine.imageops import rgb_to_yuv
+from impasto.engine.stylize import scale_sizes
+
+CONTENT = gradient_image(48, 64, seed=0)
+# A style with strong, different colours and texture: red/green stripes.
+STYLE = torch.zeros(1, 3, 64, 64)
+STYLE[:, 0, :, ::4] = 1.0
+STYLE[:, 1, :, 2::4] = 0.8
+FAST = Options(size=64, iterations=8)
+
+
+def test_loss_falls_by_a_large_factor(engine: Engine):
+    seen = []
+    engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, iterations=60), on_progress=seen.append)
+    total = [p.content_loss + p.style_loss + p.tv_loss for p in seen]
+    assert total[-1] < total[0] / 4, total
+    assert seen[-1].style_loss < seen[0].style_loss / 10
+
+
+def test_result_is_the_working_size_and_differs_from_content(engine: Engine):
+    result = engine.stylize(CONTENT, [Style(STYLE)], FAST)
+    assert result.shape == (1, 3, 48, 64)
+    assert 0 <= result.min() and result.max() <= 1
+    assert (result - CONTENT).abs().mean() > 0.02
+
+
+def test_same_seed_repeats_bit_for_bit(engine: Engine):
+    options = replace(FAST, init="noise", seed=7)
+    first = engine.stylize(CONTENT, [Style(STYLE)], options)
+    second = engine.stylize(CONTENT, [Style(STYLE)], options)
+    other_seed = engine.stylize(CONTENT, [Style(STYLE)], replace(options, seed=8))
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other_seed)
+
+
+def test_cancel_stops_within_one_iteration(engine: Engine):
+    cancel = threading.Event()
+    seen = []
+
+    def on_progress(progress):
+        seen.append(progress.step)
+        if progress.step == 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, iterations=50), on_progress=on_progress,
+                       cancel=cancel)  # fmt: skip
+    assert seen == [1, 2, 3]
+
+
+def test_progress_is_monotonic_with_a_finite_estimate(engine: Engine):
+    seen = []
+    options = replace(FAST, size=184, iterations=2)  # 130 → 184: two scales
+    engine.stylize(CONTENT, [Style(STYLE)], options, on_progress=seen.append)
+    assert [p.step for p in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1].fraction == 1.0 and seen[-1].scales == 2
+    assert [p.scale for p in seen] == [1, 1, 2, 2]
+    assert all(math.isfinite(p.eta) and p.eta >= 0 for p in seen)
+    assert seen[-1].eta == 0
+
+
+def test_previews_arrive_at_the_chosen_interval(engine: Engine):
+    previews = []
+    engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, preview_seconds=0.0),
+                   on_preview=lambda image, p: previews.append((image.shape, p.step)))  # fmt: skip
+    assert len(previews) == FAST.iterations
+    assert previews[0][0] == (1, 3, 48, 64)
+
+
+def test_preserve_colors_keeps_the_contents_chrominance(engine: Engine):
+    plain = engine.stylize(CONTENT, [Style(STYLE)], FAST)
+    kept = engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, preserve_colors=True))
+    content_uv = rgb_to_yuv(CONTENT)[:, 1:].mean(dim=(2, 3))
+    kept_uv = rgb_to_yuv(kept)[:, 1:].mean(dim=(2, 3))
+    plain_uv = rgb_to_yuv(plain)[:, 1:].mean(dim=(2, 3))
+    assert (kept_uv - content_uv).abs().max() < 0.01
+    assert (plain_uv - content_uv).abs().max() > 3 * (kept_uv - content_uv).abs().max()
+
+
+def test_a_zero_weight_style_changes_nothing(engine: Engine):
+    other = gradient_image(40, 40, seed=5)
+    alone = engine.stylize(CONTENT, [Style(STYLE)], FAST)
+    blended = engine.stylize(CONTENT, [Style(STYLE, 1.0), Style(other, 0.0)], FAST)
+    assert torch.equal(alone, blended)
+
+
+def test_strength_moves_the_result_towards_the_style(engine: Engine):
+    weak = engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, strength=0.1))
+    strong = engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, strength=10))
+    assert (strong - CONTENT).abs().mean() > (weak - CONTENT).abs().mean()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"strength": -1}, "strength"), ({"iterations": math.nan}, "iterations"), ({"size": 4}, "size"),
+     ({"style_scale": 100}, "style_scale")],
+)  # fmt: skip
+def test_absurd_options_are_refused(engine: Engine, change, message):
+    with pytest.raises(ValueError, match=message):
+        engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, **change))
+
+
+def test_schedule_climbs_by_root_two_to_the_working_size():
+    sizes = scale_sizes(300, 400, 512, DEFAULT)
+    assert max(sizes[-1]) == 512 and min(max(s) for s in sizes) >= DEFAULT.min_scale
+    ratios = [max(b) / max(a) for a, b in zip(sizes, sizes[1:], strict=False)]
+    assert all(abs(r - math.sqrt(2)) < 0.02 for r in ratios)
+    assert scale_sizes(300, 400, 512, replace(DEFAULT, coarse_to_fine=False)) == [(384, 512)]
+
+
+def test_adam_recipe_also_converges(engine: Engine):
+    from impasto.engine.recipes import with_optimizer
+
+    totals = []
+    engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, iterations=30, recipe=with_optimizer(DEFAULT, "adam")),
+                   on_progress=lambda p: totals.append(p.style_loss))  # fmt: skip
+    assert totals[-1] < totals[0] / 2
