@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 
 import torch
-
 from impasto.engine.imageops import fit_long_side, resize
 from impasto.engine.losses import gram
 from impasto.engine.vgg import VGGFeatures

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from impasto.engine import Engine, load_original_vgg19
 from impasto.engine.weights import WeightSet
 
@@ -46,6 +45,12 @@ def gradient_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     ys = torch.linspace(0, 1, height).view(1, 1, height, 1)
     xs = torch.linspace(0, 1, width).view(1, 1, 1, width)
-    base = torch.cat([ys.expand(1, 1, height, width), xs.expand(1, 1, height, width),
-                      (1 - ys * xs).expand(1, 1, height, width)], dim=1)  # fmt: skip
+    base = torch.cat(
+        [
+            ys.expand(1, 1, height, width),
+            xs.expand(1, 1, height, width),
+            (1 - ys * xs).expand(1, 1, height, width),
+        ],
+        dim=1,
+    )
     return (0.8 * base + 0.2 * torch.rand(1, 3, height, width, generator=generator)).clamp(0, 1)

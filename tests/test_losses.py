@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from impasto.engine.losses import Targets, content_loss, gram, style_loss, total_loss, tv_loss
 from impasto.engine.recipes import SEED
 from impasto.engine.vgg import VGGFeatures, layer_names
@@ -86,5 +85,10 @@ def test_seed_recipe_matches_d2l_compute_loss(original_weights):
     assert total_loss(image, features, targets).total.item() == pytest.approx(d2l_total.item(), rel=1e-5)
     # d2l's layer indices 0, 5, 10, 19, 28 and 25 in torchvision's `features` are these convolutions.
     assert [layer_names()[i] for i in (0, 5, 10, 19, 28, 25)] == [
-        "conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1", "conv4_4"
-    ]  # fmt: skip
+        "conv1_1",
+        "conv2_1",
+        "conv3_1",
+        "conv4_1",
+        "conv5_1",
+        "conv4_4",
+    ]

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from impasto.engine.vgg import VGGFeatures, layer_names
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .engine.imageops import resize
 
@@ -63,6 +63,14 @@ def decode_picture(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS)
             image = ImageOps.exif_transpose(image)
     except ImageError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(
+            f"{name} is over the limit of pixels that can be decoded safely ({error})"
+        ) from error
+    except UnidentifiedImageError as error:
+        raise ImageError(
+            f"{name} is not a readable image (not PNG, JPEG, WebP, TIFF or another known format)"
+        ) from error
     except Exception as error:
         raise ImageError(f"{name} is not a readable image ({error})") from error
     if image.width == 0 or image.height == 0:

