@@ -17,12 +17,12 @@ function evaluation per iteration (or Adam), so an iteration costs about the sam
     elapsed time it prints at the last step minus that at step 0). Its PNG result is scored with
     bench/quality.py. Then Impasto runs its DEFAULT recipe (coarse to fine, --iterations per
     scale) at the same long side in the same process, in auto precision and in fp32. Its image is
-    taken after every iteration of the final scale (on_preview with preview_seconds=0), rounded to
-    8 bits like a PNG, and scored; Impasto's time to quality is the earliest engine time at which
-    both distances are at most pastiche's. Engine time is Progress.elapsed (from the start of
-    stylize(), targets included) minus the time spent scoring in the callback, so scoring costs
-    Impasto nothing. Only final-scale images count, since coarse ones are not at the output size;
-    once reached, only the last iteration is scored, for the final distances. Impasto's whole run
+    taken after every iteration (on_preview with preview_seconds=0), resized to the output size as
+    a user taking it at that moment would get it, rounded to 8 bits like a PNG, and scored;
+    Impasto's time to quality is the earliest engine time at which both distances are at most
+    pastiche's. Engine time is Progress.elapsed (from the start of stylize(), targets included)
+    minus the time spent scoring in the callback, so scoring costs Impasto nothing. Once reached,
+    only the last iteration is scored, for the final distances. Impasto's whole run
     adds a fresh interpreter's `import torch, impasto.engine` and its weight load to stylize().
     Each pair runs once.
 
@@ -107,9 +107,9 @@ def pastiche_seconds_per_iteration(
     return (time.perf_counter() - started) / iterations
 
 
-def timed(function, *args) -> float:
+def timed(function, *args, **kwargs) -> float:
     started = time.perf_counter()
-    function(*args)
+    function(*args, **kwargs)
     return time.perf_counter() - started
 
 
@@ -193,7 +193,7 @@ def run_pastiche_cli(content: Path, style: Path, size: int, steps: int, folder: 
 
 
 class QualityWatch:
-    """on_preview callback: scores final-scale images and notes when pastiche's quality is reached."""
+    """on_preview callback: scores each image and notes when pastiche's quality is reached."""
 
     def __init__(self, reference: Reference, target: PasticheRun):
         self.reference, self.target = reference, target
@@ -205,7 +205,7 @@ class QualityWatch:
     def __call__(self, image: torch.Tensor, progress: Progress) -> None:
         started = time.perf_counter()
         last = progress.step == progress.steps
-        if progress.scale == progress.scales and (self.reached is None or last):
+        if self.reached is None or last:
             image = torch.round(resize(image, self.reference.size) * 255) / 255  # as a PNG would hold it
             style, content = self.reference.distances(image)
             moment = (progress.elapsed - self.scoring, progress.step)
@@ -225,7 +225,7 @@ def import_seconds() -> float:
 def time_to_quality(
     args: argparse.Namespace, pairs: list[tuple[Path, Path]], engines: dict[str, Engine]
 ) -> str:
-    startup = import_seconds() + statistics.median(timed(impasto_startup, "auto") for _ in range(3))
+    startup = import_seconds() + statistics.median([timed(impasto_startup, "auto") for _ in range(3)])
     rows = [
         f"Time to pastiche's quality, long side {args.size} px; pastiche: {args.steps} L-BFGS steps, "
         f"its defaults; Impasto: DEFAULT recipe, {args.iterations} iterations per scale. "
