@@ -51,8 +51,12 @@ extras=""
 [ "$run_tests" = 1 ] && extras="[dev]"
 "${pip[@]}" install --quiet --editable "$here$extras"
 
+say "Generating the gRPC stubs from protos/"
+"$venv/bin/python" -m grpc_tools.protoc -I "$here/protos" --python_out="$here/server" \
+  --grpc_python_out="$here/server" --pyi_out="$here/server" "$here/protos/impasto/v1/impasto.proto"
+
 say "Checking the engine loads its VGG19 weights"
-"$venv/bin/impasto" info
+"$venv/bin/impasto" info --local
 
 if [ "$run_tests" = 1 ]; then
   say "Running the tests"
@@ -64,4 +68,6 @@ cat <<EOF
 
 Impasto is installed. Try it:
   $venv/bin/impasto stylize photo.jpg --style painting.jpg -o result.png
+Or start the server that GIMP and \`impasto --server\` talk to:
+  $venv/bin/impasto-server --styles-dir DIR_OF_PAINTINGS
 EOF

@@ -1,18 +1,22 @@
-"""`impasto`: stylise images from the command line, with the engine running in this process."""
+"""`impasto`: stylise images from the command line, in this process or on an impasto-server."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
+from platformdirs import user_data_dir
+
 from . import __version__
-from .images import ImageError, compose_result, load_picture, save_image
+from .images import ImageError, save_image
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
+DEFAULT_STYLES_DIR = Path(user_data_dir("impasto")) / "styles"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,14 +24,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"impasto {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    stylize = commands.add_parser("stylize", help="paint CONTENT in the style of one or more images")
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="an impasto-server (default for info/styles: $IMPASTO_SERVER, else 127.0.0.1:50051)",
+    )
+    remote.add_argument("--token", help="the server's token (default: $IMPASTO_TOKEN)")
+    remote.add_argument("--tls-ca", type=Path, metavar="PEM", help="talk TLS, trusting this CA certificate")
+
+    stylize = commands.add_parser(
+        "stylize", parents=[remote], help="paint CONTENT in the style of other images"
+    )
     stylize.add_argument("content", metavar="CONTENT", help="the image to repaint")
     stylize.add_argument(
         "--style",
         action="append",
         required=True,
         metavar="STYLE",
-        help="style image; repeat for a blend of several styles",
+        help="a style image, or a preset id; repeat for a blend of several styles",
     )
     stylize.add_argument(
         "--style-weight",
@@ -45,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="working long side in px (default: 384 on CPU, "
         "768 on Apple MPS, 1024 on CUDA); the result is written at CONTENT's own size",
     )
-    stylize.add_argument("--iterations", type=int, default=100, help="iterations per scale (default: 100)")
+    stylize.add_argument("--iterations", type=int, help="iterations per scale (default: 100)")
     stylize.add_argument(
         "--strength",
         type=float,
@@ -64,49 +79,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the content's colours; take only the style's luminance patterns",
     )
     stylize.add_argument("--seed", type=int, default=0, help="random seed; CPU runs repeat bit for bit")
-    stylize.add_argument(
+    local = stylize.add_argument_group("in-process only (without --server)")
+    local.add_argument(
         "--init", default="content", help="start from 'content' (default), 'noise', or an image file"
     )
-    stylize.add_argument(
+    local.add_argument(
         "--recipe",
         choices=["default", "seed"],
         default="default",
         help="'seed' reproduces the d2l chapter's losses and optimiser (single scale)",
     )
-    stylize.add_argument("--optimizer", choices=["lbfgs", "adam"], help="override the recipe's optimiser")
-    stylize.add_argument(
+    local.add_argument("--optimizer", choices=["lbfgs", "adam"], help="override the recipe's optimiser")
+    local.add_argument(
         "--weights",
         default="original",
-        help="'original' (Gatys' VGG19, default), 'torchvision' (needs the internet once), "
-        "or a .pt state dict with Caffe preprocessing",
+        help="'original' (Gatys' VGG19, default), 'torchvision' "
+        "(needs the internet once), or a .pt state dict with Caffe preprocessing",
     )
-    stylize.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    stylize.add_argument(
+    local.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    local.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default="auto",
         help="convolution precision; losses are always fp32 (default: auto)",
     )
+    local.add_argument(
+        "--styles-dir", type=Path, default=DEFAULT_STYLES_DIR, help="where preset ids are looked up"
+    )
     stylize.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    info = commands.add_parser("info", help="what this machine would run on")
-    info.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    return parser  # fmt: skip
+    info = commands.add_parser("info", parents=[remote], help="what the server runs on and its limits")
+    info.add_argument(
+        "--local", action="store_true", help="describe this machine's engine instead of a server"
+    )
+    commands.add_parser("styles", parents=[remote], help="the server's style presets")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .client import ServerError
+
     try:
         if args.command == "info":
-            return _info(args)
-        return _stylize(args)
-    except (ImageError, ValueError, OSError) as error:
+            return _local_info() if args.local else _remote_info(args)
+        if args.command == "styles":
+            return _remote_styles(args)
+        return _remote_stylize(args) if args.server else _local_stylize(args)
+    except ServerError as error:
+        print(f"impasto: {error}", file=sys.stderr)
+        return EXIT_CANCELLED if error.code.name == "CANCELLED" else EXIT_FAILED
+    except (ImageError, ValueError, OSError, KeyError) as error:
         print(f"impasto: error: {error}", file=sys.stderr)
         return EXIT_FAILED
 
 
-def _load_engine(device_name: str, weights: str = "original", precision: str = "auto"):
-    # torch is imported here so that `impasto --help` answers at once.
+def load_engine(device_name: str, weights: str = "original", precision: str = "auto"):
+    # torch is imported here so that `impasto --help` and the network client answer at once.
     from .engine import Engine, pick_device
     from .engine.weights import CAFFE, load_original_vgg19, load_torchvision_vgg19, load_weight_file
 
@@ -120,66 +149,201 @@ def _load_engine(device_name: str, weights: str = "original", precision: str = "
     return Engine(weight_set, device, precision)
 
 
-def _info(args: argparse.Namespace) -> int:
+def _style_weights(args: argparse.Namespace) -> list[float]:
+    weights = args.style_weight or [1.0] * len(args.style)
+    if len(weights) != len(args.style):
+        raise ValueError(
+            f"{len(args.style)} --style but {len(weights)} --style-weight; give one weight per style"
+        )
+    return weights
+
+
+def _check_output(output: Path) -> None:
+    if not output.parent.is_dir():
+        raise ValueError(f"cannot write {output}: folder {output.parent} does not exist")
+
+
+# ---- in-process --------------------------------------------------------------------------------
+
+
+def _local_info() -> int:
     from .engine.stylize import default_size
 
-    engine = _load_engine(args.device)
-    print(f"impasto {__version__}")
+    engine = load_engine("auto")
+    print(f"impasto {__version__} (in-process engine)")
     print(f"device:    {engine.device}  (precision {engine.precision})")
     print(f"weights:   {engine.weights.name}  (preprocessing {engine.weights.preprocessing.name})")
     print(f"size:      {default_size(engine.device)} px long side by default")
     return 0
 
 
-def _stylize(args: argparse.Namespace) -> int:
+def _local_stylize(args: argparse.Namespace) -> int:
     from .engine import RECIPES, Cancelled, Options, Style
     from .engine.recipes import with_optimizer
     from .engine.stylize import default_size
+    from .images import compose_result, load_picture
+    from .library import StyleLibrary
 
-    weights = args.style_weight or [1.0] * len(args.style)
-    if len(weights) != len(args.style):
-        raise ValueError(
-            f"{len(args.style)} --style but {len(weights)} --style-weight; give one weight per style"
-        )
     output = Path(args.output)
-    if not output.parent.is_dir():
-        raise ValueError(f"cannot write {output}: folder {output.parent} does not exist")
+    _check_output(output)
+    library = StyleLibrary(args.styles_dir)
     content = load_picture(args.content)
-    styles = [Style(load_picture(path).rgb, w) for path, w in zip(args.style, weights, strict=True)]
+    styles = []
+    for name, weight in zip(args.style, _style_weights(args), strict=True):
+        picture = (
+            load_picture(name) if Path(name).exists() or "." in Path(name).name else _preset(library, name)
+        )
+        styles.append(Style(picture.rgb, weight))
     init = args.init if args.init in ("content", "noise") else load_picture(args.init).rgb
-
-    engine = _load_engine(args.device, args.weights, args.precision)
-    recipe = RECIPES[args.recipe]
-    if args.optimizer:
-        recipe = with_optimizer(recipe, args.optimizer)
+    engine = load_engine(args.device, args.weights, args.precision)
+    recipe = (
+        RECIPES[args.recipe] if not args.optimizer else with_optimizer(RECIPES[args.recipe], args.optimizer)
+    )
     options = Options(
-        size=args.size or default_size(engine.device), iterations=args.iterations, strength=args.strength,
-        style_scale=args.style_scale, preserve_colors=args.preserve_colors, init=init, seed=args.seed,
+        size=args.size or default_size(engine.device),
+        iterations=args.iterations or 100,
+        strength=args.strength,
+        style_scale=args.style_scale,
+        preserve_colors=args.preserve_colors,
+        init=init,
+        seed=args.seed,
         recipe=recipe,
-    )  # fmt: skip
+    )
     cancel = threading.Event()
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: _request_cancel(cancel, previous_handler))
     started = time.monotonic()
-    with _ProgressBar(disabled=args.quiet) as bar:
+    with _ProgressBar(args.quiet) as bar, _ctrl_c_sets(cancel):
         try:
-            result = engine.stylize(content.rgb, styles, options, on_progress=bar.update, cancel=cancel)
+            result = engine.stylize(
+                content.rgb,
+                styles,
+                options,
+                cancel=cancel,
+                on_progress=lambda p: bar.show(
+                    p.step, p.steps, p.scale, p.scales, p.content_loss, p.style_loss
+                ),
+            )
         except Cancelled:
             bar.close()
             print("impasto: cancelled; nothing written", file=sys.stderr)
             return EXIT_CANCELLED
-        finally:
-            signal.signal(signal.SIGINT, previous_handler)
     save_image(compose_result(result, content), output)
     height, width = content.size
     print(f"wrote {output} ({width}×{height}) in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0
 
 
-def _request_cancel(cancel: threading.Event, previous_handler) -> None:
-    # The first Ctrl-C stops after the current iteration; a second one interrupts at once.
-    print("\nimpasto: stopping after this iteration (Ctrl-C again to abort)", file=sys.stderr)
-    cancel.set()
-    signal.signal(signal.SIGINT, previous_handler)
+def _preset(library, name: str):
+    try:
+        return library.load(name)
+    except KeyError:
+        raise ValueError(
+            f"style '{name}' is neither an image file nor a preset in {library.folder}"
+        ) from None
+
+
+# ---- over the network --------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace):
+    from .client import Client
+
+    return Client(args.server, token=args.token, tls_ca=args.tls_ca)
+
+
+def _remote_info(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.info()
+        limits = info.limits
+        print(f"impasto-server {info.server_version} at {client.address} (protocol {info.protocol_version})")
+        memory = f"{info.device.memory_bytes / 2**30:.1f} GiB" if info.device.memory_bytes else "?"
+        print(f"device:    {info.device.kind} — {info.device.name}, {memory}, {info.device.precision}")
+        print(f"weights:   {info.weights}")
+        print(f"defaults:  {info.default_size} px long side, {info.default_iterations} iterations per scale")
+        print(
+            f"limits:    {limits.max_pixels:,} pixels per image, {limits.max_size} px working size, "
+            f"{limits.max_queue} jobs queued"
+        )
+        print(f"now:       {info.running_jobs} running, {info.queue_length} waiting")
+    return 0
+
+
+def _remote_styles(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        presets = client.styles()
+    if not presets:
+        print("the server has no style presets; add images to its --styles-dir", file=sys.stderr)
+    for preset in presets:
+        print(f"{preset.id:32} {preset.title}")
+    return 0
+
+
+def _remote_stylize(args: argparse.Namespace) -> int:
+    from .client import Image, Settings, StyleSpec
+
+    output = Path(args.output)
+    _check_output(output)
+    content = Image.from_file(args.content)
+    styles = [
+        StyleSpec(image=Image.from_file(s), weight=w) if Path(s).is_file() else StyleSpec(preset=s, weight=w)
+        for s, w in zip(args.style, _style_weights(args), strict=True)
+    ]
+    settings = Settings(
+        strength=args.strength,
+        iterations=args.iterations or 0,
+        size=args.size or 0,
+        preserve_colors=args.preserve_colors,
+        seed=args.seed,
+        style_scale=args.style_scale,
+        preview_seconds=-1,
+    )
+    started = time.monotonic()
+    with _client(args) as client, _ProgressBar(args.quiet) as bar:
+        job = client.stylize(content, styles, settings)
+        with _ctrl_c_sets(job):
+            for event in job.events():
+                if event.HasField("queued") and event.queued.position > 0:
+                    bar.note(f"queued: {event.queued.position} job(s) ahead")
+                elif event.HasField("progress"):
+                    p = event.progress
+                    bar.show(
+                        (p.scale - 1) * p.iterations + p.iteration,
+                        p.scales * p.iterations,
+                        p.scale,
+                        p.scales,
+                        p.content_loss,
+                        p.style_loss,
+                    )
+    from PIL import Image as PILImage
+
+    save_image(PILImage.open(io.BytesIO(job.result.data)), output)
+    print(
+        f"wrote {output} ({job.result.width}×{job.result.height}) in {time.monotonic() - started:.1f} s "
+        f"via {client.address}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# ---- terminal ----------------------------------------------------------------------------------
+
+
+class _ctrl_c_sets:  # noqa: N801 - used as a context manager, reads like one
+    """The first Ctrl-C asks `target` to stop (Event.set or job.cancel); a second one interrupts at once."""
+
+    def __init__(self, target):
+        self.stop = target.set if isinstance(target, threading.Event) else target.cancel
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_) -> None:
+        print("\nimpasto: stopping (Ctrl-C again to abort)", file=sys.stderr)
+        signal.signal(signal.SIGINT, self.previous)
+        self.stop()
+
+    def __exit__(self, *_) -> None:
+        signal.signal(signal.SIGINT, self.previous)
 
 
 class _ProgressBar:
@@ -188,15 +352,17 @@ class _ProgressBar:
 
         self.bar = tqdm(total=None, unit="it", disable=disabled, file=sys.stderr, dynamic_ncols=True)
 
-    def update(self, progress) -> None:
-        if self.bar.total != progress.steps:
-            self.bar.reset(total=progress.steps)
-        self.bar.set_description(
-            f"scale {progress.scale}/{progress.scales} {progress.width}×{progress.height}"
-        )
-        self.bar.set_postfix(content=f"{progress.content_loss:.3g}", style=f"{progress.style_loss:.3g}",
-                             refresh=False)  # fmt: skip
-        self.bar.update(progress.step - self.bar.n)
+    def show(
+        self, step: int, steps: int, scale: int, scales: int, content_loss: float, style_loss: float
+    ) -> None:
+        if self.bar.total != steps:
+            self.bar.reset(total=steps)
+        self.bar.set_description(f"scale {scale}/{scales}")
+        self.bar.set_postfix(content=f"{content_loss:.3g}", style=f"{style_loss:.3g}", refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def note(self, text: str) -> None:
+        self.bar.set_description(text)
 
     def close(self) -> None:
         self.bar.close()

@@ -25,6 +25,10 @@ class ImageError(ValueError):
     """An image cannot be used; the message names it and says why."""
 
 
+class TooLarge(ImageError):
+    """An image has more pixels than the limit allows."""
+
+
 @dataclass
 class Picture:
     rgb: torch.Tensor  # (1, 3, H, W) float32 in [0, 1]
@@ -55,7 +59,7 @@ def decode_picture(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageError(
+                raise TooLarge(
                     f"{name} is {width}×{height} = {width * height:,} pixels, "
                     f"over the limit of {max_pixels:,}; scale it down first"
                 )
@@ -76,6 +80,19 @@ def decode_picture(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     if image.width == 0 or image.height == 0:
         raise ImageError(f"{name} has no pixels ({image.width}×{image.height})")
     return Picture(_rgb_tensor(image), _alpha(image), name)
+
+
+def picture_from_rgba8(data: bytes, width: int, height: int, name: str) -> Picture:
+    """Raw 8-bit RGBA rows, as GIMP hands them to a plug-in."""
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name} has no pixels ({width}×{height})")
+    if len(data) != width * height * 4:
+        raise ImageError(
+            f"{name}: {width}×{height} RGBA needs {width * height * 4:,} bytes, got {len(data):,}"
+        )
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 4)
+    rgb = torch.from_numpy(pixels[:, :, :3].astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+    return Picture(rgb, pixels[:, :, 3].copy(), name)
 
 
 def _rgb_tensor(image: Image.Image) -> torch.Tensor:
@@ -103,12 +120,26 @@ def to_uint8(rgb: torch.Tensor) -> np.ndarray:
     return (rgb[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+def to_pil(rgb: torch.Tensor) -> Image.Image:
+    return Image.fromarray(to_uint8(rgb), "RGB")
+
+
 def compose_result(result: torch.Tensor, source: Picture) -> Image.Image:
     """The engine's result at the source's full size, with the source's alpha byte for byte."""
-    rgb = to_uint8(resize(result.float(), source.size))
-    if source.alpha is None:
-        return Image.fromarray(rgb, "RGB")
-    return Image.fromarray(np.dstack([rgb, source.alpha]), "RGBA")
+    image = to_pil(resize(result.float(), source.size))
+    if source.alpha is not None:
+        image.putalpha(Image.fromarray(source.alpha, "L"))
+    return image
+
+
+def rgba8_bytes(image: Image.Image) -> bytes:
+    return image.convert("RGBA").tobytes()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1)  # fast: these cross a network, not an archive
+    return buffer.getvalue()
 
 
 def save_image(image: Image.Image, path: str | Path) -> None:

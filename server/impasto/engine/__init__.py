@@ -18,4 +18,4 @@ __all__ = [
     "WeightsError",
     "load_original_vgg19",
     "pick_device",
-]  # fmt: skip
+]

@@ -152,7 +152,9 @@ class Engine:
         cancel: threading.Event | None = None,
     ) -> torch.Tensor:
         """Returns the stylised image at the working size, RGB in [0, 1], on the CPU."""
-        _check_inputs(content, styles, options)
+        if content.ndim != 4 or content.shape[:2] != (1, 3):
+            raise ValueError(f"content must be a (1, 3, H, W) tensor, got {tuple(content.shape)}")
+        check_options(options, styles)
         recipe = options.recipe
         net = self.network(recipe)
         content = content.to(self.device, torch.float32)
@@ -166,9 +168,8 @@ class Engine:
         return image.detach().clamp(0, 1).cpu()
 
 
-def _check_inputs(content: torch.Tensor, styles: Sequence[Style], options: Options) -> None:
-    if content.ndim != 4 or content.shape[:2] != (1, 3):
-        raise ValueError(f"content must be a (1, 3, H, W) tensor, got {tuple(content.shape)}")
+def check_options(options: Options, styles: Sequence[Style]) -> None:
+    """Raises ValueError naming the first absurd option; cheap, so callers can check before queueing."""
     if not styles:
         raise ValueError("at least one style image is needed")
     numbers = {
@@ -184,7 +185,11 @@ def _check_inputs(content: torch.Tensor, styles: Sequence[Style], options: Optio
         raise ValueError(f"size must be at least 16 px, got {options.size}")
     if sum(s.weight for s in styles) <= 0:
         raise ValueError("the style weights add up to 0; give at least one style a positive weight")
-    if not 0.01 <= options.style_scale <= 8 and options.style_scale != 0:
+    if options.iterations < 1:
+        raise ValueError(f"iterations must be at least 1, got {options.iterations}")
+    if options.preview_seconds is not None and not options.preview_seconds >= 0:
+        raise ValueError(f"preview_seconds must be ≥ 0, got {options.preview_seconds}")
+    if not 0.01 <= options.style_scale <= 8:
         raise ValueError(f"style_scale must be between 0.01 and 8, got {options.style_scale}")
 
 
@@ -224,7 +229,7 @@ class _Run:
             grams = {k: 0.0 for k in recipe.style_layers}
             for style in self.styles:
                 style_size = fit_long_side(
-                    *style.image.shape[2:], round(max(size) * (self.options.style_scale or 1))
+                    *style.image.shape[2:], round(max(size) * self.options.style_scale)
                 )
                 image = resize(style.image.to(self.engine.device, torch.float32), style_size)
                 features = self.engine.features(self.net, image)
@@ -279,12 +284,20 @@ class _Run:
         # One host sync for all three parts.
         content_loss, style_loss, tv_loss = torch.stack([parts.content, parts.style, parts.tv]).tolist()
         progress = Progress(
-            scale=index + 1, scales=len(self.sizes), height=h, width=w,
-            iteration=iteration, iterations=iterations,
-            step=self.steps_done, steps=len(self.sizes) * iterations,
-            content_loss=content_loss, style_loss=style_loss, tv_loss=tv_loss,
-            elapsed=elapsed, eta=eta,
-        )  # fmt: skip
+            scale=index + 1,
+            scales=len(self.sizes),
+            height=h,
+            width=w,
+            iteration=iteration,
+            iterations=iterations,
+            step=self.steps_done,
+            steps=len(self.sizes) * iterations,
+            content_loss=content_loss,
+            style_loss=style_loss,
+            tv_loss=tv_loss,
+            elapsed=elapsed,
+            eta=eta,
+        )
         if self.on_progress is not None:
             self.on_progress(progress)
         preview_due = self.options.preview_seconds is not None and (

@@ -1,0 +1,206 @@
+"""A small client for impasto-server, shared by the `impasto` CLI and the GIMP plug-in.
+
+Needs only grpcio, protobuf and the generated stubs — no torch, no numpy — because GIMP's Python
+has neither.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from .v1 import impasto_pb2 as pb
+from .v1 import impasto_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+CHUNK_BYTES = 1 << 20
+START_SERVER_HINT = "start one there with `impasto-server` (or pass another address with --server HOST:PORT)"
+
+
+def resolve_address(address: str | None) -> str:
+    return address or os.environ.get("IMPASTO_SERVER") or DEFAULT_ADDRESS
+
+
+class ServerError(Exception):
+    """A call failed; `code` is the gRPC status, the message says what to do."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Image:
+    """Image bytes for upload or as a result: raw RGBA8 rows, or an encoded file."""
+
+    data: bytes
+    width: int = 0
+    height: int = 0
+    encoded: bool = False
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Image:
+        return cls(Path(path).read_bytes(), encoded=True)
+
+    def header(self) -> pb.ImageHeader:
+        fmt = pb.PIXEL_FORMAT_ENCODED if self.encoded else pb.PIXEL_FORMAT_RGBA8
+        return pb.ImageHeader(format=fmt, width=self.width, height=self.height, total_bytes=len(self.data))
+
+
+@dataclass
+class StyleSpec:
+    """A style: a preset id on the server, or an image to upload."""
+
+    preset: str | None = None
+    image: Image | None = None
+    weight: float = 1.0
+
+
+@dataclass
+class Settings:
+    strength: float = 1.0
+    iterations: int = 0  # 0: the server's default
+    size: int = 0  # 0: the server's default
+    preserve_colors: bool = False
+    seed: int = 0
+    style_scale: float = 1.0
+    preview_seconds: float = 2.0  # negative: no previews
+
+
+@dataclass
+class RemoteJob:
+    """A running Stylize call: iterate `events()`, then read `result`; `cancel()` from any thread."""
+
+    call: grpc.Future
+    address: str
+    result: Image | None = None
+    _parts: list[bytes] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+    def events(self) -> Iterator[pb.StylizeEvent]:
+        """Queued, started, progress and preview events; the result is gathered into `result`."""
+        header = None
+        try:
+            for event in self.call:
+                if event.HasField("result"):
+                    if event.result.HasField("header"):
+                        header = event.result.header
+                    self._parts.append(event.result.data)
+                else:
+                    yield event
+        except grpc.RpcError as error:
+            raise _server_error(error, self.address) from None
+        if header is None:
+            raise ServerError(
+                grpc.StatusCode.INTERNAL, f"the server at {self.address} ended without a result"
+            )
+        data = b"".join(self._parts)
+        self._parts.clear()
+        encoded = header.format == pb.PIXEL_FORMAT_ENCODED
+        self.result = Image(data, header.width, header.height, encoded)
+
+
+class Client:
+    def __init__(
+        self,
+        address: str | None = None,
+        token: str | None = None,
+        tls_ca: Path | None = None,
+        timeout: float = 10.0,
+    ):
+        self.address = resolve_address(address)
+        self.timeout = timeout
+        token = token if token is not None else os.environ.get("IMPASTO_TOKEN")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [("grpc.max_receive_message_length", CHUNK_BYTES + (64 << 10))]
+        if tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+            self._channel = grpc.secure_channel(self.address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.address, options=options)
+        self._stub = impasto_pb2_grpc.StyleTransferStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def info(self) -> pb.ServerInfo:
+        return self._unary(self._stub.GetServerInfo, pb.GetServerInfoRequest())
+
+    def styles(self) -> list[pb.StylePreset]:
+        return list(self._unary(self._stub.ListStyles, pb.ListStylesRequest()).styles)
+
+    def stylize(self, content: Image, styles: list[StyleSpec], settings: Settings | None = None) -> RemoteJob:
+        # Wait for the connection first, so that a server that is down gives its own clear error.
+        self._wait_ready()
+        call = self._stub.Stylize(_requests(content, styles, settings or Settings()), metadata=self._metadata)
+        return RemoteJob(call, self.address)
+
+    def _unary(self, method: Callable, request):
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise _server_error(error, self.address) from None
+
+    def _wait_ready(self) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=self.timeout)
+        except grpc.FutureTimeoutError:
+            raise ServerError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot reach an Impasto server at {self.address}; {START_SERVER_HINT}",
+            ) from None
+
+
+def _requests(content: Image, styles: list[StyleSpec], settings: Settings) -> Iterator[pb.StylizeRequest]:
+    uploads = [s.image for s in styles if s.image is not None]
+    choices = []
+    for spec in styles:
+        if spec.image is not None:
+            choices.append(pb.StyleChoice(upload=uploads.index(spec.image), weight=spec.weight))
+        else:
+            choices.append(pb.StyleChoice(preset_id=spec.preset or "", weight=spec.weight))
+    yield pb.StylizeRequest(
+        parameters=pb.StylizeParameters(
+            styles=choices,
+            content=content.header(),
+            style_uploads=[u.header() for u in uploads],
+            strength=settings.strength,
+            iterations=settings.iterations,
+            size=settings.size,
+            preserve_colors=settings.preserve_colors,
+            seed=settings.seed,
+            style_scale=settings.style_scale,
+            preview_interval_seconds=settings.preview_seconds,
+        )
+    )
+    for index, image in enumerate([content, *uploads]):
+        view = memoryview(image.data)
+        for offset in range(0, len(view), CHUNK_BYTES):
+            yield pb.StylizeRequest(
+                chunk=pb.Chunk(image=index, data=bytes(view[offset : offset + CHUNK_BYTES]))
+            )
+
+
+def _server_error(error: grpc.RpcError, address: str) -> ServerError:
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        "connect" in details.lower() or "unavailable" in details.lower()
+    ):
+        return ServerError(
+            code, f"cannot reach an Impasto server at {address} ({details}); {START_SERVER_HINT}"
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ServerError(code, f"the Impasto server at {address} did not answer in time")
+    return ServerError(code, f"{details} [{code.name}, server {address}]")

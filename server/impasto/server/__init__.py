@@ -1,0 +1,1 @@
+"""impasto-server: the gRPC service, job queue and its limits."""

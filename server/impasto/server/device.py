@@ -1,0 +1,61 @@
+"""What the server runs on, and the limits that follow from it."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from dataclasses import dataclass
+
+import torch
+
+# Peak bytes per working pixel during an iteration (docs/benchmarks.md, performance notes):
+# about 2.5 KB in fp32 and 1.6 KB with bf16 convolutions.
+BYTES_PER_WORKING_PIXEL = {"fp32": 2500, "bf16": 1600}
+# Host bytes per uploaded pixel while a job lives: raw RGBA, float RGB, resized copies, the reply.
+HOST_BYTES_PER_UPLOADED_PIXEL = 160
+MAX_UPLOAD_PIXELS = 100_000_000
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str
+    name: str
+    memory_bytes: int
+
+
+def describe(device: torch.device) -> DeviceInfo:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return DeviceInfo("cuda", props.name, props.total_memory)
+    if device.type == "mps":
+        return DeviceInfo("mps", "Apple GPU (Metal)", host_memory_bytes())
+    return DeviceInfo("cpu", cpu_name(), host_memory_bytes())
+
+
+def host_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30  # a guess where the OS does not say
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+def max_working_size(info: DeviceInfo, precision: str) -> int:
+    """The longest square side whose optimisation fits in half the device's memory."""
+    pixels = info.memory_bytes / 2 / BYTES_PER_WORKING_PIXEL[precision]
+    return int(math.sqrt(pixels)) // 16 * 16
+
+
+def max_upload_pixels() -> int:
+    return min(MAX_UPLOAD_PIXELS, host_memory_bytes() // HOST_BYTES_PER_UPLOADED_PIXEL)

@@ -1,0 +1,342 @@
+"""The StyleTransfer servicer: translates between the proto contract and the job queue."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from .. import __version__
+from ..engine import Cancelled, Options, Progress, Style
+from ..engine.imageops import fit_long_side, resize
+from ..engine.stylize import check_options
+from ..images import (
+    ImageError,
+    Picture,
+    TooLarge,
+    compose_result,
+    decode_picture,
+    picture_from_rgba8,
+    png_bytes,
+    rgba8_bytes,
+    to_pil,
+)
+from ..library import StyleLibrary
+from ..v1 import impasto_pb2 as pb
+from ..v1 import impasto_pb2_grpc
+from . import jobs
+from .device import DeviceInfo
+
+CHUNK_BYTES = 1 << 20
+PREVIEW_SIDE = 512
+DEFAULT_PREVIEW_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int
+    max_queue: int
+    max_size: int
+    max_iterations: int = 5000
+    default_size: int = 512
+    default_iterations: int = 100
+
+
+class RequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
+    def __init__(self, queue: jobs.JobQueue, library: StyleLibrary, limits: Limits, device: DeviceInfo):
+        self.queue, self.library, self.limits, self.device = queue, library, limits, device
+
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfo:
+        limits = self.limits
+        return pb.ServerInfo(
+            server_version=__version__,
+            protocol_version=pb.PROTOCOL_VERSION_CURRENT,
+            device=self._device(),
+            weights=self.queue.engine.weights.name,
+            limits=pb.Limits(
+                max_pixels=limits.max_pixels,
+                max_queue=limits.max_queue,
+                max_chunk_bytes=CHUNK_BYTES,
+                max_size=limits.max_size,
+                max_iterations=limits.max_iterations,
+            ),
+            default_size=limits.default_size,
+            default_iterations=limits.default_iterations,
+            queue_length=self.queue.waiting,
+            running_jobs=self.queue.running,
+        )
+
+    def ListStyles(
+        self, request: pb.ListStylesRequest, context: grpc.ServicerContext
+    ) -> pb.ListStylesResponse:
+        styles = [
+            pb.StylePreset(id=p.id, title=p.title, thumbnail_png=self.library.thumbnail(p))
+            for p in self.library.presets()
+        ]
+        return pb.ListStylesResponse(styles=styles)
+
+    def Stylize(
+        self, requests: Iterator[pb.StylizeRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.StylizeEvent]:
+        try:
+            job, content, reply_format = self._receive_job(requests)
+            context.add_callback(lambda: self.queue.cancel(job))
+            self.queue.submit(job)
+        except RequestError as error:
+            context.abort(error.code, str(error))
+        except jobs.QueueFull as error:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        except jobs.ShuttingDown as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        while True:
+            event = job.events.get()
+            if isinstance(event, jobs.Failed):
+                context.abort(*_status(event.error, job.id))
+            if isinstance(event, jobs.Finished):
+                yield from _result_chunks(compose_result(event.result, content), reply_format)
+                return
+            yield self._event(job, event)
+
+    # ---- proto -> job ------------------------------------------------------------------------
+
+    def _receive_job(self, requests: Iterator[pb.StylizeRequest]) -> tuple[jobs.Job, Picture, int]:
+        first = next(requests, None)
+        if first is None or not first.HasField("parameters"):
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry the parameters"
+            )
+        params = first.parameters
+        headers = [params.content, *params.style_uploads]
+        names = ["content image"] + [f"uploaded style {i + 1}" for i in range(len(params.style_uploads))]
+        for header, name in zip(headers, names, strict=True):
+            self._check_header(header, name)
+        data = _receive_chunks(requests, headers, names)
+        content = self._decode(data[0], params.content, names[0])
+        uploads = [self._decode(d, h, n) for d, h, n in zip(data[1:], headers[1:], names[1:], strict=True)]
+        styles, description = self._styles(params, uploads)
+        options = self._options(params)
+        try:
+            check_options(options, styles)
+        except ValueError as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+        job = jobs.Job(content.rgb, styles, options, description)
+        return job, content, params.content.format
+
+    def _check_header(self, header: pb.ImageHeader, name: str) -> None:
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        if header.format == pb.PIXEL_FORMAT_RGBA8:
+            pixels = header.width * header.height
+            if pixels > self.limits.max_pixels:
+                raise RequestError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{name} is {header.width}×{header.height} = "
+                    f"{pixels:,} pixels, over this server's limit of {self.limits.max_pixels:,}",
+                )
+            if header.total_bytes != pixels * 4 or pixels == 0:
+                raise RequestError(
+                    invalid,
+                    f"{name}: {header.width}×{header.height} RGBA8 is {pixels * 4:,} bytes, "
+                    f"but the header announces {header.total_bytes:,}",
+                )
+        elif header.format == pb.PIXEL_FORMAT_ENCODED:
+            if not 0 < header.total_bytes <= self.limits.max_pixels * 4:
+                raise RequestError(
+                    invalid,
+                    f"{name}: an encoded image of {header.total_bytes:,} bytes is empty or "
+                    "larger than any image this server accepts",
+                )
+        else:
+            raise RequestError(invalid, f"{name}: the pixel format is not set (RGBA8 or ENCODED)")
+
+    def _decode(self, data: bytes, header: pb.ImageHeader, name: str) -> Picture:
+        try:
+            if header.format == pb.PIXEL_FORMAT_RGBA8:
+                return picture_from_rgba8(data, header.width, header.height, name)
+            return decode_picture(data, name, self.limits.max_pixels)
+        except TooLarge as error:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from error
+        except ImageError as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+
+    def _styles(self, params: pb.StylizeParameters, uploads: list[Picture]) -> tuple[list[Style], str]:
+        if not params.styles:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT, "choose at least one style (a preset or an upload)"
+            )
+        styles, names = [], []
+        for choice in params.styles:
+            weight = choice.weight or 1.0
+            if choice.HasField("preset_id"):
+                try:
+                    picture = self.library.load(choice.preset_id)
+                except KeyError:
+                    raise RequestError(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"no style preset '{choice.preset_id}' on this "
+                        "server; ListStyles (impasto styles) shows the presets",
+                    ) from None
+                except ImageError as error:
+                    raise RequestError(
+                        grpc.StatusCode.INTERNAL, f"preset '{choice.preset_id}' is broken: {error}"
+                    ) from error
+                names.append(choice.preset_id)
+            elif choice.HasField("upload") and choice.upload < len(uploads):
+                picture = uploads[choice.upload]
+                names.append(f"upload{choice.upload + 1}")
+            else:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"style choice refers to upload {choice.upload}, "
+                    f"but {len(uploads)} style image(s) were uploaded",
+                )
+            styles.append(Style(picture.rgb, weight))
+        return styles, "+".join(names)
+
+    def _options(self, params: pb.StylizeParameters) -> Options:
+        limits = self.limits
+        size = params.size or limits.default_size
+        iterations = params.iterations or limits.default_iterations
+        if size > limits.max_size:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"a working size of {size} px is over this "
+                f"server's limit of {limits.max_size} px (long side)",
+            )
+        if iterations > limits.max_iterations:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{iterations} iterations per scale is more than "
+                f"this server's limit of {limits.max_iterations}",
+            )
+        preview = params.preview_interval_seconds
+        return Options(
+            size=size,
+            iterations=iterations,
+            strength=params.strength if params.HasField("strength") else 1.0,
+            style_scale=params.style_scale or 1.0,
+            preserve_colors=params.preserve_colors,
+            seed=params.seed,
+            preview_seconds=None if preview < 0 else (preview or DEFAULT_PREVIEW_SECONDS),
+        )
+
+    # ---- job -> proto ------------------------------------------------------------------------
+
+    def _device(self) -> pb.Device:
+        d = self.device
+        return pb.Device(
+            kind=d.kind, name=d.name, memory_bytes=d.memory_bytes, precision=self.queue.engine.precision
+        )
+
+    def _event(self, job: jobs.Job, event: jobs.Event) -> pb.StylizeEvent:
+        if isinstance(event, jobs.Queued):
+            return pb.StylizeEvent(queued=pb.Queued(job_id=job.id, position=event.position))
+        if isinstance(event, jobs.Started):
+            height, width = event.sizes[-1]
+            return pb.StylizeEvent(
+                started=pb.Started(
+                    job_id=job.id,
+                    device=self._device(),
+                    scales=len(event.sizes),
+                    iterations_per_scale=event.iterations,
+                    total_iterations=len(event.sizes) * event.iterations,
+                    working_width=width,
+                    working_height=height,
+                )
+            )
+        if isinstance(event, Progress):
+            return pb.StylizeEvent(progress=_progress(event))
+        if isinstance(event, jobs.Preview):
+            image = event.image
+            small = resize(image, fit_long_side(*image.shape[2:], min(PREVIEW_SIDE, max(image.shape[2:]))))
+            png = png_bytes(to_pil(small))
+            return pb.StylizeEvent(
+                preview=pb.Preview(
+                    png=png, width=small.shape[3], height=small.shape[2], fraction=event.progress.fraction
+                )
+            )
+        raise TypeError(f"unexpected job event {event!r}")
+
+
+def _receive_chunks(
+    requests: Iterator[pb.StylizeRequest], headers: list[pb.ImageHeader], names: list[str]
+) -> list[bytes]:
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    buffers = [bytearray() for _ in headers]
+    for request in requests:
+        if not request.HasField("chunk"):
+            raise RequestError(invalid, "parameters may be sent only once, in the first message")
+        chunk = request.chunk
+        if chunk.image >= len(buffers):
+            raise RequestError(
+                invalid, f"a chunk names image {chunk.image}, but only {len(buffers)} were announced"
+            )
+        if len(chunk.data) > CHUNK_BYTES:
+            raise RequestError(
+                invalid, f"a chunk of {len(chunk.data):,} bytes is over the {CHUNK_BYTES:,}-byte limit"
+            )
+        buffer = buffers[chunk.image]
+        if len(buffer) + len(chunk.data) > headers[chunk.image].total_bytes:
+            raise RequestError(
+                invalid,
+                f"{names[chunk.image]}: more bytes than the header's {headers[chunk.image].total_bytes:,}",
+            )
+        buffer += chunk.data
+    for buffer, header, name in zip(buffers, headers, names, strict=True):
+        if len(buffer) != header.total_bytes:
+            raise RequestError(
+                invalid, f"{name}: the upload ended after {len(buffer):,} of {header.total_bytes:,} bytes"
+            )
+    return [bytes(b) for b in buffers]
+
+
+def _progress(p: Progress) -> pb.Progress:
+    return pb.Progress(
+        fraction=p.fraction,
+        scale=p.scale,
+        scales=p.scales,
+        iteration=p.iteration,
+        iterations=p.iterations,
+        content_loss=p.content_loss,
+        style_loss=p.style_loss,
+        tv_loss=p.tv_loss,
+        elapsed_seconds=p.elapsed,
+        eta_seconds=p.eta if math.isfinite(p.eta) else 0.0,
+    )
+
+
+def _result_chunks(image, reply_format: int) -> Iterator[pb.StylizeEvent]:
+    if reply_format == pb.PIXEL_FORMAT_RGBA8:
+        data = rgba8_bytes(image)
+    else:
+        data = png_bytes(image)
+        reply_format = pb.PIXEL_FORMAT_ENCODED
+    header = pb.ImageHeader(
+        format=reply_format, width=image.width, height=image.height, total_bytes=len(data)
+    )
+    view = memoryview(data)
+    for offset in range(0, max(len(data), 1), CHUNK_BYTES):
+        chunk = pb.ResultChunk(data=bytes(view[offset : offset + CHUNK_BYTES]))
+        if offset == 0:
+            chunk.header.CopyFrom(header)
+        yield pb.StylizeEvent(result=chunk)
+
+
+def _status(error: BaseException, job_id: str) -> tuple[grpc.StatusCode, str]:
+    if isinstance(error, Cancelled):
+        return grpc.StatusCode.CANCELLED, "the job was cancelled"
+    if isinstance(error, jobs.ShuttingDown):
+        return grpc.StatusCode.UNAVAILABLE, str(error)
+    if isinstance(error, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    return (
+        grpc.StatusCode.INTERNAL,
+        f"the server failed on job {job_id} ({type(error).__name__}); its log has details",
+    )

@@ -1,0 +1,1 @@
+"""Stubs generated from protos/impasto/v1/impasto.proto by install.sh (grpcio-tools); never edit them."""
