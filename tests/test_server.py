@@ -1,0 +1,426 @@
+"""impasto-server on an ephemeral loopback port, driven by the real gRPC client."""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from impasto.client import Client, Image, ServerError, Settings, StyleSpec
+from impasto.server.main import build_parser, start
+from impasto.v1 import impasto_pb2 as pb
+from impasto.v1 import impasto_pb2_grpc
+from PIL import Image as PILImage
+
+FAST = Settings(size=48, iterations=4, preview_seconds=-1)
+
+
+@contextmanager
+def running_server(*flags: str, token: str | None = None) -> Iterator[str]:
+    args = build_parser().parse_args(["--port", "0", "--device", "cpu", *flags])
+    port, shutdown = start(args, token)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(images: Path) -> Iterator[str]:
+    with running_server("--styles-dir", str(images / "styles"), "--grace-seconds", "1") as address:
+        yield address
+
+
+def rgba(path: Path) -> tuple[Image, np.ndarray]:
+    picture = PILImage.open(path).convert("RGBA")
+    pixels = np.array(picture)
+    return Image(pixels.tobytes(), picture.width, picture.height), pixels
+
+
+def wait_until(condition, timeout: float) -> bool:
+    """Polls `condition` until it holds or `timeout` passes: a deadline, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def idle(address: str) -> bool:
+    with Client(address) as client:
+        info = client.info()
+    return info.running_jobs == 0 and info.queue_length == 0
+
+
+def run_job(address: str, content: Image, styles: list[StyleSpec], settings: Settings = FAST, **client_args):
+    with Client(address, **client_args) as client:
+        job = client.stylize(content, styles, settings)
+        events = list(job.events())
+    return events, job.result
+
+
+def status_of(
+    address: str, content: Image, styles: list[StyleSpec], settings: Settings = FAST
+) -> ServerError:
+    with pytest.raises(ServerError) as caught:
+        run_job(address, content, styles, settings)
+    return caught.value
+
+
+def test_info(server: str):
+    with Client(server) as client:
+        info = client.info()
+    assert info.device.kind == "cpu" and info.device.memory_bytes > 0
+    assert info.weights == "vgg19-original"
+    assert info.limits.max_pixels > 24_000_000 and info.limits.max_queue == 8
+    assert info.default_size == 384 and info.protocol_version == pb.PROTOCOL_VERSION_CURRENT
+
+
+def test_health_service_says_serving(server: str):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="impasto.v1.StyleTransfer")
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_styles_lists_the_folder_with_thumbnails(server: str):
+    with Client(server) as client:
+        presets = {p.id: p for p in client.styles()}
+    assert "starry-night" in presets and len(presets) == 8
+    thumbnail = PILImage.open(io.BytesIO(presets["starry-night"].thumbnail_png))
+    assert max(thumbnail.size) == 256
+
+
+def test_stylize_end_to_end(server: str, images: Path):
+    content, pixels = rgba(images / "odd" / "rgba-640x480-transparent.png")
+    events, result = run_job(
+        server,
+        content,
+        [StyleSpec(preset="starry-night")],
+        Settings(size=64, iterations=6, preview_seconds=0.05),
+    )
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "queued" and kinds[1] == "started"
+    fractions = [e.progress.fraction for e in events if e.HasField("progress")]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 6
+    previews = [e.preview for e in events if e.HasField("preview")]
+    assert previews and max(PILImage.open(io.BytesIO(previews[-1].png)).size) == 64
+    assert (result.width, result.height, result.encoded) == (640, 480, False)
+    out = np.frombuffer(result.data, np.uint8).reshape(480, 640, 4)
+    assert np.array_equal(out[:, :, 3], pixels[:, :, 3])  # alpha byte for byte
+    opaque = pixels[:, :, 3] > 0
+    assert np.abs(out[opaque, :3].astype(int) - pixels[opaque, :3]).mean() > 5
+
+
+def test_uploaded_style_and_encoded_content(server: str, images: Path):
+    content = Image.from_file(images / "content" / "coffee.png")
+    style = Image.from_file(images / "styles" / "udnie.jpg")
+    _, result = run_job(server, content, [StyleSpec(image=style, weight=0.5), StyleSpec(preset="the-scream")])
+    assert (
+        result.encoded
+        and PILImage.open(io.BytesIO(result.data)).size
+        == PILImage.open(images / "content" / "coffee.png").size
+    )
+
+
+def cancel_after_first_progress(address: str, content: Image) -> float:
+    """Starts a long job, cancels it at its first progress event; returns seconds until the worker is free."""
+    with Client(address) as client:
+        job = client.stylize(
+            content, [StyleSpec(preset="udnie")], Settings(size=64, iterations=5000, preview_seconds=-1)
+        )
+        with pytest.raises(ServerError) as caught:
+            for event in job.events():
+                if event.HasField("progress"):
+                    job.cancel()
+                    cancelled = time.monotonic()
+        assert caught.value.code == grpc.StatusCode.CANCELLED
+    assert wait_until(lambda: idle(address), timeout=1.0)
+    return time.monotonic() - cancelled
+
+
+def test_cancel_frees_the_worker_within_a_second(server: str, images: Path):
+    content, _ = rgba(images / "content" / "camera.png")
+    assert cancel_after_first_progress(server, content) < 1.0
+    _, result = run_job(server, content, [StyleSpec(preset="udnie")])
+    assert result.width == 512
+
+
+CLIENT_THAT_DIES = """
+import sys
+from impasto.client import Client, Image, Settings, StyleSpec
+data = open(sys.argv[2], "rb").read()
+job = Client(sys.argv[1]).stylize(Image(data, encoded=True), [StyleSpec(preset="udnie")],
+                                  Settings(size=64, iterations=5000, preview_seconds=-1))
+for event in job.events():
+    if event.HasField("progress"):
+        print("running", flush=True)
+"""
+
+
+def test_dropped_connection_cancels_the_job(server: str, images: Path):
+    """GIMP's Cancel SIGKILLs the plug-in: the server must notice and stop the job."""
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT_THAT_DIES, server, str(images / "content" / "camera.png")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout.readline().strip() == "running"
+    with Client(server) as observer:
+        assert observer.info().running_jobs == 1
+    client.kill()
+    client.wait()
+    killed = time.monotonic()
+    assert wait_until(lambda: idle(server), timeout=1.0), "the job outlived its client by more than 1 s"
+    assert time.monotonic() - killed < 1.0
+    content, _ = rgba(images / "content" / "camera.png")
+    _, result = run_job(server, content, [StyleSpec(preset="udnie")])
+    assert result.height == 512
+
+
+def test_four_concurrent_clients_all_complete(server: str, images: Path):
+    content, _ = rgba(images / "content" / "chelsea.png")
+    results: dict[int, Image] = {}
+    errors: list[BaseException] = []
+
+    def one(index: int) -> None:
+        try:
+            results[index] = run_job(server, content, [StyleSpec(preset="water-lilies")])[1]
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and sorted(results) == [0, 1, 2, 3]
+    assert all((r.width, r.height) == (451, 300) for r in results.values())
+
+
+def test_full_queue_is_refused_with_the_limit(images: Path):
+    content, _ = rgba(images / "content" / "camera.png")
+    long_job = Settings(size=64, iterations=5000, preview_seconds=-1)
+    with (
+        running_server("--styles-dir", str(images / "styles"), "--max-queue", "1") as address,
+        Client(address) as first,
+        Client(address) as second,
+    ):
+        running = first.stylize(content, [StyleSpec(preset="udnie")], long_job)
+        running_events = running.events()
+        assert next(running_events).HasField("queued")
+        waiting = second.stylize(content, [StyleSpec(preset="udnie")], long_job)
+        assert next(waiting.events()).queued.position == 1
+        error = status_of(address, content, [StyleSpec(preset="udnie")])
+        assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 waiting" in str(error)
+        running.cancel()
+        waiting.cancel()
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    idat = struct.pack(">I", 0) + b"IDAT" + struct.pack(">I", zlib.crc32(b"IDAT"))
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + idat
+
+
+@pytest.mark.parametrize(
+    "name", ["gray16-300x200.png", "pixel-1x1.png", "rgba-640x480-transparent.png", "wide-4000x300.jpg"]
+)
+def test_odd_images_are_stylised_at_their_own_size(server: str, images: Path, name: str):
+    path = images / "odd" / name
+    _, result = run_job(server, Image.from_file(path), [StyleSpec(preset="udnie")])
+    assert PILImage.open(io.BytesIO(result.data)).size == PILImage.open(path).size
+
+
+BAD_REQUESTS = {
+    "corrupt bytes": (
+        Image(b"definitely not an image", encoded=True),
+        {},
+        "INVALID_ARGUMENT",
+        "not a readable image",
+    ),
+    "truncated png": ("truncated", {}, "INVALID_ARGUMENT", "not a readable image"),
+    "zero-size encoded": (Image(b"", encoded=True), {}, "INVALID_ARGUMENT", "empty"),
+    "zero-size raw": (Image(b"", 0, 0), {}, "INVALID_ARGUMENT", "0×0"),
+    "raw header 100000x100000": (Image(b"\0" * 16, 100_000, 100_000), {}, "RESOURCE_EXHAUSTED", "limit"),
+    "png header 100000x100000": (
+        Image(png_header_claiming(100_000, 100_000), encoded=True),
+        {},
+        "RESOURCE_EXHAUSTED",
+        "limit",
+    ),
+    "raw bytes short of header": (Image(b"\0" * 10, 4, 4), {}, "INVALID_ARGUMENT", "64 bytes"),
+    "unknown style": ("ok", {"preset": "no-such-painting"}, "NOT_FOUND", "no-such-painting"),
+    "path traversal": ("ok", {"preset": "../styles/udnie"}, "NOT_FOUND", "udnie"),
+    "negative strength": ("ok", {"strength": -1.0}, "INVALID_ARGUMENT", "strength"),
+    "NaN strength": ("ok", {"strength": math.nan}, "INVALID_ARGUMENT", "strength"),
+    "NaN style scale": ("ok", {"style_scale": math.nan}, "INVALID_ARGUMENT", "style_scale"),
+    "huge working size": ("ok", {"size": 1_000_000}, "RESOURCE_EXHAUSTED", "limit"),
+    "absurd iterations": ("ok", {"iterations": 4_000_000_000}, "INVALID_ARGUMENT", "iterations"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_get_a_precise_status_and_the_server_carries_on(server: str, images: Path, case: str):
+    content, change, code, message = BAD_REQUESTS[case]
+    change = dict(change)
+    good = Image.from_file(images / "content" / "camera.png")
+    if content == "ok":
+        content = good
+    elif content == "truncated":
+        content = Image(good.data[: len(good.data) // 2], encoded=True)
+    style = StyleSpec(preset=change.pop("preset", "udnie"))
+    settings = Settings(**{**FAST.__dict__, **change})
+    error = status_of(server, content, [style], settings)
+    assert error.code.name == code, error
+    assert message in str(error)
+    with Client(server) as client:
+        assert client.info().running_jobs == 0  # still answering, nothing left running
+
+
+def raw_call(address: str, requests: list[pb.StylizeRequest]) -> grpc.RpcError:
+    with grpc.insecure_channel(address) as channel:
+        stub = impasto_pb2_grpc.StyleTransferStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.Stylize(iter(requests)))
+    return caught.value
+
+
+def test_protocol_violations_are_invalid_arguments(server: str):
+    header = pb.ImageHeader(format=pb.PIXEL_FORMAT_RGBA8, width=2, height=2, total_bytes=16)
+    params = pb.StylizeRequest(
+        parameters=pb.StylizeParameters(content=header, styles=[pb.StyleChoice(preset_id="udnie")])
+    )
+    chunk = pb.StylizeRequest(chunk=pb.Chunk(image=0, data=b"\0" * 16))
+    cases = {
+        "the first message must carry the parameters": [chunk],
+        "parameters may be sent only once": [params, params],
+        "names image 3": [params, pb.StylizeRequest(chunk=pb.Chunk(image=3, data=b"x"))],
+        "more bytes than": [params, chunk, chunk],
+        "ended after 0 of 16 bytes": [params],
+    }
+    for message, requests in cases.items():
+        error = raw_call(server, requests)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and message in error.details(), (
+            message,
+            error,
+        )
+
+
+def test_a_24_megapixel_layer_round_trips(server: str):
+    width, height = 6000, 4000
+    rng = np.random.default_rng(0)
+    pixels = np.empty((height, width, 4), np.uint8)
+    pixels[:, :, :3] = 128
+    pixels[:, :, 3] = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    _, result = run_job(
+        server,
+        Image(pixels.tobytes(), width, height),
+        [StyleSpec(preset="udnie")],
+        Settings(size=32, iterations=1, preview_seconds=-1),
+    )
+    out = np.frombuffer(result.data, np.uint8).reshape(height, width, 4)
+    assert np.array_equal(out[:, :, 3], pixels[:, :, 3])
+
+
+def test_token_is_required_and_checked(images: Path):
+    with running_server("--styles-dir", str(images / "styles"), token="s3cret") as address:
+        for token, expected in [(None, "missing token"), ("guess", "wrong token")]:
+            with Client(address, token=token or "") as client, pytest.raises(ServerError) as caught:
+                client.info()
+            assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED and expected in str(caught.value)
+            with pytest.raises(ServerError) as caught:
+                run_job(
+                    address,
+                    Image.from_file(images / "content" / "camera.png"),
+                    [StyleSpec(preset="udnie")],
+                    token=token or "",
+                )
+            assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with Client(address, token="s3cret") as client:
+            assert client.info().weights == "vgg19-original"
+
+
+def test_binding_beyond_loopback_without_token_refuses_to_start():
+    result = subprocess.run(
+        [sys.executable, "-m", "impasto.server.main", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2 and "without a token" in result.stderr
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_round_trip(tmp_path: Path, images: Path):
+    cert, key = self_signed(tmp_path)
+    with running_server(
+        "--styles-dir", str(images / "styles"), "--tls-cert", str(cert), "--tls-key", str(key)
+    ) as address:
+        port = address.rsplit(":", 1)[1]
+        with Client(f"localhost:{port}", tls_ca=cert) as client:
+            assert client.info().weights == "vgg19-original"
+        _, result = run_job(
+            f"localhost:{port}",
+            Image.from_file(images / "content" / "camera.png"),
+            [StyleSpec(preset="udnie")],
+            tls_ca=cert,
+        )
+        assert result.width == 512
+        with Client(f"localhost:{port}", timeout=3) as plaintext, pytest.raises(ServerError):
+            plaintext.info()
+
+
+def test_unreachable_server_names_the_address_and_the_fix():
+    with Client("127.0.0.1:9", timeout=3) as client, pytest.raises(ServerError) as caught:
+        client.info()
+    assert "127.0.0.1:9" in str(caught.value) and "impasto-server" in str(caught.value)
