@@ -424,3 +424,69 @@ def test_unreachable_server_names_the_address_and_the_fix():
     with Client("127.0.0.1:9", timeout=3) as client, pytest.raises(ServerError) as caught:
         client.info()
     assert "127.0.0.1:9" in str(caught.value) and "impasto-server" in str(caught.value)
+
+
+def start_server_process(*flags: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "impasto.server.main", "--port", "0", "--device", "cpu", *flags],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stderr:
+        if "listening on" in line:
+            return process, line.split("listening on ", 1)[1].split()[0]
+    raise AssertionError(f"the server did not start (exit code {process.wait()})")
+
+
+def test_sigterm_cancels_running_jobs_after_the_grace_period_and_exits_0(images: Path):
+    process, address = start_server_process("--styles-dir", str(images / "styles"), "--grace-seconds", "1")
+    try:
+        with Client(address) as client:
+            job = client.stylize(
+                Image.from_file(images / "content" / "camera.png"),
+                [StyleSpec(preset="udnie")],
+                Settings(size=64, iterations=5000, preview_seconds=-1),
+            )
+            events = job.events()
+            while not next(events).HasField("progress"):
+                pass
+            process.terminate()
+            with pytest.raises(ServerError) as caught:
+                list(events)
+            assert caught.value.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        assert process.wait(timeout=30) == 0
+        log = process.stderr.read()
+        assert "outcome=cancelled" in log and "stopped" in log
+    finally:
+        process.kill()
+
+
+def test_cli_over_the_network(server: str, images: Path, tmp_path: Path, capsys):
+    from impasto.cli import main
+
+    out = tmp_path / "remote.png"
+    code = main(
+        [
+            "stylize",
+            str(images / "content" / "chelsea.png"),
+            "--style",
+            "starry-night",
+            "--style",
+            str(images / "styles" / "udnie.jpg"),
+            "-o",
+            str(out),
+            "--size",
+            "48",
+            "--iterations",
+            "3",
+            "--server",
+            server,
+            "--quiet",
+        ]
+    )
+    assert code == 0 and PILImage.open(out).size == (451, 300)
+    assert main(["styles", "--server", server]) == 0
+    assert "great-wave-off-kanagawa" in capsys.readouterr().out
+    assert main(["info", "--server", "127.0.0.1:9"]) == 1
+    error = capsys.readouterr().err
+    assert "127.0.0.1:9" in error and "impasto-server" in error
