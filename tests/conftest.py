@@ -38,19 +38,3 @@ def engine(original_weights: WeightSet) -> Engine:
 def _isolated_cache(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
     # Tests never write into the user's real cache.
     monkeypatch.setenv("IMPASTO_CACHE_DIR", str(cache_dir))
-
-
-def gradient_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """A smooth, colourful test image with some texture, (1, 3, H, W) in [0, 1]."""
-    generator = torch.Generator().manual_seed(seed)
-    ys = torch.linspace(0, 1, height).view(1, 1, height, 1)
-    xs = torch.linspace(0, 1, width).view(1, 1, 1, width)
-    base = torch.cat(
-        [
-            ys.expand(1, 1, height, width),
-            xs.expand(1, 1, height, width),
-            (1 - ys * xs).expand(1, 1, height, width),
-        ],
-        dim=1,
-    )
-    return (0.8 * base + 0.2 * torch.rand(1, 3, height, width, generator=generator)).clamp(0, 1)

@@ -11,29 +11,18 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from helpers import running_server
 from impasto.client import Client, Image, ServerError, Settings, StyleSpec
-from impasto.server.main import build_parser, start
 from impasto.v1 import impasto_pb2 as pb
 from impasto.v1 import impasto_pb2_grpc
 from PIL import Image as PILImage
 
 FAST = Settings(size=48, iterations=4, preview_seconds=-1)
-
-
-@contextmanager
-def running_server(*flags: str, token: str | None = None) -> Iterator[str]:
-    args = build_parser().parse_args(["--port", "0", "--device", "cpu", *flags])
-    port, shutdown = start(args, token)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import gradient_image
+from helpers import gradient_image
 from impasto.engine import DEFAULT, Cancelled, Engine, Options, Style
 from impasto.engine.imageops import rgb_to_yuv
 from impasto.engine.stylize import scale_sizes

@@ -1,0 +1,155 @@
+"""The plug-in inside a real GIMP 3.0, against a real impasto-server on loopback.
+
+Slow (a GIMP start is about 5 s): run alone with `pytest -m slow`. CI runs them.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import running_server
+from impasto.client import Client
+
+pytestmark = pytest.mark.slow
+QUICK = "size=48, iterations=3"
+
+
+@pytest.fixture(scope="module")
+def server(images: Path) -> Iterator[str]:
+    with running_server("--styles-dir", str(images / "styles"), "--grace-seconds", "1") as address:
+        yield address
+
+
+def test_preset_and_style_file_make_new_layers_above_the_source(gimp, server: str, images: Path):
+    content = gimp.put(images / "odd" / "rgba-640x480-transparent.png")
+    style = gimp.put(images / "styles" / "udnie.jpg")
+    out = gimp.run(f"""
+        image = load({content!r})
+        source = image.get_layers()[0]
+        before = pixels(source)
+        status, layer = impasto(image, source, style="starry-night", server={server!r}, {QUICK})
+        out["status"] = status
+        after = pixels(layer)
+        out["geometry"] = [layer.get_width(), layer.get_height(), *layer.get_offsets()[1:]]
+        out["source_geometry"] = [source.get_width(), source.get_height(), *source.get_offsets()[1:]]
+        opaque = [i for i in range(3, len(before), 4) if before[i] > 0]
+        out["changed"] = sum(abs(after[i - 1] - before[i - 1]) for i in opaque) / len(opaque)
+        out["alpha_kept"] = before[3::4] == after[3::4]
+        out["source_untouched"] = pixels(source) == before
+        status, second = impasto(image, source, **{{"style-file": {style!r}}}, server={server!r}, {QUICK})
+        out["second_status"] = status
+        out["names"] = [l.get_name() for l in image.get_layers()]
+        out["source_name"] = source.get_name()
+    """)
+    assert "exception" not in out, out.get("exception")
+    assert out["status"] == "success" and out["second_status"] == "success"
+    assert out["geometry"] == out["source_geometry"] == [640, 480, 0, 0]
+    assert out["changed"] > 5 and out["alpha_kept"] and out["source_untouched"]
+    # Each result lands directly above the source: the second between the first and the source.
+    assert out["names"] == ["Impasto: starry-night", "Impasto: udnie", out["source_name"]]
+
+
+def test_selection_limits_the_result(gimp, server: str, images: Path):
+    content = gimp.put(images / "content" / "chelsea.png")
+    out = gimp.run(f"""
+        image = load({content!r})
+        source = image.get_layers()[0]
+        before = composite(image)
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 100, 50, 150, 100)
+        status, layer = impasto(image, source, style="udnie", server={server!r}, {QUICK})
+        out["status"] = status
+        out["has_mask"] = layer.get_mask() is not None
+        after = composite(image)
+        width = image.get_width()
+        inside = outside = 0
+        for index in range(0, len(before), 4):
+            x, y = (index // 4) % width, (index // 4) // width
+            differs = before[index:index + 3] != after[index:index + 3]
+            if 100 <= x < 250 and 50 <= y < 150:
+                inside += differs
+            else:
+                outside += differs
+        out["inside"], out["outside"] = inside, outside
+    """)
+    assert "exception" not in out, out.get("exception")
+    assert out["status"] == "success" and out["has_mask"]
+    assert out["outside"] == 0, "pixels outside the selection changed"
+    assert out["inside"] > 150 * 100 * 0.5
+
+
+def test_server_down_is_an_execution_error_naming_the_address(gimp, images: Path):
+    content = gimp.put(images / "content" / "coffee.png")
+    out = gimp.run(f"""
+        image = load({content!r})
+        status, message = impasto(image, image.get_layers()[0], style="udnie", server="127.0.0.1:9", {QUICK})
+        out["status"], out["message"] = status, str(message)
+        out["layers"] = len(image.get_layers())
+    """)
+    assert out["status"] == "execution-error"
+    assert "127.0.0.1:9" in out["message"] and "impasto-server" in out["message"]
+    assert out["layers"] == 1
+
+
+def test_grayscale_image_and_offset_layer(gimp, server: str, images: Path):
+    content = gimp.put(images / "content" / "camera.png")
+    out = gimp.run(f"""
+        image = load({content!r})
+        out["gray"] = image.get_base_type() == Gimp.ImageBaseType.GRAY
+        status, layer = impasto(image, image.get_layers()[0], style="starry-night", server={server!r}, {QUICK})
+        out["status"], out["result_gray"] = status, layer.is_gray()
+
+        small = Gimp.Layer.new(image, "small", 100, 80, Gimp.ImageType.GRAYA_IMAGE, 100, Gimp.LayerMode.NORMAL)
+        image.insert_layer(small, None, 0)
+        small.set_offsets(30, 20)
+        small.get_buffer().set(Gegl.Rectangle.new(0, 0, 100, 80), "R'G'B'A u8",
+                               pixels(image.get_layers()[-1], 30, 20, 100, 80))
+        status, result = impasto(image, small, style="udnie", server={server!r}, {QUICK})
+        out["offset_status"] = status
+        out["offset_geometry"] = [result.get_width(), result.get_height(), *result.get_offsets()[1:]]
+        out["names"] = [l.get_name() for l in image.get_layers()]
+    """)
+    assert "exception" not in out, out.get("exception")
+    assert out["gray"] and out["status"] == "success" and out["result_gray"]
+    assert out["offset_status"] == "success" and out["offset_geometry"] == [100, 80, 30, 20]
+    assert out["names"][:2] == ["Impasto: udnie", "small"]
+
+
+def test_killing_the_plug_in_leaves_no_job_on_the_server(gimp, server: str, images: Path):
+    """GIMP's status-bar Cancel SIGKILLs the plug-in; the server must drop the job."""
+    content = gimp.put(images / "content" / "astronaut.png")
+    script = gimp.work / "long.py"
+    script.write_text(
+        "import gi\ngi.require_version('Gimp', '3.0')\nfrom gi.repository import Gimp, Gio\n"
+        f"image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path({content!r}))\n"
+        "p = Gimp.get_pdb().lookup_procedure('python-fu-impasto')\nc = p.create_config()\n"
+        "c.set_property('run-mode', Gimp.RunMode.NONINTERACTIVE)\nc.set_property('image', image)\n"
+        "c.set_core_object_array('drawables', image.get_layers())\nc.set_property('style', 'udnie')\n"
+        f"c.set_property('server', {server!r})\nc.set_property('size', 64)\nc.set_property('iterations', 5000)\n"
+        "p.run(c)\n"
+    )
+    gimp_process = gimp.start(f"exec(open({gimp.inside(script)!r}).read())")
+    try:
+        with Client(server) as client:
+            deadline = time.monotonic() + 120
+            while client.info().running_jobs == 0:
+                assert time.monotonic() < deadline and gimp_process.poll() is None, "the job never started"
+                time.sleep(0.1)
+            plug_in = subprocess.run(
+                ["pgrep", "-f", "plug-ins/impasto/impasto.py"], capture_output=True, text=True
+            )
+            pids = [int(pid) for pid in plug_in.stdout.split()]
+            assert pids, "the plug-in process was not found"
+            for pid in pids:
+                subprocess.run(["kill", f"-{signal.SIGKILL.value}", str(pid)], check=True)
+            killed = time.monotonic()
+            while client.info().running_jobs or client.info().queue_length:
+                assert time.monotonic() - killed < 1.0, "the job outlived the killed plug-in by more than 1 s"
+                time.sleep(0.02)
+    finally:
+        gimp_process.kill()
+        gimp_process.wait()

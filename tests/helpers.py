@@ -1,0 +1,36 @@
+"""Helpers shared by test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from impasto.server.main import build_parser, start
+
+
+def gradient_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A smooth, colourful test image with some texture, (1, 3, H, W) in [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    ys = torch.linspace(0, 1, height).view(1, 1, height, 1)
+    xs = torch.linspace(0, 1, width).view(1, 1, 1, width)
+    base = torch.cat(
+        [
+            ys.expand(1, 1, height, width),
+            xs.expand(1, 1, height, width),
+            (1 - ys * xs).expand(1, 1, height, width),
+        ],
+        dim=1,
+    )
+    return (0.8 * base + 0.2 * torch.rand(1, 3, height, width, generator=generator)).clamp(0, 1)
+
+
+@contextmanager
+def running_server(*flags: str, token: str | None = None) -> Iterator[str]:
+    """An impasto-server in this process on an ephemeral loopback port; yields its address."""
+    args = build_parser().parse_args(["--port", "0", "--device", "cpu", *flags])
+    port, shutdown = start(args, token)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        shutdown()
