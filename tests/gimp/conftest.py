@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 ROOT = Path(os.environ.get("IMPASTO_GIMP_ROOT", "/var/cache/impasto/gimp-trixie"))
 MIRROR = os.environ.get("IMPASTO_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ["gimp", "python3-gi", "gir1.2-gimp-3.0", "gir1.2-gegl-0.4", "gir1.2-babl-0.1",
-            "xvfb", "xauth", "x11-apps", "netpbm", "procps"]  # fmt: skip
+            "xvfb", "xauth", "x11-apps", "x11-utils", "netpbm", "procps"]  # fmt: skip
 GIMP_PYTHON = "3.13"  # trixie's python3
 
 

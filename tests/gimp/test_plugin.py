@@ -153,3 +153,76 @@ def test_killing_the_plug_in_leaves_no_job_on_the_server(gimp, server: str, imag
     finally:
         gimp_process.kill()
         gimp_process.wait()
+
+
+GUI_SCRIPT = """
+import gi
+gi.require_version("Gimp", "3.0")
+from gi.repository import Gimp, Gio
+image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path({content!r}))
+Gimp.Display.new(image)
+procedure = Gimp.get_pdb().lookup_procedure("python-fu-impasto")
+config = procedure.create_config()
+config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+config.set_property("image", image)
+config.set_core_object_array("drawables", image.get_layers())
+config.set_property("server", {server!r})
+config.set_property("style", "starry-night")
+procedure.run(config)
+"""
+
+# Waits for the dialog's window, lets it paint, then saves the screen as PNG.
+SCREENSHOT = """#!/bin/sh
+gimp-3.0 --no-splash --batch-interpreter=python-fu-eval -b "exec(open('{script}').read())" &
+for attempt in $(seq 1 180); do
+  if xwininfo -root -tree | grep -q '"Impasto Style Transfer"'; then
+    sleep 3
+    xwd -root -silent | xwdtopnm 2>/dev/null | pnmtopng > {png}
+    echo found
+    break
+  fi
+  sleep 1
+done
+kill $! 2>/dev/null
+"""
+
+
+def test_dialog_opens_under_xvfb(gimp, server: str, images: Path, tmp_path: Path):
+    """A GUI smoke test: the dialog appears, with the server's presets; a screenshot is kept."""
+    content = gimp.put(images / "content" / "chelsea.png")
+    (gimp.work / "gui.py").write_text(GUI_SCRIPT.format(content=content, server=server))
+    png = gimp.work / "dialog.png"
+    shell = gimp.work / "screenshot.sh"
+    shell.write_text(SCREENSHOT.format(script=gimp.inside(gimp.work / "gui.py"), png=gimp.inside(png)))
+    shell.chmod(0o755)
+    env = {
+        "HOME": gimp.inside(gimp.work),
+        "GIMP3_DIRECTORY": gimp.inside(gimp.config),
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+    }
+    result = subprocess.run(
+        [
+            "chroot",
+            str(gimp.root),
+            "/usr/bin/env",
+            "-i",
+            *(f"{k}={v}" for k, v in env.items()),
+            "xvfb-run",
+            "-a",
+            "-s",
+            "-screen 0 1280x900x24",
+            gimp.inside(shell),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert "found" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    from PIL import Image
+
+    screenshot = Image.open(png)
+    assert screenshot.size == (1280, 900) and len(screenshot.convert("L").getcolors(65536)) > 50
+    kept = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+    kept.mkdir(parents=True, exist_ok=True)
+    screenshot.save(kept / "impasto-dialog.png")  # for a look, and for docs/images/ when it changed
