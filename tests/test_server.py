@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import signal
 import struct
 import subprocess
 import sys
@@ -479,3 +480,34 @@ def test_cli_over_the_network(server: str, images: Path, tmp_path: Path, capsys)
     assert main(["info", "--server", "127.0.0.1:9"]) == 1
     error = capsys.readouterr().err
     assert "127.0.0.1:9" in error and "impasto-server" in error
+
+
+def test_ctrl_c_in_the_cli_cancels_the_job_on_the_server(server: str, images: Path, tmp_path: Path):
+    out = tmp_path / "out.png"
+    command = [
+        sys.executable,
+        "-m",
+        "impasto.cli",
+        "stylize",
+        str(images / "content" / "camera.png"),
+        "--style",
+        "udnie",
+        "-o",
+        str(out),
+        "--size",
+        "64",
+        "--iterations",
+        "5000",
+        "--server",
+        server,
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE)
+    stderr = bytearray()
+    while b"scale 1/" not in stderr:
+        chunk = process.stderr.read1(4096)
+        assert chunk, f"the CLI ended before the job ran: {stderr.decode()}"
+        stderr.extend(chunk)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 130
+    assert not out.exists()
+    assert wait_until(lambda: idle(server), timeout=1.0)

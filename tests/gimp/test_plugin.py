@@ -26,12 +26,17 @@ def server(images: Path) -> Iterator[str]:
 
 
 def test_preset_and_style_file_make_new_layers_above_the_source(gimp, server: str, images: Path):
-    content = gimp.put(images / "odd" / "rgba-640x480-transparent.png")
+    content = gimp.put(images / "content" / "chelsea.png")
     style = gimp.put(images / "styles" / "udnie.jpg")
     out = gimp.run(f"""
         image = load({content!r})
         source = image.get_layers()[0]
+        source.add_alpha()
+        image.select_ellipse(Gimp.ChannelOps.REPLACE, 150, 60, 160, 120)
+        source.edit_clear()  # a transparent hole, so that keeping alpha means something
+        Gimp.Selection.none(image)
         before = pixels(source)
+        out["transparent"] = before[3::4].count(0)
         status, layer = impasto(image, source, style="starry-night", server={server!r}, {QUICK})
         out["status"] = status
         after = pixels(layer)
@@ -48,7 +53,8 @@ def test_preset_and_style_file_make_new_layers_above_the_source(gimp, server: st
     """)
     assert "exception" not in out, out.get("exception")
     assert out["status"] == "success" and out["second_status"] == "success"
-    assert out["geometry"] == out["source_geometry"] == [640, 480, 0, 0]
+    assert out["geometry"] == out["source_geometry"] == [451, 300, 0, 0]
+    assert out["transparent"] > 10_000
     assert out["changed"] > 5 and out["alpha_kept"] and out["source_untouched"]
     # Each result lands directly above the source: the second between the first and the source.
     assert out["names"] == ["Impasto: starry-night", "Impasto: udnie", out["source_name"]]
