@@ -257,7 +257,7 @@ BAD_REQUESTS = {
     ),
     "raw bytes short of header": (Image(b"\0" * 10, 4, 4), {}, "INVALID_ARGUMENT", "64 bytes"),
     "unknown style": ("ok", {"preset": "no-such-painting"}, "NOT_FOUND", "no-such-painting"),
-    "path traversal": ("ok", {"preset": "../styles/udnie"}, "NOT_FOUND", "udnie"),
+    "path traversal": ("ok", {"preset": "../styles/udnie"}, "INVALID_ARGUMENT", "not a preset id"),
     "negative strength": ("ok", {"strength": -1.0}, "INVALID_ARGUMENT", "strength"),
     "NaN strength": ("ok", {"strength": math.nan}, "INVALID_ARGUMENT", "strength"),
     "NaN style scale": ("ok", {"style_scale": math.nan}, "INVALID_ARGUMENT", "style_scale"),

@@ -10,13 +10,11 @@ import threading
 import time
 from pathlib import Path
 
-from platformdirs import user_data_dir
-
 from . import __version__
 from .images import ImageError, save_image
+from .library import DEFAULT_STYLES_DIR
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
-DEFAULT_STYLES_DIR = Path(user_data_dir("impasto")) / "styles"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the content's colours; take only the style's luminance patterns",
     )
     stylize.add_argument("--seed", type=int, default=0, help="random seed; CPU runs repeat bit for bit")
+    stylize.add_argument(
+        "--save-style",
+        metavar="NAME",
+        help="also keep the (single) style image as a preset named NAME (in --styles-dir, or on the server)",
+    )
     local = stylize.add_argument_group("in-process only (without --server)")
     local.add_argument(
         "--init", default="content", help="start from 'content' (default), 'noise', or an image file"
@@ -137,7 +140,14 @@ def main(argv: list[str] | None = None) -> int:
 def load_engine(device_name: str, weights: str = "original", precision: str = "auto"):
     # torch is imported here so that `impasto --help` and the network client answer at once.
     from .engine import Engine, pick_device
-    from .engine.weights import CAFFE, load_original_vgg19, load_torchvision_vgg19, load_weight_file
+    from .engine.gram_cache import GramCache
+    from .engine.weights import (
+        CAFFE,
+        default_cache_dir,
+        load_original_vgg19,
+        load_torchvision_vgg19,
+        load_weight_file,
+    )
 
     device = pick_device(device_name)
     if weights == "original":
@@ -146,7 +156,7 @@ def load_engine(device_name: str, weights: str = "original", precision: str = "a
         weight_set = load_torchvision_vgg19()
     else:
         weight_set = load_weight_file(Path(weights), CAFFE)
-    return Engine(weight_set, device, precision)
+    return Engine(weight_set, device, precision, GramCache(default_cache_dir() / "grams"))
 
 
 def _style_weights(args: argparse.Namespace) -> list[float]:
@@ -156,6 +166,11 @@ def _style_weights(args: argparse.Namespace) -> list[float]:
             f"{len(args.style)} --style but {len(weights)} --style-weight; give one weight per style"
         )
     return weights
+
+
+def _check_save_style(args: argparse.Namespace) -> None:
+    if args.save_style and (len(args.style) != 1 or not Path(args.style[0]).is_file()):
+        raise ValueError("--save-style keeps one style image file as a preset; give exactly one --style FILE")
 
 
 def _check_output(output: Path) -> None:
@@ -187,6 +202,10 @@ def _local_stylize(args: argparse.Namespace) -> int:
     output = Path(args.output)
     _check_output(output)
     library = StyleLibrary(args.styles_dir)
+    _check_save_style(args)
+    if args.save_style:
+        preset = library.save(args.save_style, Path(args.style[0]).read_bytes())
+        print(f"saved {args.style[0]} as preset '{preset.id}' in {library.folder}", file=sys.stderr)
     content = load_picture(args.content)
     styles = []
     for name, weight in zip(args.style, _style_weights(args), strict=True):
@@ -283,8 +302,11 @@ def _remote_stylize(args: argparse.Namespace) -> int:
     output = Path(args.output)
     _check_output(output)
     content = Image.from_file(args.content)
+    _check_save_style(args)
     styles = [
-        StyleSpec(image=Image.from_file(s), weight=w) if Path(s).is_file() else StyleSpec(preset=s, weight=w)
+        StyleSpec(image=Image.from_file(s), weight=w, save_as=args.save_style or "")
+        if Path(s).is_file()
+        else StyleSpec(preset=s, weight=w)
         for s, w in zip(args.style, _style_weights(args), strict=True)
     ]
     settings = Settings(

@@ -17,7 +17,7 @@ from .v1 import impasto_pb2 as pb
 from .v1 import impasto_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 20  # the contract's largest chunk of image data
 START_SERVER_HINT = "start one there with `impasto-server` (or pass another address with --server HOST:PORT)"
 
 
@@ -58,6 +58,7 @@ class StyleSpec:
     preset: str | None = None
     image: Image | None = None
     weight: float = 1.0
+    save_as: str = ""  # for an image: also keep it on the server as a preset with this name
 
 
 @dataclass
@@ -168,7 +169,11 @@ def _requests(content: Image, styles: list[StyleSpec], settings: Settings) -> It
     choices = []
     for spec in styles:
         if spec.image is not None:
-            choices.append(pb.StyleChoice(upload=uploads.index(spec.image), weight=spec.weight))
+            choices.append(
+                pb.StyleChoice(
+                    upload=uploads.index(spec.image), weight=spec.weight, save_as_preset=spec.save_as
+                )
+            )
         else:
             choices.append(pb.StyleChoice(preset_id=spec.preset or "", weight=spec.weight))
     yield pb.StylizeRequest(

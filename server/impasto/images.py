@@ -68,9 +68,7 @@ def decode_picture(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise TooLarge(
-            f"{name} is over the limit of pixels that can be decoded safely ({error})"
-        ) from error
+        raise TooLarge(f"{name} is over the limit of pixels that can be decoded safely ({error})") from error
     except UnidentifiedImageError as error:
         raise ImageError(
             f"{name} is not a readable image (not PNG, JPEG, WebP, TIFF or another known format)"

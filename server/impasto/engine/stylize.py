@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from .gram_cache import GramCache, image_digest
 from .imageops import fit_long_side, keep_content_colours, resize
 from .losses import LossParts, Targets, gram, total_loss
 from .recipes import DEFAULT, Recipe
@@ -110,9 +111,16 @@ def cpu_has_bf16() -> bool:
 class Engine:
     """Holds the network for one weight set on one device; runs one job at a time per call."""
 
-    def __init__(self, weights: WeightSet, device: torch.device, precision: Precision = "auto"):
+    def __init__(
+        self,
+        weights: WeightSet,
+        device: torch.device,
+        precision: Precision = "auto",
+        gram_cache: GramCache | None = None,
+    ):
         self.weights = weights
         self.device = device
+        self.gram_cache = gram_cache
         if precision == "auto":
             precision = (
                 "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "fp32"
@@ -206,6 +214,8 @@ class _Run:
         # Each scale costs about its pixel count per iteration; used for the time-left estimate.
         self.cost = [h * w for h, w in sizes]
         self.cost_done = 0.0
+        cache = engine.gram_cache
+        self.style_digests = [image_digest(s.image) if cache is not None else None for s in styles]
 
     def initial_image(self, size: tuple[int, int]) -> torch.Tensor:
         init = self.options.init
@@ -227,16 +237,15 @@ class _Run:
             }
             total_weight = sum(s.weight for s in self.styles)
             grams = {k: 0.0 for k in recipe.style_layers}
-            for style in self.styles:
+            for style, digest in zip(self.styles, self.style_digests, strict=True):
                 style_size = fit_long_side(
                     *style.image.shape[2:], round(max(size) * self.options.style_scale)
                 )
-                image = resize(style.image.to(self.engine.device, torch.float32), style_size)
-                features = self.engine.features(self.net, image)
+                style_grams = self.style_grams(style, digest, style_size)
                 for k in grams:
                     # A weighted mean of Grams: its MSE differs from the weighted sum of per-style MSEs
                     # only by a constant, at a fraction of the cost.
-                    grams[k] = grams[k] + gram(features[k]) * (style.weight / total_weight)
+                    grams[k] = grams[k] + style_grams[k] * (style.weight / total_weight)
         style_weight = recipe.style_weight * self.options.strength
         content_weights = {k: recipe.content_weight * w for k, w in recipe.content_layers.items()}
         style_weights = {k: style_weight * w for k, w in recipe.style_layers.items()}
@@ -244,6 +253,22 @@ class _Run:
             content_weights = {k: w / _mean_square(content[k]) for k, w in content_weights.items()}
             style_weights = {k: w / _mean_square(grams[k]) for k, w in style_weights.items()}
         return Targets(content, content_weights, grams, style_weights, recipe.tv_weight)
+
+    def style_grams(self, style: Style, digest: str | None, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        cache, engine, recipe = self.engine.gram_cache, self.engine, self.recipe
+        key = None
+        if cache is not None:
+            layers = sorted(recipe.style_layers)
+            key = cache.key(digest, engine.weights.name, recipe.pooling, layers, size, engine.precision)
+            cached = cache.get(key)
+            if cached is not None:
+                return {k: g.to(engine.device) for k, g in cached.items()}
+        image = resize(style.image.to(engine.device, torch.float32), size)
+        features = engine.features(self.net, image)
+        grams = {k: gram(features[k]) for k in recipe.style_layers}
+        if key is not None:
+            cache.put(key, grams)
+        return grams
 
     def optimise_scale(self, index: int, image: torch.Tensor) -> torch.Tensor:
         targets = self.targets(tuple(image.shape[2:]))

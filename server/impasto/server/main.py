@@ -14,9 +14,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from platformdirs import user_data_dir
 
 from .. import __version__
+from ..library import DEFAULT_STYLES_DIR
 from ..v1 import impasto_pb2_grpc
 from .auth import TokenInterceptor, read_token, server_credentials
 from .service import CHUNK_BYTES, Limits, StyleTransferServicer
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--styles-dir",
         type=Path,
-        default=Path(user_data_dir("impasto")) / "styles",
+        default=DEFAULT_STYLES_DIR,
         help="folder of style images served as presets",
     )
     parser.add_argument(
@@ -82,6 +82,9 @@ def is_loopback(host: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["styles"]:
+        return styles_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -115,6 +118,38 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     shutdown()
     return 0
+
+
+def styles_main(argv: list[str]) -> int:
+    """`impasto-server styles list|fetch|import DIR`: manage the style library without a running server."""
+    from ..catalogue import fetch
+    from ..library import StyleLibrary
+
+    parser = argparse.ArgumentParser(prog="impasto-server styles", description="Manage the style presets.")
+    parser.add_argument("--styles-dir", type=Path, default=DEFAULT_STYLES_DIR, help="the library's folder")
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="the presets and their metadata")
+    actions.add_parser(
+        "fetch", help="download the built-in catalogue of public-domain paintings (needs the internet)"
+    )
+    source = actions.add_parser("import", help="copy the images of a folder (and their .json metadata) in")
+    source.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    library = StyleLibrary(args.styles_dir)
+    if args.action == "list":
+        for preset in library.presets():
+            by = f" — {preset.artist}, {preset.year}" if preset.artist else ""
+            print(f"{preset.id:32} {preset.title}{by}")
+        return 0
+    if args.action == "import" and not args.folder.is_dir():
+        print(f"impasto-server styles import: {args.folder} is not a folder", file=sys.stderr)
+        return 2
+    report = fetch(library) if args.action == "fetch" else library.import_folder(args.folder)
+    for name, outcome in report:
+        print(f"{name:40} {outcome}")
+    failed = sum(outcome.startswith("failed") for _, outcome in report)
+    print(f"{len(report) - failed} of {len(report)} ok; library: {library.folder}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def start(args: argparse.Namespace, token: str | None):

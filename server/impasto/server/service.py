@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from .. import __version__
+from ..client import CHUNK_BYTES
 from ..engine import Cancelled, Options, Progress, Style
 from ..engine.imageops import fit_long_side, resize
 from ..engine.stylize import check_options
@@ -23,13 +24,12 @@ from ..images import (
     rgba8_bytes,
     to_pil,
 )
-from ..library import StyleLibrary
+from ..library import InvalidStyleId, StyleExists, StyleLibrary
 from ..v1 import impasto_pb2 as pb
 from ..v1 import impasto_pb2_grpc
 from . import jobs
 from .device import DeviceInfo
 
-CHUNK_BYTES = 1 << 20
 PREVIEW_SIDE = 512
 DEFAULT_PREVIEW_SECONDS = 2.0
 
@@ -78,7 +78,17 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
         self, request: pb.ListStylesRequest, context: grpc.ServicerContext
     ) -> pb.ListStylesResponse:
         styles = [
-            pb.StylePreset(id=p.id, title=p.title, thumbnail_png=self.library.thumbnail(p))
+            pb.StylePreset(
+                id=p.id,
+                title=p.title,
+                artist=p.artist,
+                year=p.year,
+                licence=p.licence,
+                source_url=p.source_url,
+                thumbnail_png=self.library.thumbnail(p),
+                recommended_strength=p.strength,
+                recommended_style_scale=p.style_scale,
+            )
             for p in self.library.presets()
         ]
         return pb.ListStylesResponse(styles=styles)
@@ -127,6 +137,9 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
             check_options(options, styles)
         except ValueError as error:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+        for choice in params.styles:
+            if choice.save_as_preset:
+                self._save_upload(choice, uploads, data[1:], headers[1:])
         job = jobs.Job(content.rgb, styles, options, description)
         return job, content, params.content.format
 
@@ -177,6 +190,8 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
             if choice.HasField("preset_id"):
                 try:
                     picture = self.library.load(choice.preset_id)
+                except InvalidStyleId as error:
+                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
                 except KeyError:
                     raise RequestError(
                         grpc.StatusCode.NOT_FOUND,
@@ -199,6 +214,28 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
                 )
             styles.append(Style(picture.rgb, weight))
         return styles, "+".join(names)
+
+    def _save_upload(self, choice: pb.StyleChoice, uploads: list[Picture], data: list[bytes],
+                     headers: list[pb.ImageHeader]) -> None:  # fmt: skip
+        if not choice.HasField("upload"):
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT, "only an uploaded style can be saved as a preset"
+            )
+        index = choice.upload
+        if headers[index].format == pb.PIXEL_FORMAT_ENCODED:
+            file_bytes = data[index]
+        else:
+            file_bytes = png_bytes(compose_result(uploads[index].rgb, uploads[index]))
+        try:
+            self.library.save(choice.save_as_preset, file_bytes)
+        except StyleExists as error:
+            raise RequestError(grpc.StatusCode.ALREADY_EXISTS, str(error)) from error
+        except (InvalidStyleId, ImageError) as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+        except OSError as error:
+            raise RequestError(
+                grpc.StatusCode.INTERNAL, f"could not save the style on the server: {error}"
+            ) from error
 
     def _options(self, params: pb.StylizeParameters) -> Options:
         limits = self.limits
