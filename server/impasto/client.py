@@ -143,8 +143,6 @@ class Client:
         return list(self._unary(self._stub.ListStyles, pb.ListStylesRequest()).styles)
 
     def stylize(self, content: Image, styles: list[StyleSpec], settings: Settings | None = None) -> RemoteJob:
-        # Wait for the connection first, so that a server that is down gives its own clear error.
-        self._wait_ready()
         call = self._stub.Stylize(_requests(content, styles, settings or Settings()), metadata=self._metadata)
         return RemoteJob(call, self.address)
 
@@ -153,15 +151,6 @@ class Client:
             return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise _server_error(error, self.address) from None
-
-    def _wait_ready(self) -> None:
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=self.timeout)
-        except grpc.FutureTimeoutError:
-            raise ServerError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"cannot reach an Impasto server at {self.address}; {START_SERVER_HINT}",
-            ) from None
 
 
 def _requests(content: Image, styles: list[StyleSpec], settings: Settings) -> Iterator[pb.StylizeRequest]:
