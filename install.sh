@@ -12,6 +12,7 @@
 #   --gimp-dir DIR                     a GIMP config folder (holding plug-ins/) instead of the found ones
 #   --gimp-python-version X.Y          the Python GIMP runs plug-ins with, when detection fails
 #   --torch SPEC                       another PyTorch, e.g. "torch torchvision" for the newest
+#   --with-styles                      also download the catalogue of public-domain paintings (internet)
 #
 # PyTorch is pinned to torch==2.14.1 / torchvision==0.29.1 by default: the pair CI uses. Newer works;
 # pass --torch (or IMPASTO_TORCH), with PIP_EXTRA_INDEX_URL for a CUDA build of your choice.
@@ -20,7 +21,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${IMPASTO_VENV:-$here/.venv}"
 torch_spec="${IMPASTO_TORCH:-torch==2.14.1 torchvision==0.29.1}"
-want_server=1 want_plugin=1 uninstall=0 run_tests=0
+want_server=1 want_plugin=1 uninstall=0 run_tests=0 with_styles=0
 gimp_dirs=() gimp_python_version="" pytest_args=()
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -32,6 +33,7 @@ while [ $# -gt 0 ]; do
     --server-only) want_plugin=0 ;;
     --plugin-only) want_server=0 ;;
     --uninstall) uninstall=1 ;;
+    --with-styles) with_styles=1 ;;
     --gimp-dir) gimp_dirs+=("${2:?--gimp-dir needs a folder}"); shift ;;
     --gimp-python-version) gimp_python_version="${2:?--gimp-python-version needs X.Y, e.g. 3.13}"; shift ;;
     --torch) torch_spec="${2:?--torch needs a pip requirement, e.g. 'torch torchvision'}"; shift ;;
@@ -102,6 +104,11 @@ if [ "$want_server" = 1 ]; then
   "$venv/bin/impasto" info --local
 fi
 
+if [ "$with_styles" = 1 ]; then
+  say "Downloading the style catalogue"
+  "$venv/bin/impasto-server" styles fetch || echo "   (some styles failed; run '$venv/bin/impasto-server styles fetch' again later)"
+fi
+
 gimp_python() {
   # The Python GIMP starts plug-ins with: the one with GIMP's introspection data.
   if [ -n "$gimp_python_version" ]; then echo "$gimp_python_version"; return; fi
@@ -170,7 +177,8 @@ fi
 cat <<EOF
 
 Done. Next:
-  start the server:        $venv/bin/impasto-server --styles-dir FOLDER_OF_PAINTINGS
+  start the server:        $venv/bin/impasto-server
+  add style presets:       $venv/bin/impasto-server styles fetch      (or: styles import FOLDER)
   in GIMP 3:               open an image, then Filters ▸ Artistic ▸ Impasto Style Transfer…
   without GIMP:            $venv/bin/impasto stylize photo.jpg --style painting.jpg -o result.png
 EOF
