@@ -24,7 +24,7 @@ torch_spec="${IMPASTO_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 want_server=1 want_plugin=1 uninstall=0 run_tests=0 with_styles=0
 gimp_dirs=() gimp_python_version="" pytest_args=()
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
