@@ -106,6 +106,8 @@ def test_stylize_end_to_end(server: str, images: Path):
     )
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "queued" and kinds[1] == "started"
+    started = events[1].started
+    assert started.estimated_seconds > 0 and started.estimated_memory_bytes > 64 * 43 * 1000
     fractions = [e.progress.fraction for e in events if e.HasField("progress")]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 6
     previews = [e.preview for e in events if e.HasField("preview")]

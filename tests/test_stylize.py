@@ -141,3 +141,13 @@ def test_adam_recipe_also_converges(engine: Engine):
         on_progress=lambda p: totals.append(p.style_loss),
     )
     assert totals[-1] < totals[0] / 2
+
+
+def test_estimates_grow_with_the_work_and_learn_from_the_last_job(engine: Engine):
+    small, large = engine.estimate(300, 400, Options(size=256)), engine.estimate(300, 400, Options(size=512))
+    assert 3 < large.peak_bytes / small.peak_bytes < 5 and large.seconds > 3 * small.seconds
+    assert engine.estimate(300, 400, Options(size=256, iterations=200)).seconds > 1.9 * small.seconds
+    engine.stylize(CONTENT, [Style(STYLE)], FAST)
+    learned = engine.seconds_per_pixel_iteration
+    assert 1e-8 < learned < 1e-3
+    assert engine.estimate(48, 64, FAST).seconds == pytest.approx(learned * 48 * 64 * FAST.iterations)

@@ -224,7 +224,8 @@ def describe(event):
         return f"Waiting for the server: {ahead} job(s) ahead" if ahead else "Starting…"
     if event.HasField("started"):
         s = event.started
-        return f"Painting at {s.working_width}×{s.working_height} on {s.device.name or s.device.kind}"
+        about = f", about {s.estimated_seconds:.0f} s" if s.estimated_seconds >= 1 else ""
+        return f"Painting at {s.working_width}×{s.working_height} on {s.device.name or s.device.kind}{about}"
     if event.HasField("progress"):
         p = event.progress
         left = f", about {p.eta_seconds:.0f} s left" if p.eta_seconds > 0 else ""

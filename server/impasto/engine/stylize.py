@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from .estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION, Estimate, estimate
 from .gram_cache import GramCache, image_digest
 from .imageops import fit_long_side, keep_content_colours, resize
 from .losses import LossParts, Targets, gram, total_loss
@@ -130,6 +131,9 @@ class Engine:
             # Shapes are fixed within a scale, so cuDNN's autotuning pays for itself at once.
             torch.backends.cudnn.benchmark = True
         self._networks: dict[tuple[frozenset[str], str], VGGFeatures] = {}
+        self.seconds_per_pixel_iteration = FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION.get(
+            (device.type, self.precision), 1e-6
+        )
         self._lock = threading.Lock()
 
     def network(self, recipe: Recipe) -> VGGFeatures:
@@ -139,6 +143,13 @@ class Engine:
                 net = VGGFeatures(self.weights, recipe.layers, recipe.pooling).to(self.device)
                 self._networks[key] = net.to(memory_format=torch.channels_last)
             return self._networks[key]
+
+    def estimate(self, height: int, width: int, options: Options) -> Estimate:
+        """Seconds and peak device bytes for stylising a `height`×`width` content with `options`."""
+        sizes = scale_sizes(height, width, options.size, options.recipe)
+        return estimate(
+            sizes, options.iterations, self.precision, options.recipe, self.seconds_per_pixel_iteration
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":
@@ -171,6 +182,10 @@ class Engine:
         image = run.initial_image(sizes[0])
         for index, size in enumerate(sizes):
             image = run.optimise_scale(index, resize(image, size))
+        # What this device really did replaces the first guess used for the next estimate.
+        self.seconds_per_pixel_iteration = (time.monotonic() - run.start) / (
+            sum(run.cost) * options.iterations
+        )
         if options.preserve_colors:
             image = keep_content_colours(image, content)
         return image.detach().clamp(0, 1).cpu()

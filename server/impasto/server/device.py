@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-# Peak bytes per working pixel during an iteration (docs/benchmarks.md, performance notes):
-# about 2.5 KB in fp32 and 1.6 KB with bf16 convolutions.
-BYTES_PER_WORKING_PIXEL = {"fp32": 2500, "bf16": 1600}
+from ..engine import DEFAULT
+from ..engine.estimate import peak_bytes
+
 # Host bytes per uploaded pixel while a job lives: raw RGBA, float RGB, resized copies, the reply.
 HOST_BYTES_PER_UPLOADED_PIXEL = 160
 MAX_UPLOAD_PIXELS = 100_000_000
@@ -53,7 +53,7 @@ def cpu_name() -> str:
 
 def max_working_size(info: DeviceInfo, precision: str) -> int:
     """The longest square side whose optimisation fits in half the device's memory."""
-    pixels = info.memory_bytes / 2 / BYTES_PER_WORKING_PIXEL[precision]
+    pixels = info.memory_bytes / 2 / peak_bytes(1, 1, precision, DEFAULT)
     return int(math.sqrt(pixels)) // 16 * 16
 
 

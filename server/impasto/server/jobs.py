@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine import Cancelled, Engine, Options, Progress, Style
+from ..engine.estimate import Estimate
 from ..engine.stylize import scale_sizes
 
 log = logging.getLogger("impasto.jobs")
@@ -42,6 +43,7 @@ class Queued:
 class Started:
     sizes: list[tuple[int, int]]
     iterations: int
+    estimate: Estimate
 
 
 @dataclass
@@ -173,7 +175,10 @@ class JobQueue:
             sizes = scale_sizes(
                 job.content.shape[2], job.content.shape[3], job.options.size, job.options.recipe
             )
-            job.events.put(Started(sizes, job.options.iterations))
+            height, width = job.content.shape[2:]
+            job.events.put(
+                Started(sizes, job.options.iterations, self.engine.estimate(height, width, job.options))
+            )
             result = self.engine.stylize(
                 job.content,
                 job.styles,

@@ -286,6 +286,8 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
                     total_iterations=len(event.sizes) * event.iterations,
                     working_width=width,
                     working_height=height,
+                    estimated_seconds=event.estimate.seconds,
+                    estimated_memory_bytes=event.estimate.peak_bytes,
                 )
             )
         if isinstance(event, Progress):

@@ -1,0 +1,52 @@
+"""How long a job will take and how much device memory it needs, before it starts.
+
+Memory per working pixel at the peak of an iteration (activations kept for the backward pass plus
+its transients), measured through conv5_1 (docs/benchmarks.md; reference/performance.md): about
+2.5 KB in fp32 and 1.6 KB with bf16 convolutions, plus the optimiser's state. Time is pixels ×
+iterations × a seconds-per-pixel-iteration rate that starts from a per-device guess and is replaced
+by what this engine measured on its last jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .recipes import Recipe
+
+PEAK_BYTES_PER_PIXEL = {"fp32": 2500, "bf16": 1600}
+FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION = {
+    ("cpu", "bf16"): 5.5e-6,  # measured on a 2-core Xeon with AMX
+    ("cpu", "fp32"): 1.3e-5,
+    ("cuda", "bf16"): 6e-9,  # ~1.5 ms at 512² on an H100-class GPU (target, not yet measured)
+    ("cuda", "fp32"): 2.5e-8,
+    ("mps", "fp32"): 1e-7,
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    peak_bytes: int
+
+
+def optimiser_bytes_per_pixel(recipe: Recipe) -> int:
+    # L-BFGS keeps `history` pairs of fp32 vectors of 3 values a pixel, plus a few work vectors.
+    if recipe.optimizer == "lbfgs":
+        return 12 * (2 * recipe.lbfgs_history + 4)
+    return 12 * 3  # Adam: two moments and the gradient
+
+
+def peak_bytes(height: int, width: int, precision: str, recipe: Recipe) -> int:
+    return height * width * (PEAK_BYTES_PER_PIXEL[precision] + optimiser_bytes_per_pixel(recipe))
+
+
+def estimate(
+    sizes: list[tuple[int, int]],
+    iterations: int,
+    precision: str,
+    recipe: Recipe,
+    seconds_per_pixel_iteration: float,
+) -> Estimate:
+    pixel_iterations = sum(h * w for h, w in sizes) * iterations
+    largest = max(sizes, key=lambda s: s[0] * s[1])
+    return Estimate(pixel_iterations * seconds_per_pixel_iteration, peak_bytes(*largest, precision, recipe))

@@ -1,0 +1,36 @@
+"""The prepared GPU benchmark must stay runnable: checked here on the CPU at a tiny size."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_gpu_benchmark_runs_on_the_cpu_at_a_tiny_size():
+    command = [
+        sys.executable,
+        str(BENCH / "gpu.py"),
+        "--device",
+        "cpu",
+        "--iter-sizes",
+        "32",
+        "--memory-sizes",
+        "32",
+        "--job-size",
+        "48",
+        "--iterations",
+        "4",
+        "--warmup",
+        "1",
+        "--job-iterations",
+        "2",
+        "--repeats",
+        "1",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| 32² | L-BFGS |" in result.stdout and "| 32² | Adam |" in result.stdout
+    assert "Whole default job at 48 px" in result.stdout
