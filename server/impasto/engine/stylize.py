@@ -176,8 +176,9 @@ class Engine:
         check_options(options, styles)
         recipe = options.recipe
         net = self.network(recipe)
-        content = content.to(self.device, torch.float32)
         sizes = scale_sizes(content.shape[2], content.shape[3], options.size, recipe)
+        # Every later resize starts from the working size, not from a layer of many megapixels.
+        content = resize(content.to(self.device, torch.float32), sizes[-1])
         run = _Run(self, net, content, styles, options, sizes, on_progress, on_preview, cancel)
         image = run.initial_image(sizes[0])
         for index, size in enumerate(sizes):
