@@ -144,6 +144,13 @@ class Engine:
                 self._networks[key] = net.to(memory_format=torch.channels_last)
             return self._networks[key]
 
+    def warm_up(self, recipe: Recipe = DEFAULT) -> None:
+        """Loads the network and runs one small pass, so that a first job does not pay the set-up."""
+        image = torch.rand(1, 3, 64, 64, device=self.device, requires_grad=True)
+        features = self.features(self.network(recipe), image)
+        sum(f.float().mean() for f in features.values()).backward()
+        _make_optimizer(recipe, image)  # the first optimiser imports torch._dynamo: seconds
+
     def estimate(self, height: int, width: int, options: Options) -> Estimate:
         """Seconds and peak device bytes for stylising a `height`×`width` content with `options`."""
         sizes = scale_sizes(height, width, options.size, options.recipe)

@@ -156,14 +156,13 @@ def start(args: argparse.Namespace, token: str | None):
     """Loads the model, binds the port and starts serving; returns (port, shutdown)."""
     # Engine imports pull in torch; kept here so that `--help` answers at once.
     from ..cli import load_engine
-    from ..engine import DEFAULT
     from ..engine.stylize import default_size
     from ..library import StyleLibrary
     from .device import describe, max_upload_pixels, max_working_size
     from .jobs import JobQueue
 
     engine = load_engine(args.device, precision=args.precision)
-    engine.network(DEFAULT)  # load and place the network once, before the first job
+    engine.warm_up()  # load and place the network once, before the first job
     device = describe(engine.device)
     limits = Limits(
         max_pixels=args.max_pixels or max_upload_pixels(),
