@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,3 +37,18 @@ def running_server(*flags: str, token: str | None = None) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         shutdown()
+
+
+def interrupt_stylize(*args: str) -> tuple[int, str]:
+    """Runs `impasto stylize ARGS`, presses Ctrl-C once its progress bar shows; returns (exit code, stderr)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "impasto.cli", "stylize", *args], stderr=subprocess.PIPE
+    )
+    stderr = bytearray()
+    while b"scale 1/" not in stderr:
+        chunk = process.stderr.read1(4096)
+        assert chunk, f"the CLI ended before the job ran: {stderr.decode()}"
+        stderr.extend(chunk)
+    process.send_signal(signal.SIGINT)
+    code = process.wait(timeout=30)
+    return code, (stderr + process.stderr.read()).decode()

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import numpy as np
+from helpers import interrupt_stylize
 from impasto.cli import EXIT_CANCELLED, EXIT_FAILED, main
 from PIL import Image
 
@@ -88,35 +84,8 @@ def test_mismatched_style_weights_are_explained(images: Path, tmp_path: Path, ca
 
 def test_ctrl_c_stops_cleanly_and_writes_nothing(images: Path, tmp_path: Path):
     out = tmp_path / "out.png"
-    command = [
-        sys.executable,
-        "-m",
-        "impasto.cli",
-        "stylize",
-        str(images / "content" / "camera.png"),
-        "--style",
-        str(images / "styles" / "udnie.jpg"),
-        "-o",
-        str(out),
-        "--size",
-        "64",
-        "--iterations",
-        "100000",
-    ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, env=os.environ | {"COLUMNS": "200"})
-    started = threading.Event()
-    stderr = bytearray()
-
-    def read() -> None:
-        while chunk := process.stderr.read1(4096):
-            stderr.extend(chunk)
-            if b"scale 1/1" in stderr:
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert started.wait(timeout=120), stderr.decode()
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == EXIT_CANCELLED
-    reader.join(timeout=5)
-    assert b"cancelled" in stderr and not out.exists()
+    content, style = images / "content" / "camera.png", images / "styles" / "udnie.jpg"
+    code, stderr = interrupt_stylize(
+        str(content), "--style", str(style), "-o", str(out), "--size", "64", "--iterations", "100000"
+    )
+    assert code == EXIT_CANCELLED and "cancelled" in stderr and not out.exists()

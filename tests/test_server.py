@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import signal
 import struct
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from helpers import running_server
+from helpers import interrupt_stylize, running_server
 from impasto.client import Client, Image, ServerError, Settings, StyleSpec
 from impasto.v1 import impasto_pb2 as pb
 from impasto.v1 import impasto_pb2_grpc
@@ -486,11 +485,7 @@ def test_cli_over_the_network(server: str, images: Path, tmp_path: Path, capsys)
 
 def test_ctrl_c_in_the_cli_cancels_the_job_on_the_server(server: str, images: Path, tmp_path: Path):
     out = tmp_path / "out.png"
-    command = [
-        sys.executable,
-        "-m",
-        "impasto.cli",
-        "stylize",
+    code, _ = interrupt_stylize(
         str(images / "content" / "camera.png"),
         "--style",
         "udnie",
@@ -502,14 +497,6 @@ def test_ctrl_c_in_the_cli_cancels_the_job_on_the_server(server: str, images: Pa
         "5000",
         "--server",
         server,
-    ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE)
-    stderr = bytearray()
-    while b"scale 1/" not in stderr:
-        chunk = process.stderr.read1(4096)
-        assert chunk, f"the CLI ended before the job ran: {stderr.decode()}"
-        stderr.extend(chunk)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 130
-    assert not out.exists()
+    )
+    assert code == 130 and not out.exists()
     assert wait_until(lambda: idle(server), timeout=1.0)
