@@ -40,7 +40,7 @@ def running_server(*flags: str, token: str | None = None) -> Iterator[str]:
 
 
 def interrupt_stylize(*args: str) -> tuple[int, str]:
-    """Runs `impasto stylize ARGS`, presses Ctrl-C once its progress bar shows; returns (exit code, stderr)."""
+    """Runs `impasto stylize ARGS`, presses Ctrl-C once its progress shows; returns (exit code, stderr)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "impasto.cli", "stylize", *args], stderr=subprocess.PIPE
     )
