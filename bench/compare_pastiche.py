@@ -307,7 +307,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the speed measurement")
     parser.add_argument("--timing-size", type=int, default=256, help="long side for the speed test (px)")
     parser.add_argument("--timing-iterations", type=int, default=10, help="timed iterations per run")
-    parser.add_argument("--images", type=Path, default=Path("/work/shared/images"))
+    parser.add_argument(
+        "--images", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "images"
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["auto", "fp32"],
+        choices=["auto", "fp32", "bf16"],
+        help="Impasto's precisions to run",
+    )
+    parser.add_argument("--no-speed", action="store_true", help="skip the seconds-per-iteration table")
     parser.add_argument("--smoke", action="store_true", help="64 px, 3 steps, one pair: checks it runs")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -329,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     header = machine()
     weights = load_original_vgg19()
-    auto = Engine(weights, torch.device("cpu"), "auto")
-    engines = {f"auto ({auto.precision})": auto, "fp32": Engine(weights, torch.device("cpu"), "fp32")}
-    speed_table = speed(args, *pairs[0], engines)
+    engines = {}
+    for precision in args.precisions:
+        engine = Engine(weights, torch.device("cpu"), precision)
+        engines[f"auto ({engine.precision})" if precision == "auto" else precision] = engine
+    speed_table = "" if args.no_speed else speed(args, *pairs[0], engines)
     quality_table = time_to_quality(args, pairs, engines)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{header}\n- load average at the end: {load}\n\n{speed_table}\n\n{quality_table}")
