@@ -12,9 +12,9 @@ from pathlib import Path
 
 from . import __version__
 from .images import ImageError, save_image
-from .library import DEFAULT_STYLES_DIR
+from .library import DEFAULT_STYLES_DIR, IMAGE_SUFFIXES
 
-EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
+EXIT_FAILED, EXIT_CANCELLED = 1, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,8 +168,13 @@ def _style_weights(args: argparse.Namespace) -> list[float]:
     return weights
 
 
+def _is_style_file(style: str) -> bool:
+    """STYLE is an image file if it exists or looks like one, else a preset id (locally and remotely)."""
+    return Path(style).exists() or Path(style).suffix.lower() in IMAGE_SUFFIXES
+
+
 def _check_save_style(args: argparse.Namespace) -> None:
-    if args.save_style and (len(args.style) != 1 or not Path(args.style[0]).is_file()):
+    if args.save_style and (len(args.style) != 1 or not _is_style_file(args.style[0])):
         raise ValueError("--save-style keeps one style image file as a preset; give exactly one --style FILE")
 
 
@@ -209,9 +214,7 @@ def _local_stylize(args: argparse.Namespace) -> int:
     content = load_picture(args.content)
     styles = []
     for name, weight in zip(args.style, _style_weights(args), strict=True):
-        picture = (
-            load_picture(name) if Path(name).exists() or "." in Path(name).name else _preset(library, name)
-        )
+        picture = load_picture(name) if _is_style_file(name) else _preset(library, name)
         styles.append(Style(picture.rgb, weight))
     init = args.init if args.init in ("content", "noise") else load_picture(args.init).rgb
     engine = load_engine(args.device, args.weights, args.precision)
@@ -305,7 +308,7 @@ def _remote_stylize(args: argparse.Namespace) -> int:
     _check_save_style(args)
     styles = [
         StyleSpec(image=Image.from_file(s), weight=w, save_as=args.save_style or "")
-        if Path(s).is_file()
+        if _is_style_file(s)
         else StyleSpec(preset=s, weight=w)
         for s, w in zip(args.style, _style_weights(args), strict=True)
     ]

@@ -180,11 +180,15 @@ def _requests(content: Image, styles: list[StyleSpec], settings: Settings) -> It
         )
     )
     for index, image in enumerate([content, *uploads]):
-        view = memoryview(image.data)
-        for offset in range(0, len(view), CHUNK_BYTES):
-            yield pb.StylizeRequest(
-                chunk=pb.Chunk(image=index, data=bytes(view[offset : offset + CHUNK_BYTES]))
-            )
+        for data in chunks(image.data):
+            yield pb.StylizeRequest(chunk=pb.Chunk(image=index, data=data))
+
+
+def chunks(data: bytes) -> Iterator[bytes]:
+    """The contract's pieces of image data, at most CHUNK_BYTES each (one empty piece for no data)."""
+    view = memoryview(data)
+    for offset in range(0, max(len(view), 1), CHUNK_BYTES):
+        yield bytes(view[offset : offset + CHUNK_BYTES])
 
 
 def _server_error(error: grpc.RpcError, address: str) -> ServerError:

@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -51,7 +51,6 @@ class Preset:
     source_url: str = ""
     strength: float = 0.0  # recommended; 0 = none
     style_scale: float = 0.0  # recommended; 0 = none
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 def slug(text: str) -> str:
@@ -190,7 +189,6 @@ def _with_metadata(preset_id: str, path: Path) -> Preset:
         title=str(metadata.get("title") or title),
         strength=number("strength"),
         style_scale=number("style_scale"),
-        extra=metadata,
         **text,
     )
 

@@ -163,7 +163,7 @@ with open("{out}", "w") as f:
 
 
 @pytest.fixture(scope="session")
-def gimp(gimp_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gimp]:
+def gimp(gimp_root: Path) -> Iterator[Gimp]:
     work = gimp_root / "tmp" / f"impasto-test-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     config = work / "gimp-config"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from .vgg import Pooling
@@ -28,7 +28,6 @@ class Recipe:
     min_scale: int = 128
     coarse_to_fine: bool = True
     lbfgs_history: int = 10
-    notes: str = field(default="", compare=False)
 
     @property
     def layers(self) -> set[str]:
@@ -44,7 +43,6 @@ DEFAULT = Recipe(
     tv_weight=0.2,
     optimizer="lbfgs",
     learning_rate=1.0,
-    notes="relative (target-normalised) losses on ReLU outputs, L-BFGS, coarse-to-fine",
 )
 
 # ImageNet's mean std: d2l optimises pixels divided by it, Impasto optimises pixels in [0, 1].
@@ -65,7 +63,6 @@ SEED = Recipe(
     optimizer="adam",
     learning_rate=0.3 * _IMAGENET_STD,
     normalize_by_target=False,
-    notes="d2l's choices with its effective style weight 1e4; single scale",
     coarse_to_fine=False,
 )
 

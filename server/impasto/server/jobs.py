@@ -63,7 +63,6 @@ class Failed:
 
 
 Event = Queued | Started | Progress | Preview | Finished | Failed
-END_EVENTS = (Finished, Failed)
 
 
 @dataclass
@@ -133,17 +132,6 @@ class JobQueue:
             self._changed.notify_all()
         self._worker.join(timeout)
         return not self._worker.is_alive()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """For tests and shutdown: True once nothing runs or waits."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._running is not None or self._waiting:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
 
     def _next_job(self) -> Job | None:
         with self._changed:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from .. import __version__
-from ..client import CHUNK_BYTES
+from ..client import CHUNK_BYTES, chunks
 from ..engine import Cancelled, Options, Progress, Style
 from ..engine.imageops import fit_long_side, resize
 from ..engine.stylize import check_options
@@ -360,10 +360,9 @@ def _result_chunks(image, reply_format: int) -> Iterator[pb.StylizeEvent]:
     header = pb.ImageHeader(
         format=reply_format, width=image.width, height=image.height, total_bytes=len(data)
     )
-    view = memoryview(data)
-    for offset in range(0, max(len(data), 1), CHUNK_BYTES):
-        chunk = pb.ResultChunk(data=bytes(view[offset : offset + CHUNK_BYTES]))
-        if offset == 0:
+    for index, piece in enumerate(chunks(data)):
+        chunk = pb.ResultChunk(data=piece)
+        if index == 0:
             chunk.header.CopyFrom(header)
         yield pb.StylizeEvent(result=chunk)
 
