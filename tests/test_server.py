@@ -107,6 +107,8 @@ def test_stylize_end_to_end(server: str, images: Path):
     assert kinds[0] == "queued" and kinds[1] == "started"
     started = events[1].started
     assert started.estimated_seconds > 0 and started.estimated_memory_bytes > 64 * 43 * 1000
+    assert (started.scales, started.iterations_per_scale, started.total_iterations) == (1, 6, 6)
+    assert (started.working_width, started.working_height) == (64, 48)
     fractions = [e.progress.fraction for e in events if e.HasField("progress")]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 6
     previews = [e.preview for e in events if e.HasField("preview")]

@@ -12,7 +12,7 @@ import torch
 from helpers import gradient_image
 from impasto.engine import DEFAULT, Cancelled, Engine, Options, Style
 from impasto.engine.imageops import rgb_to_yuv
-from impasto.engine.stylize import scale_sizes
+from impasto.engine.stylize import scale_sizes, schedule
 
 CONTENT = gradient_image(48, 64, seed=0)
 # A style with strong, different colours and texture: red/green stripes.
@@ -64,11 +64,13 @@ def test_cancel_stops_within_one_iteration(engine: Engine):
 
 def test_progress_is_monotonic_with_a_finite_estimate(engine: Engine):
     seen = []
-    options = replace(FAST, size=184, iterations=2)  # 130 → 184: two scales
+    options = replace(FAST, size=184, iterations=4)  # 130 → 184: two scales, the first runs half
     engine.stylize(CONTENT, [Style(STYLE)], options, on_progress=seen.append)
     assert [p.step for p in seen] == list(range(1, len(seen) + 1))
-    assert seen[-1].fraction == 1.0 and seen[-1].scales == 2
-    assert [p.scale for p in seen] == [1, 1, 2, 2]
+    assert seen[-1].fraction == 1.0 and seen[-1].scales == 2 and seen[-1].steps == 6
+    assert [(p.scale, p.iteration, p.iterations) for p in seen] == [
+        (1, 1, 2), (1, 2, 2), (2, 1, 4), (2, 2, 4), (2, 3, 4), (2, 4, 4)
+    ]  # fmt: skip
     assert all(math.isfinite(p.eta) and p.eta >= 0 for p in seen)
     assert seen[-1].eta == 0
 
@@ -128,6 +130,15 @@ def test_schedule_climbs_by_root_two_to_the_working_size():
     ratios = [max(b) / max(a) for a, b in itertools.pairwise(sizes)]
     assert all(abs(r - math.sqrt(2)) < 0.02 for r in ratios)
     assert scale_sizes(300, 400, 512, replace(DEFAULT, coarse_to_fine=False)) == [(384, 512)]
+
+
+def test_coarser_scales_run_the_recipes_share_of_the_iterations():
+    scales = schedule(300, 400, Options(size=512, iterations=100))
+    assert [s.size for s in scales] == scale_sizes(300, 400, 512, DEFAULT)
+    assert [s.iterations for s in scales] == [50] * (len(scales) - 1) + [100]
+    assert [s.iterations for s in schedule(300, 400, Options(size=512, iterations=1))][-2:] == [1, 1]
+    every_scale_alike = Options(size=512, iterations=7, recipe=replace(DEFAULT, coarse_iterations=1.0))
+    assert {s.iterations for s in schedule(300, 400, every_scale_alike)} == {7}
 
 
 def test_adam_recipe_also_converges(engine: Engine):

@@ -85,7 +85,7 @@ class Impasto(Gimp.PlugIn):
             RW,
         )
         procedure.add_int_argument(
-            "iterations", "Iterations", "Per scale; 0 = the server's default", 0, 5000, 0, RW
+            "iterations", "Iterations", "At full size; smaller steps run half; 0 = default", 0, 5000, 0, RW
         )
         procedure.add_int_argument(
             "size",

@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="working long side in px (default: 384 on CPU, "
         "768 on Apple MPS, 1024 on CUDA); the result is written at CONTENT's own size",
     )
-    stylize.add_argument("--iterations", type=int, help="iterations per scale (default: 100)")
+    stylize.add_argument(
+        "--iterations", type=int, help="iterations at full size; smaller scales run half (default: 100)"
+    )
     stylize.add_argument(
         "--strength",
         type=float,
@@ -280,7 +282,7 @@ def _remote_info(args: argparse.Namespace) -> int:
         memory = f"{info.device.memory_bytes / 2**30:.1f} GiB" if info.device.memory_bytes else "?"
         print(f"device:    {info.device.kind} — {info.device.name}, {memory}, {info.device.precision}")
         print(f"weights:   {info.weights}")
-        print(f"defaults:  {info.default_size} px long side, {info.default_iterations} iterations per scale")
+        print(f"defaults:  {info.default_size} px long side, {info.default_iterations} iterations")
         print(
             f"limits:    {limits.max_pixels:,} pixels per image, {limits.max_size} px working size, "
             f"{limits.max_queue} jobs queued"

@@ -41,12 +41,12 @@ def peak_bytes(height: int, width: int, precision: str, recipe: Recipe) -> int:
 
 
 def estimate(
-    sizes: list[tuple[int, int]],
-    iterations: int,
+    scales: list[tuple[tuple[int, int], int]],
     precision: str,
     recipe: Recipe,
     seconds_per_pixel_iteration: float,
 ) -> Estimate:
-    pixel_iterations = sum(h * w for h, w in sizes) * iterations
-    largest = max(sizes, key=lambda s: s[0] * s[1])
+    """`scales`: ((height, width), iterations) for each scale of the job."""
+    pixel_iterations = sum(h * w * iterations for (h, w), iterations in scales)
+    largest = max((size for size, _ in scales), key=lambda s: s[0] * s[1])
     return Estimate(pixel_iterations * seconds_per_pixel_iteration, peak_bytes(*largest, precision, recipe))

@@ -27,6 +27,8 @@ class Recipe:
     # Smallest long side of the coarse-to-fine schedule; below it VGG's deep layers see too little.
     min_scale: int = 128
     coarse_to_fine: bool = True
+    # Each coarser scale runs this share of the final scale's iterations (measured: docs/benchmarks.md).
+    coarse_iterations: float = 0.5
     lbfgs_history: int = 10
 
     @property

@@ -6,7 +6,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,7 +36,7 @@ class Style:
 @dataclass(frozen=True)
 class Options:
     size: int = 384  # working long side in pixels
-    iterations: int = 100  # per scale
+    iterations: int = 100  # at the working size; coarser scales run recipe.coarse_iterations of this
     strength: float = 1.0  # multiplies the style weight: 0 keeps the content, 2 doubles the style
     style_scale: float = 1.0  # style image long side relative to the working size
     preserve_colors: bool = False
@@ -77,6 +77,25 @@ def scale_sizes(height: int, width: int, long_side: int, recipe: Recipe) -> list
     while recipe.coarse_to_fine and sides[-1] / math.sqrt(2) >= recipe.min_scale:
         sides.append(round(sides[-1] / math.sqrt(2)))
     return [fit_long_side(height, width, side) for side in reversed(sides)]
+
+
+@dataclass(frozen=True)
+class Scale:
+    size: tuple[int, int]  # (height, width)
+    iterations: int
+
+
+def schedule(height: int, width: int, options: Options) -> list[Scale]:
+    """The scales a job runs, coarse to fine, and the iterations each gets.
+
+    The last scale, at the working size, runs `options.iterations`. Each coarser one runs the recipe's
+    share of that: it only has to lay out the large shapes that the next scale refines, and the
+    finest scale costs as much as all coarser ones together (docs/benchmarks.md, time to quality).
+    """
+    recipe = options.recipe
+    sizes = scale_sizes(height, width, options.size, recipe)
+    coarse = max(1, round(options.iterations * recipe.coarse_iterations))
+    return [Scale(size, coarse) for size in sizes[:-1]] + [Scale(sizes[-1], options.iterations)]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -140,8 +159,9 @@ class Engine:
         key = (frozenset(recipe.layers), recipe.pooling)
         with self._lock:
             if key not in self._networks:
-                net = VGGFeatures(self.weights, recipe.layers, recipe.pooling).to(self.device)
-                self._networks[key] = net.to(memory_format=torch.channels_last)
+                net = VGGFeatures(self.weights, recipe.layers, recipe.pooling)
+                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+                self._networks[key] = net.to(self.device, dtype, memory_format=torch.channels_last)
             return self._networks[key]
 
     def warm_up(self, recipe: Recipe = DEFAULT) -> None:
@@ -153,19 +173,35 @@ class Engine:
 
     def estimate(self, height: int, width: int, options: Options) -> Estimate:
         """Seconds and peak device bytes for stylising a `height`×`width` content with `options`."""
-        sizes = scale_sizes(height, width, options.size, options.recipe)
+        scales = schedule(height, width, options)
         return estimate(
-            sizes, options.iterations, self.precision, options.recipe, self.seconds_per_pixel_iteration
+            [(scale.size, scale.iterations) for scale in scales],
+            self.precision,
+            options.recipe,
+            self.seconds_per_pixel_iteration,
         )
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def features(self, net: VGGFeatures, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self._autocast():
-            return net(image.contiguous(memory_format=torch.channels_last))
+        return net(image.contiguous(memory_format=torch.channels_last))
+
+    @contextlib.contextmanager
+    def gram_matmuls(self) -> Iterator[None]:
+        """Lets float32 matmuls run on bf16 (CPU) or TF32 (CUDA) units while Grams are formed.
+
+        With a bf16 network the features are bf16 values, so those units multiply them exactly and
+        accumulate in float32: the Gram is as exact as in plain float32, at a third of the CPU cost.
+        Only the gradient through the Gram, which flows into bf16 layers anyway, is rounded.
+        """
+        backend = {"cpu": torch.backends.mkldnn, "cuda": torch.backends.cuda}.get(self.device.type)
+        if self.precision != "bf16" or backend is None:
+            yield
+            return
+        before = backend.matmul.fp32_precision
+        backend.matmul.fp32_precision = "bf16" if self.device.type == "cpu" else "tf32"
+        try:
+            yield
+        finally:
+            backend.matmul.fp32_precision = before
 
     def stylize(
         self,
@@ -183,17 +219,15 @@ class Engine:
         check_options(options, styles)
         recipe = options.recipe
         net = self.network(recipe)
-        sizes = scale_sizes(content.shape[2], content.shape[3], options.size, recipe)
+        scales = schedule(content.shape[2], content.shape[3], options)
         # Every later resize starts from the working size, not from a layer of many megapixels.
-        content = resize(content.to(self.device, torch.float32), sizes[-1])
-        run = _Run(self, net, content, styles, options, sizes, on_progress, on_preview, cancel)
-        image = run.initial_image(sizes[0])
-        for index, size in enumerate(sizes):
-            image = run.optimise_scale(index, resize(image, size))
+        content = resize(content.to(self.device, torch.float32), scales[-1].size)
+        run = _Run(self, net, content, styles, options, scales, on_progress, on_preview, cancel)
+        image = run.initial_image(scales[0].size)
+        for index, scale in enumerate(scales):
+            image = run.optimise_scale(index, resize(image, scale.size))
         # What this device really did replaces the first guess used for the next estimate.
-        self.seconds_per_pixel_iteration = (time.monotonic() - run.start) / (
-            sum(run.cost) * options.iterations
-        )
+        self.seconds_per_pixel_iteration = (time.monotonic() - run.start) / run.cost_total
         if options.preserve_colors:
             image = keep_content_colours(image, content)
         return image.detach().clamp(0, 1).cpu()
@@ -227,16 +261,17 @@ def check_options(options: Options, styles: Sequence[Style]) -> None:
 class _Run:
     """One job's state across scales: targets, timing, callbacks."""
 
-    def __init__(self, engine, net, content, styles, options, sizes, on_progress, on_preview, cancel):
+    def __init__(self, engine, net, content, styles, options, scales, on_progress, on_preview, cancel):
         self.engine, self.net, self.content, self.styles = engine, net, content, styles
-        self.options, self.recipe, self.sizes = options, options.recipe, sizes
+        self.options, self.recipe, self.scales = options, options.recipe, scales
         self.on_progress, self.on_preview, self.cancel = on_progress, on_preview, cancel
         self.start = time.monotonic()
         self.last_preview = -math.inf
         self.steps_done = 0
-        # Each scale costs about its pixel count per iteration; used for the time-left estimate.
-        self.cost = [h * w for h, w in sizes]
+        # An iteration costs about its scale's pixel count; used for the time-left estimate.
+        self.cost_total = sum(s.size[0] * s.size[1] * s.iterations for s in scales)
         self.cost_done = 0.0
+        self.steps = sum(s.iterations for s in scales)
         cache = engine.gram_cache
         self.style_digests = [image_digest(s.image) if cache is not None else None for s in styles]
 
@@ -287,8 +322,9 @@ class _Run:
             if cached is not None:
                 return {k: g.to(engine.device) for k, g in cached.items()}
         image = resize(style.image.to(engine.device, torch.float32), size)
-        features = engine.features(self.net, image)
-        grams = {k: gram(features[k]) for k in recipe.style_layers}
+        with engine.gram_matmuls():
+            features = engine.features(self.net, image)
+            grams = {k: gram(features[k]) for k in recipe.style_layers}
         if key is not None:
             cache.put(key, grams)
         return grams
@@ -301,13 +337,13 @@ class _Run:
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            loss_parts = total_loss(image, self.engine.features(self.net, image), targets)
-            loss_parts.total.backward()
+            with self.engine.gram_matmuls():
+                loss_parts = total_loss(image, self.engine.features(self.net, image), targets)
+                loss_parts.total.backward()
             parts.append(loss_parts)
             return loss_parts.total
 
-        iterations = self.options.iterations
-        for iteration in range(1, iterations + 1):
+        for iteration in range(1, self.scales[index].iterations + 1):
             if self.cancel is not None and self.cancel.is_set():
                 raise Cancelled()
             parts.clear()
@@ -323,23 +359,21 @@ class _Run:
 
     def _report(self, index: int, image: torch.Tensor, iteration: int, parts: LossParts) -> None:
         self.steps_done += 1
-        self.cost_done += self.cost[index]
-        elapsed = time.monotonic() - self.start
-        iterations = self.options.iterations
-        cost_total = sum(self.cost) * iterations
-        eta = elapsed * (cost_total - self.cost_done) / self.cost_done
         h, w = image.shape[2:]
+        self.cost_done += h * w
+        elapsed = time.monotonic() - self.start
+        eta = elapsed * (self.cost_total - self.cost_done) / self.cost_done
         # One host sync for all three parts.
         content_loss, style_loss, tv_loss = torch.stack([parts.content, parts.style, parts.tv]).tolist()
         progress = Progress(
             scale=index + 1,
-            scales=len(self.sizes),
+            scales=len(self.scales),
             height=h,
             width=w,
             iteration=iteration,
-            iterations=iterations,
+            iterations=self.scales[index].iterations,
             step=self.steps_done,
-            steps=len(self.sizes) * iterations,
+            steps=self.steps,
             content_loss=content_loss,
             style_loss=style_loss,
             tv_loss=tv_loss,

@@ -27,7 +27,9 @@ def layer_names() -> list[str]:
 class VGGFeatures(nn.Module):
     """Maps an RGB image in [0, 1] to the activations at the requested layers.
 
-    The weight set's own preprocessing is applied inside, so callers never see network space.
+    The weight set's own preprocessing is applied inside, so callers never see network space. Move the
+    module to bfloat16 (`.to(torch.bfloat16)`) for bf16 convolutions: the input is cast after
+    preprocessing, so the pixels stay float32 and the weights are cast once, not on every call.
     """
 
     def __init__(self, weights: WeightSet, layers: Iterable[str], pooling: Pooling = "max"):
@@ -58,7 +60,7 @@ class VGGFeatures(nn.Module):
         return nn.MaxPool2d(2, ceil_mode=True) if pooling == "max" else nn.AvgPool2d(2, ceil_mode=True)
 
     def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.preprocessing.to_network(rgb)
+        x = self.preprocessing.to_network(rgb).to(self.stack[0].weight.dtype)
         features = {}
         for name, layer in zip(self.names, self.stack, strict=True):
             x = layer(x)

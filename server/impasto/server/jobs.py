@@ -18,7 +18,7 @@ import torch
 
 from ..engine import Cancelled, Engine, Options, Progress, Style
 from ..engine.estimate import Estimate
-from ..engine.stylize import scale_sizes
+from ..engine.stylize import Scale, schedule
 
 log = logging.getLogger("impasto.jobs")
 
@@ -41,8 +41,7 @@ class Queued:
 
 @dataclass
 class Started:
-    sizes: list[tuple[int, int]]
-    iterations: int
+    scales: list[Scale]
     estimate: Estimate
 
 
@@ -160,12 +159,11 @@ class JobQueue:
         try:
             if job.cancel.is_set():
                 raise Cancelled()
-            sizes = scale_sizes(
-                job.content.shape[2], job.content.shape[3], job.options.size, job.options.recipe
-            )
             height, width = job.content.shape[2:]
             job.events.put(
-                Started(sizes, job.options.iterations, self.engine.estimate(height, width, job.options))
+                Started(
+                    schedule(height, width, job.options), self.engine.estimate(height, width, job.options)
+                )
             )
             result = self.engine.stylize(
                 job.content,

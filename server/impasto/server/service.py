@@ -250,8 +250,7 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
         if iterations > limits.max_iterations:
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{iterations} iterations per scale is more than "
-                f"this server's limit of {limits.max_iterations}",
+                f"{iterations} iterations is more than this server's limit of {limits.max_iterations}",
             )
         preview = params.preview_interval_seconds
         return Options(
@@ -276,14 +275,14 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
         if isinstance(event, jobs.Queued):
             return pb.StylizeEvent(queued=pb.Queued(job_id=job.id, position=event.position))
         if isinstance(event, jobs.Started):
-            height, width = event.sizes[-1]
+            height, width = event.scales[-1].size
             return pb.StylizeEvent(
                 started=pb.Started(
                     job_id=job.id,
                     device=self._device(),
-                    scales=len(event.sizes),
-                    iterations_per_scale=event.iterations,
-                    total_iterations=len(event.sizes) * event.iterations,
+                    scales=len(event.scales),
+                    iterations_per_scale=event.scales[-1].iterations,
+                    total_iterations=sum(scale.iterations for scale in event.scales),
                     working_width=width,
                     working_height=height,
                     estimated_seconds=event.estimate.seconds,
