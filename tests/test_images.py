@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from impasto.images import ImageError, compose_result, decode_picture, load_picture
+from impasto.engine.imageops import fit_long_side, resize
+from impasto.images import (
+    ImageError,
+    compose_result,
+    compose_rgba,
+    decode_picture,
+    load_picture,
+    picture_from_rgba8,
+)
 from PIL import Image
 
 
@@ -19,6 +27,29 @@ def test_rgba_alpha_is_kept_byte_for_byte(images: Path):
     result = compose_result(torch.rand(1, 3, 96, 128), source)  # a smaller working size, as usual
     assert result.mode == "RGBA" and result.size == (640, 480)
     assert np.array_equal(np.array(result.getchannel("A")), original_alpha)
+
+
+def test_raw_rgba_upload_scaled_in_8_bits_matches_float_scaling(images: Path):
+    photo = np.array(Image.open(images / "content" / "chelsea.png").convert("RGBA"))
+    height, width = photo.shape[:2]
+    upload = picture_from_rgba8(bytearray(photo.tobytes()), width, height, "layer")
+    assert np.array_equal(upload.alpha, photo[:, :, 3])
+    small = upload.rgb_fitting(120)
+    assert small.shape[2:] == fit_long_side(height, width, 120)
+    in_float = resize(upload.rgb, small.shape[2:])
+    assert (small - in_float).abs().mean() < 1 / 255 and (small - in_float).abs().max() < 8 / 255
+    assert upload.rgb_fitting(10_000) is upload.rgb  # never scaled up
+
+
+def test_result_rows_are_full_size_with_the_source_alpha(images: Path):
+    source = load_picture(images / "odd" / "rgba-640x480-transparent.png")
+    gray = torch.full((1, 3, 48, 64), 0.5)
+    rows = compose_rgba(gray, source)
+    assert rows.shape == (480, 640, 4) and rows.flags["C_CONTIGUOUS"]
+    assert np.array_equal(rows[:, :, 3], source.alpha)
+    assert np.all(rows[:, :, :3] == 128)
+    opaque = compose_rgba(gray, load_picture(images / "content" / "chelsea.png"))
+    assert np.all(opaque[:, :, 3] == 255)
 
 
 def test_16_bit_grayscale_is_scaled_from_65535(images: Path):

@@ -238,7 +238,7 @@ def _local_stylize(args: argparse.Namespace) -> int:
     with _ProgressBar(args.quiet) as bar, _ctrl_c_sets(cancel):
         try:
             result = engine.stylize(
-                content.rgb,
+                content.rgb_fitting(options.size),
                 styles,
                 options,
                 cancel=cancel,

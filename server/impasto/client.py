@@ -184,7 +184,7 @@ def _requests(content: Image, styles: list[StyleSpec], settings: Settings) -> It
             yield pb.StylizeRequest(chunk=pb.Chunk(image=index, data=data))
 
 
-def chunks(data: bytes) -> Iterator[bytes]:
+def chunks(data: bytes | memoryview) -> Iterator[bytes]:
     """The contract's pieces of image data, at most CHUNK_BYTES each (one empty piece for no data)."""
     view = memoryview(data)
     for offset in range(0, max(len(view), 1), CHUNK_BYTES):

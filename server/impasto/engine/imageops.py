@@ -35,6 +35,14 @@ def resize(image: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Ten
     )
 
 
+def resize_8bit(image: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """`resize` for uint8 images: PyTorch's vectorised 8-bit path, which wants channels last."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    image = image.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(image, size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
+
+
 def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
     scale = long_side / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+import torch
 
 from .. import __version__
 from ..client import CHUNK_BYTES, chunks
@@ -18,10 +19,10 @@ from ..images import (
     Picture,
     TooLarge,
     compose_result,
+    compose_rgba,
     decode_picture,
     picture_from_rgba8,
     png_bytes,
-    rgba8_bytes,
     to_pil,
 )
 from ..library import InvalidStyleId, StyleExists, StyleLibrary
@@ -111,7 +112,7 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
             if isinstance(event, jobs.Failed):
                 context.abort(*_status(event.error, job.id))
             if isinstance(event, jobs.Finished):
-                yield from _result_chunks(compose_result(event.result, content), reply_format)
+                yield from _result_chunks(event.result, content, reply_format)
                 return
             yield self._event(job, event)
 
@@ -140,7 +141,7 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
         for choice in params.styles:
             if choice.save_as_preset:
                 self._save_upload(choice, uploads, data[1:], headers[1:])
-        job = jobs.Job(content.rgb, styles, options, description)
+        job = jobs.Job(content.rgb_fitting(options.size), styles, options, description)
         return job, content, params.content.format
 
     def _check_header(self, header: pb.ImageHeader, name: str) -> None:
@@ -215,7 +216,7 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
             styles.append(Style(picture.rgb, weight))
         return styles, "+".join(names)
 
-    def _save_upload(self, choice: pb.StyleChoice, uploads: list[Picture], data: list[bytes],
+    def _save_upload(self, choice: pb.StyleChoice, uploads: list[Picture], data: list[bytearray],
                      headers: list[pb.ImageHeader]) -> None:  # fmt: skip
         if not choice.HasField("upload"):
             raise RequestError(
@@ -305,7 +306,7 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
 
 def _receive_chunks(
     requests: Iterator[pb.StylizeRequest], headers: list[pb.ImageHeader], names: list[str]
-) -> list[bytes]:
+) -> list[bytearray]:
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     buffers = [bytearray() for _ in headers]
     for request in requests:
@@ -332,7 +333,7 @@ def _receive_chunks(
             raise RequestError(
                 invalid, f"{name}: the upload ended after {len(buffer):,} of {header.total_bytes:,} bytes"
             )
-    return [bytes(b) for b in buffers]
+    return buffers  # writable, so the pixels can be used in place
 
 
 def _progress(p: Progress) -> pb.Progress:
@@ -350,15 +351,14 @@ def _progress(p: Progress) -> pb.Progress:
     )
 
 
-def _result_chunks(image, reply_format: int) -> Iterator[pb.StylizeEvent]:
+def _result_chunks(result: torch.Tensor, content: Picture, reply_format: int) -> Iterator[pb.StylizeEvent]:
     if reply_format == pb.PIXEL_FORMAT_RGBA8:
-        data = rgba8_bytes(image)
+        data = memoryview(compose_rgba(result, content)).cast("B")
     else:
-        data = png_bytes(image)
+        data = memoryview(png_bytes(compose_result(result, content)))
         reply_format = pb.PIXEL_FORMAT_ENCODED
-    header = pb.ImageHeader(
-        format=reply_format, width=image.width, height=image.height, total_bytes=len(data)
-    )
+    height, width = content.size
+    header = pb.ImageHeader(format=reply_format, width=width, height=height, total_bytes=len(data))
     for index, piece in enumerate(chunks(data)):
         chunk = pb.ResultChunk(data=piece)
         if index == 0:
