@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 import subprocess
 import sys
@@ -11,13 +12,17 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import torch
 from helpers import interrupt_stylize, running_server
 from impasto.client import Client, Image, ServerError, Settings, StyleSpec
+from impasto.engine import Engine
+from impasto.server import jobs
 from impasto.v1 import impasto_pb2 as pb
 from impasto.v1 import impasto_pb2_grpc
 from PIL import Image as PILImage
@@ -223,6 +228,32 @@ def test_full_queue_is_refused_with_the_limit(images: Path):
         assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 waiting" in str(error)
         running.cancel()
         waiting.cancel()
+
+
+def test_a_job_too_big_for_free_memory_is_refused_with_a_size_that_fits(images: Path, monkeypatch):
+    content, _ = rgba(images / "content" / "camera.png")
+    monkeypatch.setattr(jobs, "free_memory_bytes", lambda device: 1 << 20)
+    with running_server("--styles-dir", str(images / "styles")) as address:
+        error = status_of(address, content, [StyleSpec(preset="udnie")], replace(FAST, size=64))
+        assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "0.0 GiB are free" in str(error)
+        fits = int(re.search(r"at most (\d+) px", str(error))[1])
+        assert 16 <= fits < 64
+        _, result = run_job(address, content, [StyleSpec(preset="udnie")], replace(FAST, size=fits))
+        assert (result.width, result.height) == (content.width, content.height)
+
+
+def test_running_out_of_device_memory_mid_job_is_resource_exhausted(images: Path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    content, _ = rgba(images / "content" / "camera.png")
+    with running_server("--styles-dir", str(images / "styles")) as address:
+        monkeypatch.setattr(Engine, "stylize", out_of_memory)
+        error = status_of(address, content, [StyleSpec(preset="udnie")])
+        assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "smaller working size" in str(error)
+        monkeypatch.undo()
+        _, result = run_job(address, content, [StyleSpec(preset="udnie")])
+        assert result.width == content.width
 
 
 def png_header_claiming(width: int, height: int) -> bytes:

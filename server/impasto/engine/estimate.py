@@ -9,6 +9,7 @@ by what this engine measured on its last jobs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .recipes import Recipe
@@ -38,6 +39,12 @@ def optimiser_bytes_per_pixel(recipe: Recipe) -> int:
 
 def peak_bytes(height: int, width: int, precision: str, recipe: Recipe) -> int:
     return height * width * (PEAK_BYTES_PER_PIXEL[precision] + optimiser_bytes_per_pixel(recipe))
+
+
+def largest_long_side(memory_bytes: int, height: int, width: int, precision: str, recipe: Recipe) -> int:
+    """The longest working side, for a picture of this shape, whose optimisation fits `memory_bytes`."""
+    pixels = memory_bytes / peak_bytes(1, 1, precision, recipe)
+    return int(math.sqrt(pixels * max(height, width) / min(height, width)))
 
 
 def estimate(

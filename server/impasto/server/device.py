@@ -40,6 +40,21 @@ def host_memory_bytes() -> int:
         return 8 << 30  # a guess where the OS does not say
 
 
+def free_memory_bytes(device: torch.device) -> int:
+    """What a new job can use now: free GPU memory plus PyTorch's cached blocks, or available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return host_memory_bytes() // 2  # no better guess where the OS does not say
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

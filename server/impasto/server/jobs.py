@@ -12,13 +12,15 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..engine import Cancelled, Engine, Options, Progress, Style
-from ..engine.estimate import Estimate
+from ..engine.estimate import Estimate, largest_long_side
 from ..engine.stylize import Scale, schedule
+from .device import free_memory_bytes
 
 log = logging.getLogger("impasto.jobs")
 
@@ -27,6 +29,10 @@ class QueueFull(Exception):
     def __init__(self, limit: int):
         super().__init__(f"the job queue is full ({limit} waiting); try again when a job has finished")
         self.limit = limit
+
+
+class NotEnoughMemory(Exception):
+    """A job would not fit in the device's memory now, or ran out of it."""
 
 
 class ShuttingDown(Exception):
@@ -58,7 +64,8 @@ class Finished:
 
 @dataclass
 class Failed:
-    error: BaseException  # Cancelled, ValueError (the request), ShuttingDown, or anything else (a bug)
+    # Cancelled, ValueError (the request), NotEnoughMemory, ShuttingDown, or anything else (a bug)
+    error: BaseException
 
 
 Event = Queued | Started | Progress | Preview | Finished | Failed
@@ -80,9 +87,10 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, engine: Engine, max_queue: int):
+    def __init__(self, engine: Engine, max_queue: int, free_memory: Callable[[], int] | None = None):
         self.engine = engine
         self.max_queue = max_queue
+        self.free_memory = free_memory or (lambda: free_memory_bytes(engine.device))
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: Job | None = None
         self._closed = False
@@ -160,22 +168,29 @@ class JobQueue:
             if job.cancel.is_set():
                 raise Cancelled()
             height, width = job.content.shape[2:]
-            job.events.put(
-                Started(
-                    schedule(height, width, job.options), self.engine.estimate(height, width, job.options)
+            estimate = self.engine.estimate(height, width, job.options)
+            self._check_memory(job, estimate)
+            job.events.put(Started(schedule(height, width, job.options), estimate))
+            try:
+                result = self.engine.stylize(
+                    job.content,
+                    job.styles,
+                    job.options,
+                    on_progress=job.events.put,
+                    on_preview=lambda image, progress: job.events.put(Preview(image, progress)),
+                    cancel=job.cancel,
                 )
-            )
-            result = self.engine.stylize(
-                job.content,
-                job.styles,
-                job.options,
-                on_progress=job.events.put,
-                on_preview=lambda image, progress: job.events.put(Preview(image, progress)),
-                cancel=job.cancel,
-            )
+            except torch.OutOfMemoryError as error:
+                raise NotEnoughMemory(
+                    f"the {self.engine.device.type.upper()} ran out of memory during the job; "
+                    "choose a smaller working size"
+                ) from error
             job.events.put(Finished(result))
         except Cancelled as error:
             outcome = "cancelled"
+            job.events.put(Failed(error))
+        except NotEnoughMemory as error:
+            outcome = "out-of-memory"
             job.events.put(Failed(error))
         except ValueError as error:
             outcome = "invalid"
@@ -200,3 +215,17 @@ class JobQueue:
             job.styles = []
             if self.engine.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def _check_memory(self, job: Job, estimate: Estimate) -> None:
+        free = self.free_memory()
+        if estimate.peak_bytes <= free:
+            return
+        height, width = job.content.shape[2:]
+        engine = self.engine
+        fits = largest_long_side(free, height, width, engine.precision, job.options.recipe)
+        raise NotEnoughMemory(
+            f"this job needs about {estimate.peak_bytes / 2**30:.1f} GiB of {engine.device.type.upper()} "
+            f"memory at a working size of {job.options.size} px, and {free / 2**30:.1f} GiB are free; "
+            f"choose a working size of at most {fits} px, or try again when other work on the device "
+            "has finished"
+        )

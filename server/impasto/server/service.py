@@ -371,6 +371,8 @@ def _status(error: BaseException, job_id: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.CANCELLED, "the job was cancelled"
     if isinstance(error, jobs.ShuttingDown):
         return grpc.StatusCode.UNAVAILABLE, str(error)
+    if isinstance(error, jobs.NotEnoughMemory):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     return (
