@@ -54,6 +54,33 @@ def test_style_loss_is_mse_of_grams(maps):
     assert style_loss(a, gram(b)).item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_style_loss_gradient_matches_autograd_of_the_formula(layout):
+    generator = torch.Generator().manual_seed(3)
+    features = torch.rand(1, 6, 5, 7, generator=generator).contiguous(memory_format=layout)
+    target = torch.rand(6, 6, generator=generator)  # not symmetric: the gradient must not assume it
+    features.requires_grad_(True)
+    (grad,) = torch.autograd.grad(style_loss(features, target), features)
+    exact = features.detach().double().requires_grad_(True)
+    flat = exact.reshape(6, -1)
+    (expected,) = torch.autograd.grad(torch.square(flat @ flat.T / flat.numel() - target).mean(), exact)
+    assert torch.allclose(grad.double(), expected, rtol=1e-5, atol=1e-12)
+    assert grad.is_contiguous(memory_format=layout)
+
+
+def test_style_loss_gradient_keeps_bf16_channels_last_features_as_they_are():
+    generator = torch.Generator().manual_seed(4)
+    features = torch.rand(1, 16, 8, 8, generator=generator).to(torch.bfloat16)
+    features = features.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    target = gram(torch.rand(1, 16, 8, 8, generator=generator))
+    (grad,) = torch.autograd.grad(style_loss(features, target), features)
+    assert grad.dtype == torch.bfloat16 and grad.is_contiguous(memory_format=torch.channels_last)
+    exact = features.detach().double().requires_grad_(True)
+    flat = exact.reshape(16, -1)
+    (expected,) = torch.autograd.grad(torch.square(flat @ flat.T / flat.numel() - target).mean(), exact)
+    assert torch.allclose(grad.double(), expected, rtol=2e-2, atol=1e-3 * expected.abs().max().item())
+
+
 def test_tv_loss_is_half_mean_abs_differences(maps):
     image = maps[0][:, :3]
     x = image.numpy().astype(np.float64)

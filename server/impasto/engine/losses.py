@@ -23,7 +23,35 @@ def gram(features: torch.Tensor) -> torch.Tensor:
 
 
 def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
-    return torch.square(gram(features) - target_gram.detach()).mean()
+    """mean((gram(features) - target_gram)²)."""
+    return _GramDistance.apply(features, target_gram.detach())
+
+
+class _GramDistance(torch.autograd.Function):
+    """The style loss with its gradient written out: d/dF = 2·(E + Eᵀ)·F / (n·C²), E = G - T,
+    for F of C rows and n entries.
+
+    Autograd would take two matmuls for it and keep a float32 copy of every tapped layer for the
+    backward pass; this takes one, in the features' own precision, and keeps only the (C, C) error.
+    The gradient comes out in the features' memory layout, as the layers want it.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        error = gram(features) - target
+        ctx.save_for_backward(features, error)
+        return torch.square(error).mean()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        features, error = ctx.saved_tensors
+        _, channels, height, width = features.shape
+        scale = grad_output * 2 / (features.numel() * channels * channels)
+        # (H·W, C) rows of pixels: a view for channels-last features.
+        pixels = features.permute(0, 2, 3, 1).reshape(height * width, channels)
+        grad = pixels @ ((error + error.T) * scale).to(features.dtype)
+        grad = grad.reshape(1, height, width, channels).permute(0, 3, 1, 2)
+        return grad if features.is_contiguous(memory_format=torch.channels_last) else grad.contiguous(), None
 
 
 def tv_loss(image: torch.Tensor) -> torch.Tensor:
