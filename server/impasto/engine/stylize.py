@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import threading
@@ -15,6 +16,7 @@ import torch
 from .estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION, Estimate, estimate
 from .gram_cache import GramCache, image_digest
 from .imageops import fit_long_side, keep_content_colours, resize
+from .lbfgs import LBFGS
 from .losses import LossParts, Targets, gram, total_loss
 from .recipes import DEFAULT, Recipe
 from .vgg import VGGFeatures
@@ -169,7 +171,7 @@ class Engine:
         image = torch.rand(1, 3, 64, 64, device=self.device, requires_grad=True)
         features = self.features(self.network(recipe), image)
         sum(f.float().mean() for f in features.values()).backward()
-        _make_optimizer(recipe, image)  # the first optimiser imports torch._dynamo: seconds
+        torch.optim.Adam([image])  # PyTorch's first optimiser imports torch._dynamo: seconds
 
     def estimate(self, height: int, width: int, options: Options) -> Estimate:
         """Seconds and peak device bytes for stylising a `height`×`width` content with `options`."""
@@ -272,6 +274,7 @@ class _Run:
         self.cost_total = sum(s.size[0] * s.size[1] * s.iterations for s in scales)
         self.cost_done = 0.0
         self.steps = sum(s.iterations for s in scales)
+        self.losses = _LossReadout(engine.device)
         cache = engine.gram_cache
         self.style_digests = [image_digest(s.image) if cache is not None else None for s in styles]
 
@@ -336,7 +339,7 @@ class _Run:
         parts: list[LossParts] = []
 
         def closure() -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
+            image.grad = None
             with self.engine.gram_matmuls():
                 loss_parts = total_loss(image, self.engine.features(self.net, image), targets)
                 loss_parts.total.backward()
@@ -347,7 +350,7 @@ class _Run:
             if self.cancel is not None and self.cancel.is_set():
                 raise Cancelled()
             parts.clear()
-            if isinstance(optimizer, torch.optim.LBFGS):
+            if isinstance(optimizer, LBFGS):
                 optimizer.step(closure)
             else:
                 closure()
@@ -363,8 +366,7 @@ class _Run:
         self.cost_done += h * w
         elapsed = time.monotonic() - self.start
         eta = elapsed * (self.cost_total - self.cost_done) / self.cost_done
-        # One host sync for all three parts.
-        content_loss, style_loss, tv_loss = torch.stack([parts.content, parts.style, parts.tv]).tolist()
+        content_loss, style_loss, tv_loss = self.losses.read(parts)
         progress = Progress(
             scale=index + 1,
             scales=len(self.scales),
@@ -393,14 +395,39 @@ class _Run:
             self.on_preview(preview.cpu(), progress)
 
 
+class _LossReadout:
+    """The loss values for progress reports, read without making a GPU wait for the host.
+
+    On CUDA each iteration's values are copied to pinned host memory asynchronously and reported
+    once the copy has landed, an iteration or two late; reading them at once would stall the GPU
+    every iteration (reference/performance.md). Elsewhere they are read at once.
+    """
+
+    def __init__(self, device: torch.device):
+        self.asynchronous = device.type == "cuda"
+        self.in_flight: collections.deque[tuple[torch.cuda.Event, torch.Tensor]] = collections.deque()
+        self.latest = (math.nan, math.nan, math.nan)
+
+    def read(self, parts: LossParts) -> tuple[float, float, float]:
+        values = torch.stack([parts.content, parts.style, parts.tv]).detach()
+        if not self.asynchronous:
+            return tuple(values.tolist())
+        host = torch.empty(3, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        landed = torch.cuda.Event()
+        landed.record()
+        self.in_flight.append((landed, host))
+        while self.in_flight and self.in_flight[0][0].query():
+            self.latest = tuple(self.in_flight.popleft()[1].tolist())
+        return self.latest
+
+
 def _mean_square(tensor: torch.Tensor) -> float:
     return max(float(torch.square(tensor).mean()), 1e-12)
 
 
-def _make_optimizer(recipe: Recipe, image: torch.Tensor) -> torch.optim.Optimizer:
+def _make_optimizer(recipe: Recipe, image: torch.Tensor) -> LBFGS | torch.optim.Adam:
     if recipe.optimizer == "lbfgs":
         # One function evaluation per iteration, so progress and cancel keep their rhythm.
-        return torch.optim.LBFGS(
-            [image], lr=recipe.learning_rate, max_iter=1, history_size=recipe.lbfgs_history
-        )
+        return LBFGS(image, recipe.learning_rate, recipe.lbfgs_history)
     return torch.optim.Adam([image], lr=recipe.learning_rate)
