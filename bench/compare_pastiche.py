@@ -15,10 +15,11 @@ function evaluation per iteration (or Adam), so an iteration costs about the sam
 (b) Time to quality, for each pair. pastiche's CLI runs its defaults (L-BFGS, no TV) for --steps
     steps with --size N (long side N): its whole wall time, and its optimisation alone (the
     elapsed time it prints at the last step minus that at step 0). Its PNG result is scored with
-    bench/quality.py. Then Impasto runs its DEFAULT recipe (coarse to fine, --iterations per
-    scale) at the same long side in the same process, in auto precision and in fp32. Its image is
-    taken after every iteration (on_preview with preview_seconds=0), resized to the output size as
-    a user taking it at that moment would get it, rounded to 8 bits like a PNG, and scored;
+    bench/quality.py. Then Impasto runs its DEFAULT recipe (coarse to fine, --iterations at the
+    full size and half on each smaller scale) at the same long side in the same process, in auto
+    precision and in fp32 (--precisions). Its image is taken after every iteration (on_preview
+    with preview_seconds=0), resized to the output size as a user taking it at that moment would
+    get it, rounded to 8 bits like a PNG, and scored;
     Impasto's time to quality is the earliest engine time at which both distances are at most
     pastiche's. Engine time is Progress.elapsed (from the start of stylize(), targets included)
     minus the time spent scoring in the callback, so scoring costs Impasto nothing. Once reached,
@@ -228,7 +229,8 @@ def time_to_quality(
     startup = import_seconds() + statistics.median([timed(impasto_startup, "auto") for _ in range(3)])
     rows = [
         f"Time to pastiche's quality, long side {args.size} px; pastiche: {args.steps} L-BFGS steps, "
-        f"its defaults; Impasto: DEFAULT recipe, {args.iterations} iterations per scale. "
+        f"its defaults; Impasto: DEFAULT recipe, {args.iterations} iterations at full size, "
+        "half on smaller scales. "
         "Distances from bench/quality.py, lower is better.",
         "",
         "| pair | run | whole run s | optimisation s | style dist. | content dist. "
@@ -303,7 +305,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="image names (or paths) under --images content/ and styles/",
     )
     parser.add_argument("--steps", type=int, default=100, help="pastiche's --num-steps")
-    parser.add_argument("--iterations", type=int, default=100, help="Impasto's iterations per scale")
+    parser.add_argument("--iterations", type=int, default=100, help="Impasto's iterations at full size")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the speed measurement")
     parser.add_argument("--timing-size", type=int, default=256, help="long side for the speed test (px)")
     parser.add_argument("--timing-iterations", type=int, default=10, help="timed iterations per run")

@@ -6,7 +6,7 @@ square crop of chelsea with starry-night:
 1. ms per iteration at each --iter-sizes (default 512 and 1024), one scale, default recipe (L-BFGS)
    and Adam: the time between the end of iteration --warmup and the last one, divided by the
    iterations between, measured with device events; median over --repeats.
-2. A whole default job at 1024 px (coarse to fine, --job-iterations per scale): wall seconds.
+2. A whole default job at 1024 px (coarse to fine, --job-iterations at full size): wall seconds.
 3. Peak device memory for a few iterations at each --memory-sizes (default 512 … 4096).
 
 On a CPU (--device cpu) it measures the same things with the wall clock, so the script can be
@@ -127,7 +127,7 @@ def main() -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(
-        f"\nWhole default job at {args.job_size} px, {args.job_iterations} iterations per scale: "
+        f"\nWhole default job at {args.job_size} px, {args.job_iterations} iterations at full size: "
         f"{time.perf_counter() - start:.2f} s\n"
     )
 

@@ -1,6 +1,6 @@
 """What the Gram cache saves: one job with a cold cache, then the same job again, at 512 and 1024 px.
 
-The job runs the default recipe with --iterations per scale (1 by default, so that the style pass is
+The job runs the default recipe with --iterations at full size (1 by default, so that the style pass is
 a large share and the saving is easy to see; a saving in seconds is the same for longer jobs). For
 each size: the cold run's seconds, the warm run's, the difference, and whether the results are
 bit-identical. Median of --repeats, each with a fresh cache folder.
@@ -43,7 +43,7 @@ def main() -> int:
     weights = load_original_vgg19()
     content = load_picture(IMAGES / "content" / "chelsea.png").rgb
     style = load_picture(IMAGES / "styles" / "starry-night.jpg").rgb
-    print(f"chelsea + starry-night, {args.iterations} iteration(s) per scale, median of {args.repeats}\n")
+    print(f"chelsea + starry-night, {args.iterations} iteration(s) at full size, median of {args.repeats}\n")
     print("| long side | scales | cold cache s | warm cache s | saved s | bit-identical |")
     print("|---:|---:|---:|---:|---:|---|")
     for size in args.sizes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ from .device import DeviceInfo
 
 PREVIEW_SIDE = 512
 DEFAULT_PREVIEW_SECONDS = 2.0
+# Progress events go out at most this often; each scale's last iteration always does.
+PROGRESS_INTERVAL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except jobs.ShuttingDown as error:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        last_progress = -math.inf
         while True:
             event = job.events.get()
             if isinstance(event, jobs.Failed):
@@ -114,6 +118,11 @@ class StyleTransferServicer(impasto_pb2_grpc.StyleTransferServicer):
             if isinstance(event, jobs.Finished):
                 yield from _result_chunks(event.result, content, reply_format)
                 return
+            if isinstance(event, Progress) and event.iteration < event.iterations:
+                # A GPU runs hundreds of iterations a second; a client needs a few reports.
+                if time.monotonic() - last_progress < PROGRESS_INTERVAL_SECONDS:
+                    continue
+                last_progress = time.monotonic()
             yield self._event(job, event)
 
     # ---- proto -> job ------------------------------------------------------------------------
