@@ -96,6 +96,14 @@ def test_thumbnails_are_small_and_cached_on_disk(library: StyleLibrary, tmp_path
     assert fresh.thumbnail(preset) == first
 
 
+def test_a_preset_file_replaced_on_disk_is_read_again(library: StyleLibrary, images: Path):
+    before = library.load("udnie")
+    assert library.load("udnie").size == before.size
+    shutil.copyfile(images / "styles" / "the-scream.jpg", library.find("udnie").path)
+    after = library.load("udnie")
+    assert after.size != before.size and after.size == library.load("the-scream").size
+
+
 def test_grpc_listing_new_files_saved_styles_and_unknown_ids(
     library: StyleLibrary, images: Path, tmp_path: Path
 ):

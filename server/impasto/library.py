@@ -30,6 +30,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
 THUMBNAIL_SIDE = 256
 ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 MAX_STYLE_BYTES = 64 << 20  # a style file larger than this is refused on import and save
+PICTURES_KEPT = 4  # decoded presets kept in memory, least recently used dropped first
 
 
 class InvalidStyleId(ValueError):
@@ -72,6 +73,7 @@ class StyleLibrary:
         self.max_pixels = max_pixels
         self._thumbnail_dir = (cache_dir or default_cache_dir()) / "thumbnails"
         self._thumbnails: dict[str, bytes] = {}
+        self._pictures: dict[str, Picture] = {}
         self._lock = threading.Lock()
 
     # ---- reading -------------------------------------------------------------------------------
@@ -99,14 +101,22 @@ class StyleLibrary:
         raise KeyError(preset_id)
 
     def load(self, preset_id: str) -> Picture:
-        return load_picture(self.find(preset_id).path, self.max_pixels)
+        """The preset's picture, decoded once per file version, so that repeated jobs skip the decode."""
+        path = self.find(preset_id).path
+        key = _file_version(path)
+        with self._lock:
+            picture = self._pictures.pop(key, None)
+        if picture is None:
+            picture = load_picture(path, self.max_pixels)
+        with self._lock:
+            self._pictures[key] = picture  # now the most recently used
+            while len(self._pictures) > PICTURES_KEPT:
+                del self._pictures[next(iter(self._pictures))]
+        return picture
 
     def thumbnail(self, preset: Preset) -> bytes:
         """PNG, long side ≤ 256 px; made once per file version, kept in memory and on disk."""
-        stat = preset.path.stat()
-        key = hashlib.sha256(
-            f"{preset.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-        ).hexdigest()[:32]
+        key = _file_version(preset.path)
         with self._lock:
             if key in self._thumbnails:
                 return self._thumbnails[key]
@@ -205,6 +215,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.write_bytes(data)
     partial.replace(path)
+
+
+def _file_version(path: Path) -> str:
+    """A key that changes whenever the file is replaced or rewritten."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
 
 
 def _write_quietly(path: Path, data: bytes) -> None:
