@@ -86,6 +86,12 @@ class Job:
         return self.content.shape[2] * self.content.shape[3]
 
 
+def _outcome(error: Exception) -> str:
+    """The log's word for how a job ended; "error" is a bug."""
+    kinds = {Cancelled: "cancelled", NotEnoughMemory: "out-of-memory", ValueError: "invalid"}
+    return next((word for kind, word in kinds.items() if isinstance(error, kind)), "error")
+
+
 class JobQueue:
     def __init__(self, engine: Engine, max_queue: int, free_memory: Callable[[], int] | None = None):
         self.engine = engine
@@ -186,18 +192,10 @@ class JobQueue:
                     "choose a smaller working size"
                 ) from error
             job.events.put(Finished(result))
-        except Cancelled as error:
-            outcome = "cancelled"
-            job.events.put(Failed(error))
-        except NotEnoughMemory as error:
-            outcome = "out-of-memory"
-            job.events.put(Failed(error))
-        except ValueError as error:
-            outcome = "invalid"
-            job.events.put(Failed(error))
         except Exception as error:
-            outcome = "error"
-            log.exception("job %s failed", job.id)
+            outcome = _outcome(error)
+            if outcome == "error":
+                log.exception("job %s failed", job.id)
             job.events.put(Failed(error))
         finally:
             log.info(
