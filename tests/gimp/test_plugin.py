@@ -32,7 +32,7 @@ def test_preset_and_style_file_make_new_layers_above_the_source(gimp, server: st
         image = load({content!r})
         source = image.get_layers()[0]
         source.add_alpha()
-        image.select_ellipse(Gimp.ChannelOps.REPLACE, 150, 60, 160, 120)
+        image.select_ellipse(Gimp.ChannelOps.REPLACE, 90, 35, 120, 90)
         source.edit_clear()  # a transparent hole, so that keeping alpha means something
         Gimp.Selection.none(image)
         before = pixels(source)
@@ -53,8 +53,8 @@ def test_preset_and_style_file_make_new_layers_above_the_source(gimp, server: st
     """)
     assert "exception" not in out, out.get("exception")
     assert out["status"] == "success" and out["second_status"] == "success"
-    assert out["geometry"] == out["source_geometry"] == [451, 300, 0, 0]
-    assert out["transparent"] > 10_000
+    assert out["geometry"] == out["source_geometry"] == [256, 170, 0, 0]  # tests/data/content/chelsea.png
+    assert out["transparent"] > 7_000
     assert out["changed"] > 5 and out["alpha_kept"] and out["source_untouched"]
     # Each result lands directly above the source: the second between the first and the source.
     assert out["names"] == ["Impasto: starry-night", "Impasto: udnie", out["source_name"]]
@@ -66,7 +66,7 @@ def test_selection_limits_the_result(gimp, server: str, images: Path):
         image = load({content!r})
         source = image.get_layers()[0]
         before = composite(image)
-        image.select_rectangle(Gimp.ChannelOps.REPLACE, 100, 50, 150, 100)
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 60, 30, 120, 90)
         status, layer = impasto(image, source, style="udnie", server={server!r}, {QUICK})
         out["status"] = status
         out["has_mask"] = layer.get_mask() is not None
@@ -76,7 +76,7 @@ def test_selection_limits_the_result(gimp, server: str, images: Path):
         for index in range(0, len(before), 4):
             x, y = (index // 4) % width, (index // 4) // width
             differs = before[index:index + 3] != after[index:index + 3]
-            if 100 <= x < 250 and 50 <= y < 150:
+            if 60 <= x < 180 and 30 <= y < 120:
                 inside += differs
             else:
                 outside += differs
@@ -85,7 +85,7 @@ def test_selection_limits_the_result(gimp, server: str, images: Path):
     assert "exception" not in out, out.get("exception")
     assert out["status"] == "success" and out["has_mask"]
     assert out["outside"] == 0, "pixels outside the selection changed"
-    assert out["inside"] > 150 * 100 * 0.5
+    assert out["inside"] > 120 * 90 * 0.5
 
 
 def test_server_down_is_an_execution_error_naming_the_address(gimp, images: Path):
