@@ -20,6 +20,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .engine.imageops import fit_long_side, resize, resize_8bit
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# The only formats ever decoded: Pillow's other plug-ins (EPS runs Ghostscript, and many parse rarely used
+# formats) are never offered a client's bytes.
+SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
+SUPPORTED_NAMES = "PNG, JPEG, WebP, TIFF, BMP or GIF"
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
 
 
 class ImageError(ValueError):
@@ -84,7 +89,7 @@ def decode_picture(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise TooLarge(
@@ -98,13 +103,17 @@ def decode_picture(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise TooLarge(f"{name} is over the limit of pixels that can be decoded safely ({error})") from error
     except UnidentifiedImageError as error:
+        if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            raise ImageError(f"{name} is not a readable image (damaged, or cut short)") from error
         raise ImageError(
-            f"{name} is not a readable image (not PNG, JPEG, WebP, TIFF or another known format)"
+            f"{name} is not a readable image: not a supported image ({SUPPORTED_NAMES})"
         ) from error
     except Exception as error:
         raise ImageError(f"{name} is not a readable image ({error})") from error
     if image.width == 0 or image.height == 0:
         raise ImageError(f"{name} has no pixels ({image.width}×{image.height})")
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+        raise ImageError(f"{name} has pixels that are not finite numbers (NaN or infinity)")
     return Picture(_rgb_pixels(image), _alpha(image), name)
 
 

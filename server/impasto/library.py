@@ -1,10 +1,14 @@
-"""The style library: preset images in one folder, with metadata, thumbnails, imports and saves.
+"""The style library: built-in presets plus the user's own folder, with metadata, thumbnails and saves.
 
 A preset is an image file (`starry-night.jpg`) with optional metadata beside it
 (`starry-night.json`: title, artist, year, licence, source_url, strength, style_scale). Ids are
-slugs of the file names. A client's id is only ever looked up among the files found in the folder,
-never joined onto a path; symbolic links and files that resolve outside the folder are ignored.
-The folder is read on every listing, so a file dropped into it is a preset at once.
+slugs of the file names. Two folders are layered: the built-in starter library shipped inside the
+package (read-only) and the user's folder (`--styles-dir`), which adds presets and may override a
+built-in by id; saves and imports write only to the user's folder. A client's id is only ever looked up
+among the files found in the folders, never joined onto a path; symbolic links and files that resolve
+outside their folder are ignored. The folders are read on every listing (cheaply: nothing is decoded),
+so a file dropped in is a preset at once. A preset whose image turns out not to decode is reported
+once in the log and left out of listings until its file changes.
 """
 
 from __future__ import annotations
@@ -12,33 +16,63 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
+import tempfile
 import threading
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from platformdirs import user_data_dir
 
 from .engine.weights import default_cache_dir
-from .images import DEFAULT_MAX_PIXELS, ImageError, Picture, decode_picture, load_picture, png_bytes
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_FORMATS,
+    SUPPORTED_NAMES,
+    ImageError,
+    Picture,
+    decode_picture,
+    png_bytes,
+)
+
+log = logging.getLogger("impasto.library")
 
 DEFAULT_STYLES_DIR = Path(user_data_dir("impasto")) / "styles"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
+BUILTIN_STYLES_DIR = Path(__file__).resolve().parent / "presets"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 THUMBNAIL_SIDE = 256
-ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-MAX_STYLE_BYTES = 64 << 20  # a style file larger than this is refused on import and save
+ID_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")  # always used with fullmatch: no trailing newline
+MAX_ID_LENGTH = 100  # ids and the names they are made from
+MAX_STYLE_BYTES = 64 << 20  # a style file larger than this is refused on import, save and load
+MAX_METADATA_BYTES = 64 << 10  # a larger .json beside a preset is ignored
+TEXT_LIMITS = {"title": 200, "artist": 200, "year": 40, "licence": 300, "source_url": 500}
 PICTURES_KEPT = 4  # decoded presets kept in memory, least recently used dropped first
+_SUFFIX_FOR_FORMAT = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",  # a camera's JPEG with a second picture in it
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "TIFF": ".tif",
+    "BMP": ".bmp",
+    "GIF": ".gif",
+}
 
 
 class InvalidStyleId(ValueError):
-    """An id or name that cannot name a preset (empty, path-like, or nothing left after slugging)."""
+    """An id or name that cannot name a preset (empty, path-like, too long, nothing left after slugging)."""
 
 
 class StyleExists(ValueError):
     pass
+
+
+class BrokenPreset(ImageError):
+    """A preset's file does not decode; the message names the preset, never the server's paths."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +86,16 @@ class Preset:
     source_url: str = ""
     strength: float = 0.0  # recommended; 0 = none
     style_scale: float = 0.0  # recommended; 0 = none
+    builtin: bool = False  # shipped with Impasto (read-only), not from the user's folder
+    version: str = ""  # changes whenever the file changes (the key of cached pictures and thumbnails)
+
+
+def quoted(text: object, limit: int = 60) -> str:
+    """A client's string for an error message: shortened to about `limit` characters and repr-quoted."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return repr(text)
 
 
 def slug(text: str) -> str:
@@ -60,38 +104,57 @@ def slug(text: str) -> str:
 
 
 def check_id(preset_id: str) -> str:
-    if not ID_PATTERN.match(preset_id) or len(preset_id) > 100:
+    if (
+        not isinstance(preset_id, str)
+        or len(preset_id) > MAX_ID_LENGTH
+        or not ID_PATTERN.fullmatch(preset_id)
+    ):
         raise InvalidStyleId(
-            f"'{preset_id}' is not a preset id: ids are lowercase letters, digits and single dashes"
+            f"{quoted(preset_id)} is not a preset id: ids are lowercase letters, digits and single "
+            f"dashes, at most {MAX_ID_LENGTH} characters"
         )
     return preset_id
 
 
 class StyleLibrary:
-    def __init__(self, folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir: Path | None = None):
-        self.folder = folder
+    def __init__(
+        self,
+        folder: Path,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        cache_dir: Path | None = None,
+        *,
+        builtin_folder: Path | None = BUILTIN_STYLES_DIR,
+    ):
+        self.folder = Path(folder)  # the user's folder: the only one written to
+        self.builtin_folder = Path(builtin_folder) if builtin_folder is not None else None
         self.max_pixels = max_pixels
         self._thumbnail_dir = (cache_dir or default_cache_dir()) / "thumbnails"
         self._thumbnails: dict[str, bytes] = {}
         self._pictures: dict[str, Picture] = {}
-        self._lock = threading.Lock()
+        self._listed: dict[tuple, Preset] = {}  # (path, image stat, metadata stat) -> preset
+        self._broken: set[str] = set()  # file versions that failed to decode
+        self._lock = threading.Lock()  # the caches above
+        self._saving = threading.Lock()  # one save at a time: the check for an existing id, then the write
+
+    @property
+    def user_folder_exists(self) -> bool:
+        """False until the user's folder is made (by the first save or import); then only built-ins list."""
+        return self.folder.is_dir()
 
     # ---- reading -------------------------------------------------------------------------------
 
     def presets(self) -> list[Preset]:
-        if not self.folder.is_dir():
-            return []
-        root = self.folder.resolve()
+        """Built-ins and the user's presets, sorted by id; a user's preset replaces a built-in of its id.
+
+        Cheap: one directory scan and a stat or two per file; nothing is decoded.
+        """
         found: dict[str, Preset] = {}
-        for path in sorted(self.folder.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES or path.is_symlink() or not path.is_file():
-                continue
-            if not path.resolve().is_relative_to(root):
-                continue
-            preset_id = slug(path.stem)
-            if preset_id and preset_id not in found:
-                found[preset_id] = _with_metadata(preset_id, path)
-        return list(found.values())
+        if self.builtin_folder is not None:
+            found.update(self._scan(self.builtin_folder, builtin=True))
+        found.update(self._scan(self.folder, builtin=False))
+        with self._lock:
+            broken = set(self._broken)
+        return [found[key] for key in sorted(found) if found[key].version not in broken]
 
     def find(self, preset_id: str) -> Preset:
         check_id(preset_id)
@@ -102,12 +165,26 @@ class StyleLibrary:
 
     def load(self, preset_id: str) -> Picture:
         """The preset's picture, decoded once per file version, so that repeated jobs skip the decode."""
-        path = self.find(preset_id).path
-        key = _file_version(path)
+        preset = self.find(preset_id)
         with self._lock:
-            picture = self._pictures.pop(key, None)
+            picture = self._pictures.pop(preset.version, None)
+        key = preset.version
         if picture is None:
-            picture = load_picture(path, self.max_pixels)
+            try:
+                with open(preset.path, "rb") as file:
+                    stat = os.fstat(file.fileno())
+                    key = _version(preset.path, stat)  # the version actually read
+                    if stat.st_size > MAX_STYLE_BYTES:
+                        raise ImageError(
+                            f"preset '{preset.id}' is {stat.st_size:,} bytes, "
+                            f"over the {MAX_STYLE_BYTES:,}-byte limit"
+                        )
+                    data = file.read()
+                picture = decode_picture(data, f"preset '{preset.id}'", self.max_pixels)
+            except FileNotFoundError:
+                raise KeyError(preset_id) from None  # removed since the listing
+            except (OSError, ImageError) as error:
+                raise self._broken_preset(preset, key, error) from None
         with self._lock:
             self._pictures[key] = picture  # now the most recently used
             while len(self._pictures) > PICTURES_KEPT:
@@ -116,7 +193,7 @@ class StyleLibrary:
 
     def thumbnail(self, preset: Preset) -> bytes:
         """PNG, long side ≤ 256 px; made once per file version, kept in memory and on disk."""
-        key = _file_version(preset.path)
+        key = preset.version or _file_version(preset.path)
         with self._lock:
             if key in self._thumbnails:
                 return self._thumbnails[key]
@@ -124,49 +201,121 @@ class StyleLibrary:
         try:
             data = cached.read_bytes()
         except OSError:
-            data = _make_thumbnail(preset.path)
+            try:
+                data = _make_thumbnail(preset.path, self.max_pixels)
+            except (OSError, ImageError) as error:
+                raise self._broken_preset(preset, key, error) from None
             _write_quietly(cached, data)
         with self._lock:
             self._thumbnails[key] = data
         return data
 
+    def _broken_preset(self, preset: Preset, version: str, error: Exception) -> BrokenPreset:
+        """Remembers a file version that does not decode (logged once) and makes the client's error."""
+        with self._lock:
+            new = version not in self._broken
+            self._broken.add(version)
+        if new:
+            log.warning(
+                "preset '%s' (%s) cannot be used and is left out of listings until the file changes: %s",
+                preset.id,
+                preset.path,
+                error,
+            )
+        reason = str(error) if isinstance(error, ImageError) else "its file cannot be read"
+        reason = reason.replace(str(preset.path), f"preset '{preset.id}'")
+        if f"'{preset.id}'" not in reason:
+            reason = f"preset '{preset.id}' cannot be used: {reason}"
+        return BrokenPreset(reason)
+
+    def _scan(self, folder: Path, builtin: bool) -> dict[str, Preset]:
+        """id -> preset for one folder; the first file (by name) of each id wins."""
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+            root = folder.resolve()
+        except OSError:
+            return {}
+        found: dict[str, Preset] = {}
+        for entry in entries:
+            suffix = os.path.splitext(entry.name)[1].lower()
+            if suffix not in IMAGE_SUFFIXES or entry.is_symlink():
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                stat = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            preset_id = slug(os.path.splitext(entry.name)[0])
+            if not preset_id or len(preset_id) > MAX_ID_LENGTH or preset_id in found:
+                continue
+            path = root / entry.name
+            found[preset_id] = self._listed_preset(preset_id, path, stat, builtin)
+        return found
+
+    def _listed_preset(self, preset_id: str, path: Path, stat: os.stat_result, builtin: bool) -> Preset:
+        metadata_file = path.with_suffix(".json")
+        try:
+            metadata_stat = metadata_file.lstat()
+            metadata_key = (metadata_stat.st_size, metadata_stat.st_mtime_ns, metadata_stat.st_ino)
+        except OSError:
+            metadata_key = None
+        key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino, metadata_key, builtin)
+        with self._lock:
+            preset = self._listed.get(key)
+        if preset is None:
+            preset = _with_metadata(preset_id, path, _version(path, stat), builtin)
+            with self._lock:
+                if len(self._listed) > 10_000:  # files come and go: forget old entries now and then
+                    self._listed.clear()
+                self._listed[key] = preset
+        return preset
+
     # ---- writing -------------------------------------------------------------------------------
 
     def save(self, name: str, data: bytes, metadata: dict | None = None) -> Preset:
-        """Adds an image (file bytes) as a preset named `name`; checks it decodes and is not huge."""
+        """Adds an image (file bytes) to the user's folder as a preset named `name`; checks it decodes,
+        is not huge, and that no preset (built-in or the user's) has its id."""
+        if not isinstance(name, str) or len(name) > MAX_ID_LENGTH:
+            raise InvalidStyleId(f"preset name {quoted(name)} is over {MAX_ID_LENGTH} characters")
         preset_id = slug(name)
         if not preset_id:
-            raise InvalidStyleId(f"'{name}' has no letters or digits to make a preset id from")
+            raise InvalidStyleId(f"{quoted(name)} has no letters or digits to make a preset id from")
         check_id(preset_id)
         if len(data) > MAX_STYLE_BYTES:
             raise ImageError(
-                f"style '{name}' is {len(data):,} bytes, over the {MAX_STYLE_BYTES:,}-byte limit"
+                f"style {quoted(name)} is {len(data):,} bytes, over the {MAX_STYLE_BYTES:,}-byte limit"
             )
-        decode_picture(data, f"style '{name}'", self.max_pixels)  # raises ImageError
-        with Image.open(io.BytesIO(data)) as image:
-            suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif"}.get(image.format or "")
-        if suffix is None:
-            data, suffix = png_bytes(Image.open(io.BytesIO(data))), ".png"
-        with self._lock:
-            if any(p.id == preset_id for p in self.presets()):
+        decode_picture(data, f"style {quoted(name)}", self.max_pixels)  # raises ImageError
+        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
+            suffix = _SUFFIX_FOR_FORMAT.get(image.format or "")
+            if suffix is None:
+                data, suffix = png_bytes(image), ".png"
+        with self._saving:
+            if any(p.id == preset_id for p in self._all_presets()):
                 raise StyleExists(f"a preset '{preset_id}' exists already; choose another name")
             self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / f"{preset_id}{suffix}"
+            path = self.folder.resolve() / f"{preset_id}{suffix}"
             _write_atomically(path, data)
             if metadata:
                 _write_atomically(path.with_suffix(".json"), json.dumps(metadata, indent=2).encode())
-        return _with_metadata(preset_id, path)
+        return self.find(preset_id)
 
     def import_folder(self, source: Path) -> list[tuple[str, str]]:
-        """Copies every image of `source` (with its .json metadata) in; returns (file, outcome) per file."""
+        """Copies every image of `source` (with its .json metadata) into the user's folder; returns
+        (file, outcome) per file."""
         report = []
         for path in sorted(source.iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                 continue
             metadata_file = path.with_suffix(".json")
             try:
-                metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else None
-                preset = self.save(path.stem, path.read_bytes(), metadata)
+                if path.stat().st_size > MAX_STYLE_BYTES:
+                    raise ImageError(f"{path.name} is over the {MAX_STYLE_BYTES:,}-byte limit")
+                metadata = None
+                if metadata_file.is_file() and metadata_file.stat().st_size <= MAX_METADATA_BYTES:
+                    metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
+                preset = self.save(path.stem[:MAX_ID_LENGTH], path.read_bytes(), metadata)
                 report.append((path.name, f"added as '{preset.id}'"))
             except StyleExists as error:
                 report.append((path.name, f"skipped: {error}"))
@@ -174,53 +323,110 @@ class StyleLibrary:
                 report.append((path.name, f"failed: {error}"))
         return report
 
+    def _all_presets(self) -> list[Preset]:
+        """Every preset, including those whose files were found broken: their ids are taken too."""
+        found: dict[str, Preset] = {}
+        if self.builtin_folder is not None:
+            found.update(self._scan(self.builtin_folder, builtin=True))
+        found.update(self._scan(self.folder, builtin=False))
+        return list(found.values())
 
-def _with_metadata(preset_id: str, path: Path) -> Preset:
+
+def _with_metadata(preset_id: str, path: Path, version: str, builtin: bool) -> Preset:
     title = path.stem.replace("-", " ").replace("_", " ").strip().title()
     metadata_file = path.with_suffix(".json")
+    metadata = {}
     try:
-        metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+        if (
+            not metadata_file.is_symlink()
+            and metadata_file.is_file()
+            and metadata_file.stat().st_size <= MAX_METADATA_BYTES
+        ):
+            metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        metadata = {}  # a broken metadata file must not hide the image
+        pass  # a broken metadata file must not hide the image
     if not isinstance(metadata, dict):
         metadata = {}
 
     def number(name: str) -> float:
         try:
             value = float(metadata.get(name) or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return 0.0
         return value if 0 < value < 100 else 0.0
 
-    text = {name: str(metadata.get(name, "")) for name in ("artist", "year", "licence", "source_url")}
+    def text(name: str) -> str:
+        value = metadata.get(name, "")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return ""
+        value = " ".join(str(value).split())  # no newlines or control whitespace in a listing
+        limit = TEXT_LIMITS[name]
+        return value if len(value) <= limit else value[: limit - 1] + "…"
+
     return Preset(
         id=preset_id,
         path=path,
-        title=str(metadata.get("title") or title),
+        title=text("title") or title[: TEXT_LIMITS["title"]],
+        artist=text("artist"),
+        year=text("year"),
+        licence=text("licence"),
+        source_url=text("source_url"),
         strength=number("strength"),
         style_scale=number("style_scale"),
-        **text,
+        builtin=builtin,
+        version=version,
     )
 
 
-def _make_thumbnail(path: Path) -> bytes:
-    with Image.open(path) as image:
-        image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at a fraction of the size
-        small = image.convert("RGB")
+def _make_thumbnail(path: Path, max_pixels: int) -> bytes:
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size > MAX_STYLE_BYTES:
+            raise ImageError(f"the file is over the {MAX_STYLE_BYTES:,}-byte limit")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file, formats=SUPPORTED_FORMATS) as image:
+                    if image.width * image.height > max_pixels:
+                        raise ImageError(f"{image.width}×{image.height} is over the limit of pixels")
+                    image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at a fraction
+                    small = ImageOps.exif_transpose(image).convert("RGB")
+        except ImageError:
+            raise
+        except UnidentifiedImageError as error:  # its message holds the file's path
+            raise ImageError(f"not a readable image ({SUPPORTED_NAMES})") from error
+        except Exception as error:  # Pillow raises many kinds for a damaged file
+            reason = str(error).replace(str(path), "the file")
+            raise ImageError(f"not a readable image ({reason})") from error
     small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     return png_bytes(small)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    partial.replace(path)
+    """Writes a file under an unpredictable temporary name, then renames it over `path`: a symbolic
+    link (or anything else) at `path` is replaced, never followed."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".", suffix=".partial") as file:
+        partial = Path(file.name)
+        try:
+            file.write(data)
+        except BaseException:
+            file.close()
+            partial.unlink(missing_ok=True)
+            raise
+    try:
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _version(path: Path, stat: os.stat_result) -> str:
+    return hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}".encode()).hexdigest()[:32]
 
 
 def _file_version(path: Path) -> str:
     """A key that changes whenever the file is replaced or rewritten."""
-    stat = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    path = path.resolve()
+    return _version(path, path.stat())
 
 
 def _write_quietly(path: Path, data: bytes) -> None:
