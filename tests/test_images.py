@@ -121,6 +121,37 @@ def test_header_claiming_huge_size_is_refused_before_decoding():
         decode_picture(data, "big.png", max_pixels=50_000_000)
 
 
+def test_only_the_supported_formats_are_decoded():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+    with pytest.raises(
+        ImageError, match=r"drawing\.eps .*not a supported image \(PNG, JPEG, WebP, TIFF, BMP or GIF\)"
+    ):
+        decode_picture(eps, "drawing.eps")
+    pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+    with pytest.raises(ImageError, match="not a supported image"):
+        decode_picture(pdf, "document.pdf")
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "WEBP", "TIFF"])
+def test_bmp_gif_webp_and_tiff_are_decoded(fmt: str):
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 8), (200, 60, 30)).save(buffer, fmt)
+    assert decode_picture(buffer.getvalue(), f"picture.{fmt.lower()}").size == (8, 12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_pixels_must_be_finite(tmp_path: Path, bad: float):
+    values = np.full((6, 8), 0.5, dtype=np.float32)
+    values[2, 3] = bad
+    path = tmp_path / "float.tif"
+    Image.fromarray(values, "F").save(path, "TIFF")
+    with pytest.raises(ImageError, match=r"float\.tif.*not finite"):
+        load_picture(path)
+    values[2, 3] = 0.25
+    Image.fromarray(values, "F").save(path, "TIFF")
+    assert load_picture(path).size == (6, 8)
+
+
 def test_missing_file_is_named(tmp_path: Path):
     with pytest.raises(ImageError, match="nowhere.png"):
         load_picture(tmp_path / "nowhere.png")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import logging
+import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,21 +21,30 @@ from impasto.catalogue import fetch, load_catalogue
 from impasto.client import Client, Image, ServerError, Settings, StyleSpec
 from impasto.engine import Engine, Options, Style
 from impasto.engine.gram_cache import GramCache
-from impasto.library import InvalidStyleId, StyleExists, StyleLibrary, slug
-from impasto.server.main import styles_main
+from impasto.library import (
+    BUILTIN_STYLES_DIR,
+    BrokenPreset,
+    InvalidStyleId,
+    StyleExists,
+    StyleLibrary,
+    check_id,
+    slug,
+)
+from impasto.service.main import styles_main
+from PIL import Image as PILImage
 
 FAST = Settings(size=48, iterations=3, preview_seconds=-1)
 
 
 @pytest.fixture
 def library(tmp_path: Path, images: Path) -> StyleLibrary:
-    library = StyleLibrary(tmp_path / "styles", cache_dir=tmp_path / "cache")
+    library = StyleLibrary(tmp_path / "styles", cache_dir=tmp_path / "cache", builtin_folder=None)
     library.import_folder(images / "styles")
     return library
 
 
 def test_import_adds_every_image_once(tmp_path: Path, images: Path):
-    library = StyleLibrary(tmp_path / "styles", cache_dir=tmp_path / "cache")
+    library = StyleLibrary(tmp_path / "styles", cache_dir=tmp_path / "cache", builtin_folder=None)
     first = dict(library.import_folder(images / "styles"))
     assert len(first) == 8 and all(outcome.startswith("added") for outcome in first.values())
     again = dict(library.import_folder(images / "styles"))
@@ -48,7 +60,7 @@ def test_import_reports_broken_files_and_keeps_metadata(tmp_path: Path, images: 
         json.dumps({"title": "Udnie", "artist": "Francis Picabia", "year": "1913"})
     )
     (source / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    library = StyleLibrary(tmp_path / "styles", cache_dir=tmp_path / "cache")
+    library = StyleLibrary(tmp_path / "styles", cache_dir=tmp_path / "cache", builtin_folder=None)
     report = dict(library.import_folder(source))
     assert report["Udnie.jpg"] == "added as 'udnie'"
     assert report["broken.png"].startswith("failed") and "not a readable image" in report["broken.png"]
@@ -57,11 +69,33 @@ def test_import_reports_broken_files_and_keeps_metadata(tmp_path: Path, images: 
 
 
 @pytest.mark.parametrize(
-    "bad", ["../udnie", "..", "udnie/../udnie", "/etc/passwd", "Udnie", "ü", "", "a" * 200]
+    "bad",
+    [
+        "../udnie",
+        "..",
+        "udnie/../udnie",
+        "/etc/passwd",
+        "Udnie",
+        "ü",
+        "",
+        "a" * 101,
+        "udnie\n",
+        "a" * 100_000,
+    ],
 )
 def test_ids_that_are_not_slugs_are_refused(library: StyleLibrary, bad: str):
-    with pytest.raises(InvalidStyleId):
+    with pytest.raises(InvalidStyleId) as caught:
         library.find(bad)
+    assert len(str(caught.value)) < 200  # a client's string is echoed shortened, never whole
+
+
+def test_ids_are_matched_whole_and_at_most_100_characters():
+    assert check_id("a" * 100) == "a" * 100
+    for bad in ("udnie\n", "a" * 101, "udnie\n\n"):
+        with pytest.raises(InvalidStyleId, match="not a preset id"):
+            check_id(bad)
+    with pytest.raises(InvalidStyleId, match=r"'aaaa.*…'"):
+        check_id("a" * 5000)
 
 
 def test_symlinks_and_odd_names(library: StyleLibrary, tmp_path: Path, images: Path):
@@ -127,7 +161,7 @@ def test_grpc_listing_new_files_saved_styles_and_unknown_ids(
             "1889",
             1.5,
         )
-        assert starry.thumbnail_png.startswith(b"\x89PNG")
+        assert not starry.builtin  # the user's file overrides the built-in of that id
 
         shutil.copy(images / "styles" / "udnie.jpg", library.folder / "new-arrival.jpg")
         assert "new-arrival" in {p.id for p in client.styles()}  # no restart
@@ -174,7 +208,7 @@ def web(images: Path) -> Iterator[str]:
 
 
 def test_fetch_reports_each_style(tmp_path: Path, web: str):
-    library = StyleLibrary(tmp_path / "styles", cache_dir=tmp_path / "cache")
+    library = StyleLibrary(tmp_path / "styles", cache_dir=tmp_path / "cache", builtin_folder=None)
     entries = [
         {"id": "the-scream", "title": "The Scream", "artist": "Edvard Munch", "url": f"{web}/the-scream.jpg"},
         {"id": "missing", "title": "Missing", "url": f"{web}/no-such-file.jpg"},
@@ -195,6 +229,184 @@ def test_styles_command_imports_and_lists(tmp_path: Path, images: Path, capsys):
     assert styles_main(["--styles-dir", folder, "list"]) == 0
     assert "water-lilies" in capsys.readouterr().out
     assert styles_main(["--styles-dir", folder, "import", str(tmp_path / "nowhere")]) == 2
+
+
+# ---- built-in presets and the user's folder -------------------------------------------------------
+
+
+def test_built_in_presets_are_public_domain_paintings_with_sources(tmp_path: Path):
+    library = StyleLibrary(tmp_path / "not-made-yet", cache_dir=tmp_path / "cache")
+    assert not library.user_folder_exists
+    presets = library.presets()
+    assert len(presets) >= 10 and all(p.builtin for p in presets)
+    assert {"starry-night", "the-scream", "great-wave-off-kanagawa"} <= {p.id for p in presets}
+    for preset in presets:
+        assert all((preset.title, preset.artist, preset.year, preset.licence, preset.source_url)), preset
+        assert preset.licence.startswith("Public domain") and preset.version
+        with PILImage.open(preset.path) as image:
+            assert image.format == "JPEG" and max(image.size) <= 1024 and "exif" not in image.info
+    assert (BUILTIN_STYLES_DIR / "SOURCES.md").is_file()
+    assert sum(f.stat().st_size for f in BUILTIN_STYLES_DIR.iterdir()) < 4_500_000
+    assert not (tmp_path / "not-made-yet").exists()  # listing creates nothing
+
+
+def test_the_user_folder_adds_and_overrides_and_is_the_only_one_written(tmp_path: Path, images: Path):
+    builtin = tmp_path / "builtin"
+    builtin.mkdir()
+    for name in ("udnie.jpg", "the-scream.jpg"):
+        shutil.copy(images / "styles" / name, builtin / name)
+    (builtin / "udnie.json").write_text(json.dumps({"title": "Built-in Udnie"}))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in builtin.iterdir())
+    library = StyleLibrary(tmp_path / "mine", cache_dir=tmp_path / "cache", builtin_folder=builtin)
+    assert [(p.id, p.builtin, p.title) for p in library.presets()] == [
+        ("the-scream", True, "The Scream"),
+        ("udnie", True, "Built-in Udnie"),
+    ]
+    assert library.load("udnie").size == (256, 256)
+
+    with pytest.raises(StyleExists):  # a built-in's id is taken
+        library.save("Udnie", (images / "styles" / "water-lilies.jpg").read_bytes())
+    saved = library.save("Lilies", (images / "styles" / "water-lilies.jpg").read_bytes())
+    assert saved.path.parent == (tmp_path / "mine").resolve() and not saved.builtin
+    shutil.copy(images / "styles" / "starry-night.jpg", tmp_path / "mine" / "udnie.jpg")  # an override
+    udnie = library.find("udnie")
+    assert not udnie.builtin and udnie.title == "Udnie" and library.load("udnie").size == (203, 256)
+    assert [p.id for p in library.presets()] == ["lilies", "the-scream", "udnie"]
+    report = dict(library.import_folder(images / "styles"))
+    assert report["udnie.jpg"].startswith("skipped") and report["the-scream.jpg"].startswith("skipped")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in builtin.iterdir()) == before
+
+
+def test_a_changed_file_gets_a_new_version(tmp_path: Path, images: Path):
+    library = StyleLibrary(tmp_path / "styles", cache_dir=tmp_path / "cache", builtin_folder=None)
+    preset = library.save("udnie", (images / "styles" / "udnie.jpg").read_bytes())
+    assert library.find("udnie").version == preset.version
+    shutil.copyfile(images / "styles" / "the-scream.jpg", preset.path)
+    assert library.find("udnie").version != preset.version
+
+
+def test_bmp_and_gif_presets(tmp_path: Path, images: Path):
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    painting = PILImage.open(images / "styles" / "udnie.jpg")
+    painting.save(folder / "bitmap.bmp")
+    painting.convert("P").save(folder / "animated.gif")
+    library = StyleLibrary(folder, cache_dir=tmp_path / "cache", builtin_folder=None)
+    assert [p.id for p in library.presets()] == ["animated", "bitmap"]
+    assert library.load("bitmap").size == library.load("animated").size == (256, 256)
+    saved = library.save("Copy", (folder / "animated.gif").read_bytes())
+    assert saved.path.suffix == ".gif"
+
+
+def half_copied_jpeg(images: Path) -> bytes:
+    data = (images / "styles" / "starry-night.jpg").read_bytes()
+    return data[: len(data) * 3 // 10]
+
+
+def test_a_broken_file_is_named_logged_once_and_left_out(tmp_path: Path, images: Path, caplog):
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    shutil.copy(images / "styles" / "udnie.jpg", folder / "udnie.jpg")
+    (folder / "half-copied.jpg").write_bytes(half_copied_jpeg(images))
+    (folder / "also-half.jpg").write_bytes(half_copied_jpeg(images))
+    library = StyleLibrary(folder, cache_dir=tmp_path / "cache", builtin_folder=None)
+    assert [p.id for p in library.presets()] == [
+        "also-half",
+        "half-copied",
+        "udnie",
+    ]  # listing decodes nothing
+
+    with caplog.at_level(logging.WARNING, logger="impasto.library"):
+        with pytest.raises(BrokenPreset) as caught:
+            library.load("half-copied")
+        message = str(caught.value)
+        assert "half-copied" in message and str(tmp_path) not in message and "/" not in message
+        with pytest.raises(BrokenPreset, match="also-half") as caught:
+            library.thumbnail(library.find("also-half"))
+        assert str(tmp_path) not in str(caught.value)
+        assert [p.id for p in library.presets()] == ["udnie"]  # left out from now on
+        with pytest.raises(KeyError):
+            library.load("half-copied")
+        assert library.load("udnie").size == (256, 256)  # the rest works
+        assert library.thumbnail(library.find("udnie")).startswith(b"\x89PNG")
+    warnings = [r for r in caplog.records if r.name == "impasto.library"]
+    assert len(warnings) == 2 and "half-copied" in warnings[0].getMessage()
+
+    shutil.copyfile(images / "styles" / "the-scream.jpg", folder / "half-copied.jpg")  # copying finished
+    assert library.load("half-copied").size == (256, 201)
+    assert [p.id for p in library.presets()] == ["half-copied", "udnie"]
+    assert isinstance(caught.value, ValueError)  # an ImageError: what the service already maps
+
+
+def test_listing_500_presets_is_cheap(tmp_path: Path, images: Path):
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    data = (images / "styles" / "udnie.jpg").read_bytes()
+    for index in range(500):
+        (folder / f"style-{index:03}.jpg").write_bytes(data if index % 50 else data[:100])
+        if index % 2:
+            (folder / f"style-{index:03}.json").write_text(json.dumps({"title": f"Style {index}"}))
+    library = StyleLibrary(folder, cache_dir=tmp_path / "cache", builtin_folder=None)
+    start = time.perf_counter()
+    assert len(library.presets()) == 500
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    assert library.find("style-499").title == "Style 499"
+    again = time.perf_counter() - start
+    assert first < 0.5 and again < 0.25, (first, again)
+
+
+def test_metadata_strings_are_bounded(tmp_path: Path, images: Path):
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    shutil.copy(images / "styles" / "udnie.jpg", folder / "udnie.jpg")
+    shutil.copy(images / "styles" / "udnie.jpg", folder / "huge.jpg")
+    metadata = {
+        "title": "T" * 20_000,  # the file stays under the 64 KiB read for metadata
+        "artist": "A" * 1000,
+        "year": ["1913"],
+        "licence": "line one\nline two",
+        "source_url": "https://example.org/" + "x" * 10_000,
+        "strength": "nan",
+    }
+    (folder / "udnie.json").write_text(json.dumps(metadata))
+    (folder / "huge.json").write_text(json.dumps({"title": "Huge", "pad": "x" * 1_000_000}))
+    library = StyleLibrary(folder, cache_dir=tmp_path / "cache", builtin_folder=None)
+    udnie = library.find("udnie")
+    assert len(udnie.title) <= 200 and len(udnie.artist) <= 200 and len(udnie.source_url) <= 500
+    assert udnie.year == "" and udnie.licence == "line one line two" and udnie.strength == 0
+    assert library.find("huge").title == "Huge"  # a metadata file that large is not read
+
+
+def test_saves_never_follow_a_symbolic_link(tmp_path: Path, images: Path):
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victims = [outside / name for name in ("image", "metadata", "partial")]
+    for victim in victims:
+        victim.write_bytes(b"precious")
+    (folder / "evil.jpg").symlink_to(victims[0])
+    (folder / "evil.json").symlink_to(victims[1])
+    (folder / f".evil.jpg.{os.getpid()}.partial").symlink_to(victims[2])  # the old, predictable name
+    library = StyleLibrary(folder, cache_dir=tmp_path / "cache", builtin_folder=None)
+    data = (images / "styles" / "udnie.jpg").read_bytes()
+    preset = library.save("evil", data, {"title": "Evil"})
+    assert all(victim.read_bytes() == b"precious" for victim in victims)
+    assert not (folder / "evil.jpg").is_symlink() and (folder / "evil.jpg").read_bytes() == data
+    assert preset.title == "Evil" and not (folder / "evil.json").is_symlink()
+    leftovers = [p.name for p in folder.iterdir() if p.name.endswith(".partial") and not p.is_symlink()]
+    assert leftovers == []
+
+
+def test_names_are_bounded_and_echoed_short(tmp_path: Path, images: Path):
+    library = StyleLibrary(tmp_path / "styles", cache_dir=tmp_path / "cache", builtin_folder=None)
+    data = (images / "styles" / "udnie.jpg").read_bytes()
+    for name in ("n" * 101, "!" * 10_000):
+        with pytest.raises(InvalidStyleId) as caught:
+            library.save(name, data)
+        assert len(str(caught.value)) < 200
+    assert library.save("n" * 100, data).id == "n" * 100
 
 
 # ---- the Gram cache ----------------------------------------------------------------------------------
