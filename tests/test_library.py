@@ -325,8 +325,11 @@ def test_a_broken_file_is_named_logged_once_and_left_out(tmp_path: Path, images:
             library.thumbnail(library.find("also-half"))
         assert str(tmp_path) not in str(caught.value)
         assert [p.id for p in library.presets()] == ["udnie"]  # left out from now on
-        with pytest.raises(KeyError):
+        with pytest.raises(BrokenPreset, match="half-copied") as again:  # and named when asked for
             library.load("half-copied")
+        assert str(tmp_path) not in str(again.value)
+        with pytest.raises(KeyError):
+            library.load("never-was")
         assert library.load("udnie").size == (256, 256)  # the rest works
         assert library.thumbnail(library.find("udnie")).startswith(b"\x89PNG")
     warnings = [r for r in caplog.records if r.name == "impasto.library"]

@@ -132,13 +132,13 @@ class StyleLibrary:
         self._thumbnails: dict[str, bytes] = {}
         self._pictures: dict[str, Picture] = {}
         self._listed: dict[tuple, Preset] = {}  # (path, image stat, metadata stat) -> preset
-        self._broken: set[str] = set()  # file versions that failed to decode
+        self._broken: dict[str, str] = {}  # file version that failed to decode -> the client's message
         self._lock = threading.Lock()  # the caches above
         self._saving = threading.Lock()  # one save at a time: the check for an existing id, then the write
 
     @property
     def user_folder_exists(self) -> bool:
-        """False until the user's folder is made (by the first save or import); then only built-ins list."""
+        """False until the user's folder is made (by the first save or import): only built-ins list."""
         return self.folder.is_dir()
 
     # ---- reading -------------------------------------------------------------------------------
@@ -148,17 +148,16 @@ class StyleLibrary:
 
         Cheap: one directory scan and a stat or two per file; nothing is decoded.
         """
-        found: dict[str, Preset] = {}
-        if self.builtin_folder is not None:
-            found.update(self._scan(self.builtin_folder, builtin=True))
-        found.update(self._scan(self.folder, builtin=False))
         with self._lock:
             broken = set(self._broken)
-        return [found[key] for key in sorted(found) if found[key].version not in broken]
+        return [preset for preset in self._all_presets() if preset.version not in broken]
 
     def find(self, preset_id: str) -> Preset:
+        """The preset of that id, or KeyError. A preset whose file is known not to decode is left out of
+        listings but still found, so that `load` and `thumbnail` tell a client that names it why it
+        cannot be used (BrokenPreset) rather than that it does not exist."""
         check_id(preset_id)
-        for preset in self.presets():
+        for preset in self._all_presets():
             if preset.id == preset_id:
                 return preset
         raise KeyError(preset_id)
@@ -166,6 +165,7 @@ class StyleLibrary:
     def load(self, preset_id: str) -> Picture:
         """The preset's picture, decoded once per file version, so that repeated jobs skip the decode."""
         preset = self.find(preset_id)
+        self._check_not_broken(preset)
         with self._lock:
             picture = self._pictures.pop(preset.version, None)
         key = preset.version
@@ -194,6 +194,7 @@ class StyleLibrary:
     def thumbnail(self, preset: Preset) -> bytes:
         """PNG, long side ≤ 256 px; made once per file version, kept in memory and on disk."""
         key = preset.version or _file_version(preset.path)
+        self._check_not_broken(preset, key)
         with self._lock:
             if key in self._thumbnails:
                 return self._thumbnails[key]
@@ -212,9 +213,13 @@ class StyleLibrary:
 
     def _broken_preset(self, preset: Preset, version: str, error: Exception) -> BrokenPreset:
         """Remembers a file version that does not decode (logged once) and makes the client's error."""
+        reason = str(error) if isinstance(error, ImageError) else "its file cannot be read"
+        reason = reason.replace(str(preset.path), f"preset '{preset.id}'")
+        if f"'{preset.id}'" not in reason:
+            reason = f"preset '{preset.id}' cannot be used: {reason}"
         with self._lock:
             new = version not in self._broken
-            self._broken.add(version)
+            self._broken.setdefault(version, reason)
         if new:
             log.warning(
                 "preset '%s' (%s) cannot be used and is left out of listings until the file changes: %s",
@@ -222,11 +227,13 @@ class StyleLibrary:
                 preset.path,
                 error,
             )
-        reason = str(error) if isinstance(error, ImageError) else "its file cannot be read"
-        reason = reason.replace(str(preset.path), f"preset '{preset.id}'")
-        if f"'{preset.id}'" not in reason:
-            reason = f"preset '{preset.id}' cannot be used: {reason}"
         return BrokenPreset(reason)
+
+    def _check_not_broken(self, preset: Preset, version: str | None = None) -> None:
+        with self._lock:
+            reason = self._broken.get(version or preset.version)
+        if reason is not None:
+            raise BrokenPreset(f"{reason}; replace or remove its file")
 
     def _scan(self, folder: Path, builtin: bool) -> dict[str, Preset]:
         """id -> preset for one folder; the first file (by name) of each id wins."""
@@ -324,12 +331,13 @@ class StyleLibrary:
         return report
 
     def _all_presets(self) -> list[Preset]:
-        """Every preset, including those whose files were found broken: their ids are taken too."""
+        """Every preset, sorted by id, including those whose files were found broken (their ids are
+        taken too); a user's preset replaces a built-in of its id."""
         found: dict[str, Preset] = {}
         if self.builtin_folder is not None:
             found.update(self._scan(self.builtin_folder, builtin=True))
         found.update(self._scan(self.folder, builtin=False))
-        return list(found.values())
+        return [found[key] for key in sorted(found)]
 
 
 def _with_metadata(preset_id: str, path: Path, version: str, builtin: bool) -> Preset:
