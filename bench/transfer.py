@@ -37,7 +37,7 @@ TINY = Settings(size=16, iterations=1, preview_seconds=-1)
 
 
 def start_server(styles: Path) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "impasto.server.main", "--port", "0", "--styles-dir", str(styles)]
+    command = [sys.executable, "-m", "impasto.service.main", "--port", "0", "--styles-dir", str(styles)]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         if "listening on" in line:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from impasto.server.main import build_parser, start
+from impasto.service.main import build_parser, start
 
 
 def gradient_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -28,13 +28,20 @@ def gradient_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return (0.8 * base + 0.2 * torch.rand(1, 3, height, width, generator=generator)).clamp(0, 1)
 
 
+def start_server(*flags: str, token: str | None = None) -> tuple[str, Callable[[], None]]:
+    """An impasto-server in this process on an ephemeral loopback port: (address, shutdown).
+    `shutdown()` is what SIGTERM does; it returns once the server has stopped."""
+    args = build_parser().parse_args(["--port", "0", "--device", "cpu", *flags])
+    port, shutdown = start(args, token)
+    return f"127.0.0.1:{port}", shutdown
+
+
 @contextmanager
 def running_server(*flags: str, token: str | None = None) -> Iterator[str]:
     """An impasto-server in this process on an ephemeral loopback port; yields its address."""
-    args = build_parser().parse_args(["--port", "0", "--device", "cpu", *flags])
-    port, shutdown = start(args, token)
+    address, shutdown = start_server(*flags, token=token)
     try:
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
         shutdown()
 

@@ -154,11 +154,24 @@ def test_adam_recipe_also_converges(engine: Engine):
     assert totals[-1] < totals[0] / 2
 
 
+def estimate(engine: Engine, options: Options, style_size: tuple[int, int] = (300, 400)):
+    return engine.plan((300, 400), [style_size], options).estimate
+
+
 def test_estimates_grow_with_the_work_and_learn_from_the_last_job(engine: Engine):
-    small, large = engine.estimate(300, 400, Options(size=256)), engine.estimate(300, 400, Options(size=512))
+    small, large = estimate(engine, Options(size=256)), estimate(engine, Options(size=512))
     assert 3 < large.peak_bytes / small.peak_bytes < 5 and large.seconds > 3 * small.seconds
-    assert engine.estimate(300, 400, Options(size=256, iterations=200)).seconds > 1.9 * small.seconds
+    assert estimate(engine, Options(size=256, iterations=200)).seconds > 1.9 * small.seconds
     engine.stylize(CONTENT, [Style(STYLE)], FAST)
     learned = engine.seconds_per_pixel_iteration
     assert 1e-8 < learned < 1e-3
-    assert engine.estimate(48, 64, FAST).seconds == pytest.approx(learned * 48 * 64 * FAST.iterations)
+    plan = engine.plan((48, 64), [(48, 64)], FAST)
+    assert plan.estimate.seconds == pytest.approx(learned * 48 * 64 * FAST.iterations)
+
+
+def test_the_memory_estimate_counts_a_style_scaled_up(engine: Engine):
+    """A style drawn at 8× the working size costs far more memory than the optimisation itself."""
+    plain = estimate(engine, Options(size=128), (1000, 1000))
+    scaled = estimate(engine, Options(size=128, style_scale=8), (1000, 1000))
+    assert scaled.peak_bytes > 8 * plain.peak_bytes
+    assert scaled.peak_bytes > 1024 * 1024 * 300  # a 1024² forward pass, at least 300 B a pixel

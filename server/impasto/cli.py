@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
+import queue
 import signal
 import sys
 import threading
@@ -28,8 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="an impasto-server (default for info/styles: $IMPASTO_SERVER, else 127.0.0.1:50051)",
     )
-    remote.add_argument("--token", help="the server's token (default: $IMPASTO_TOKEN)")
+    remote.add_argument(
+        "--token",
+        help="the server's token; visible to other users in `ps`, so prefer $IMPASTO_TOKEN or --token-file",
+    )
+    remote.add_argument("--token-file", type=Path, metavar="FILE", help="read the server's token from FILE")
     remote.add_argument("--tls-ca", type=Path, metavar="PEM", help="talk TLS, trusting this CA certificate")
+    remote.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow sending the token in clear to another machine (only on a network you trust)",
+    )
 
     stylize = commands.add_parser(
         "stylize", parents=[remote], help="paint CONTENT in the style of other images"
@@ -54,12 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stylize.add_argument(
         "--size",
-        type=int,
-        help="working long side in px (default: 384 on CPU, "
+        type=_whole_number(16),
+        help="working long side in px, or 'auto' (default: 384 on CPU, "
         "768 on Apple MPS, 1024 on CUDA); the result is written at CONTENT's own size",
     )
     stylize.add_argument(
-        "--iterations", type=int, help="iterations at full size; smaller scales run half (default: 100)"
+        "--iterations",
+        type=_whole_number(1),
+        help="iterations at the working size, or 'auto'; smaller scales run half (default: 100)",
     )
     stylize.add_argument(
         "--strength",
@@ -121,9 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _whole_number(minimum: int):
+    """An argparse type: a whole number ≥ `minimum`, or 'auto' (None: the default)."""
+
+    def parse(text: str) -> int | None:
+        if text == "auto":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number ≥ {minimum}, or 'auto' (got {text!r})")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):
+        # `impasto info | head -1`: a closed pipe ends the program quietly, as it does any Unix tool.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     from .client import ServerError
+    from .jobs import JobError
 
     try:
         if args.command == "info":
@@ -134,31 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as error:
         print(f"impasto: {error}", file=sys.stderr)
         return EXIT_CANCELLED if error.code.name == "CANCELLED" else EXIT_FAILED
-    except (ImageError, ValueError, OSError, KeyError) as error:
+    except (ImageError, ValueError, OSError, KeyError, JobError) as error:
         print(f"impasto: error: {error}", file=sys.stderr)
         return EXIT_FAILED
-
-
-def load_engine(device_name: str, weights: str = "original", precision: str = "auto"):
-    # torch is imported here so that `impasto --help` and the network client answer at once.
-    from .engine import Engine, pick_device
-    from .engine.gram_cache import GramCache
-    from .engine.weights import (
-        CAFFE,
-        default_cache_dir,
-        load_original_vgg19,
-        load_torchvision_vgg19,
-        load_weight_file,
-    )
-
-    device = pick_device(device_name)
-    if weights == "original":
-        weight_set = load_original_vgg19()
-    elif weights == "torchvision":
-        weight_set = load_torchvision_vgg19()
-    else:
-        weight_set = load_weight_file(Path(weights), CAFFE)
-    return Engine(weight_set, device, precision, GramCache(default_cache_dir() / "grams"))
 
 
 def _style_weights(args: argparse.Namespace) -> list[float]:
@@ -189,7 +201,8 @@ def _check_output(output: Path) -> None:
 
 
 def _local_info() -> int:
-    from .engine.stylize import default_size
+    from .engine import default_size
+    from .engine.loading import load_engine
 
     engine = load_engine("auto")
     print(f"impasto {__version__} (in-process engine)")
@@ -200,10 +213,12 @@ def _local_info() -> int:
 
 
 def _local_stylize(args: argparse.Namespace) -> int:
-    from .engine import RECIPES, Cancelled, Options, Style
-    from .engine.recipes import with_optimizer
-    from .engine.stylize import default_size
-    from .images import compose_result, load_picture
+    """The same jobs layer as the server's, in this process: one way to check, decode and run a job."""
+    from .engine import default_size
+    from .engine.device import host_memory_bytes
+    from .engine.loading import load_engine
+    from .images import DEFAULT_MAX_PIXELS
+    from .jobs import Failed, Finished, ImageSpec, Jobs, Kind, Limits, Queued, Request, StyleRef
     from .library import StyleLibrary
 
     output = Path(args.output)
@@ -213,56 +228,80 @@ def _local_stylize(args: argparse.Namespace) -> int:
     if args.save_style:
         preset = library.save(args.save_style, Path(args.style[0]).read_bytes())
         print(f"saved {args.style[0]} as preset '{preset.id}' in {library.folder}", file=sys.stderr)
-    content = load_picture(args.content)
+    files = [args.content]
     styles = []
     for name, weight in zip(args.style, _style_weights(args), strict=True):
-        picture = load_picture(name) if _is_style_file(name) else _preset(library, name)
-        styles.append(Style(picture.rgb, weight))
-    init = args.init if args.init in ("content", "noise") else load_picture(args.init).rgb
-    engine = load_engine(args.device, args.weights, args.precision)
-    recipe = (
-        RECIPES[args.recipe] if not args.optimizer else with_optimizer(RECIPES[args.recipe], args.optimizer)
-    )
-    options = Options(
-        size=args.size or default_size(engine.device),
-        iterations=args.iterations or 100,
+        if _is_style_file(name):
+            files.append(name)
+            styles.append(StyleRef(upload=len(files) - 2, weight=weight))
+        else:
+            styles.append(StyleRef(preset_id=name, weight=weight))
+    init_upload = None
+    if args.init not in ("content", "noise"):
+        files.append(args.init)
+        init_upload = len(files) - 2
+    data = [Path(name).read_bytes() for name in files]
+    request = Request(
+        content=ImageSpec("encoded", len(data[0])),
+        styles=tuple(styles),
+        uploads=tuple(ImageSpec("encoded", len(d)) for d in data[1:]),
+        size=args.size,
+        iterations=args.iterations,
         strength=args.strength,
         style_scale=args.style_scale,
         preserve_colors=args.preserve_colors,
-        init=init,
         seed=args.seed,
-        recipe=recipe,
+        preview_seconds=None,
+        recipe=args.recipe,
+        optimizer=args.optimizer,
+        init="noise" if args.init == "noise" else "content",
+        init_upload=init_upload,
+        labels=tuple(files),
     )
-    cancel = threading.Event()
-    started = time.monotonic()
-    with _ProgressBar(args.quiet) as bar, _ctrl_c_sets(cancel):
-        try:
-            result = engine.stylize(
-                content.rgb_fitting(options.size),
-                styles,
-                options,
-                cancel=cancel,
-                on_progress=lambda p: bar.show(
-                    p.step, p.steps, p.scale, p.scales, p.content_loss, p.style_loss
-                ),
-            )
-        except Cancelled:
-            bar.close()
-            print("impasto: cancelled; nothing written", file=sys.stderr)
-            return EXIT_CANCELLED
-    save_image(compose_result(result, content), output)
-    height, width = content.size
-    print(f"wrote {output} ({width}×{height}) in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    engine = load_engine(args.device, args.weights, args.precision)
+    memory = host_memory_bytes()
+    limits = Limits(
+        max_pixels=DEFAULT_MAX_PIXELS,
+        max_size=1 << 15,
+        default_size=default_size(engine.device),
+        max_queue=1,
+        max_iterations=1_000_000,
+        max_styles=64,
+        max_request_bytes=memory,
+        max_inflight_bytes=memory,
+    )
+    jobs = Jobs(engine, library, limits)
+    try:
+        upload = jobs.admit(request)
+        for index, file_bytes in enumerate(data):
+            upload.add(index, file_bytes)
+        events: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        started = time.monotonic()
+        with _ProgressBar(args.quiet) as bar, _ctrl_c_sets(cancel):
+            jobs.submit(upload, events.put, cancel)
+            while not isinstance(event := events.get(), Finished | Failed):
+                if not isinstance(event, Queued):
+                    bar.event(event)
+        if isinstance(event, Failed):
+            if event.error.kind == Kind.CANCELLED:
+                print("impasto: cancelled; nothing written", file=sys.stderr)
+                return EXIT_CANCELLED
+            raise event.error
+    finally:
+        jobs.close(grace_seconds=0)
+    _save_result(event.result.data, output)
+    print(
+        f"wrote {output} ({event.result.width}×{event.result.height}) in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
-def _preset(library, name: str):
-    try:
-        return library.load(name)
-    except KeyError:
-        raise ValueError(
-            f"style '{name}' is neither an image file nor a preset in {library.folder}"
-        ) from None
+def _save_result(png: bytes | memoryview, output: Path) -> None:
+    from PIL import Image as PILImage
+
+    save_image(PILImage.open(io.BytesIO(png)), output)
 
 
 # ---- over the network --------------------------------------------------------------------------
@@ -271,7 +310,10 @@ def _preset(library, name: str):
 def _client(args: argparse.Namespace):
     from .client import Client
 
-    return Client(args.server, token=args.token, tls_ca=args.tls_ca)
+    token = args.token
+    if args.token_file is not None:
+        token = args.token_file.read_text().strip()
+    return Client(args.server, token=token, tls_ca=args.tls_ca, insecure=args.insecure)
 
 
 def _remote_info(args: argparse.Namespace) -> int:
@@ -316,7 +358,7 @@ def _remote_stylize(args: argparse.Namespace) -> int:
     ]
     settings = Settings(
         strength=args.strength,
-        iterations=args.iterations or 0,
+        iterations=args.iterations or 0,  # the contract's 0: the server's default
         size=args.size or 0,
         preserve_colors=args.preserve_colors,
         seed=args.seed,
@@ -332,17 +374,8 @@ def _remote_stylize(args: argparse.Namespace) -> int:
                     bar.note(f"queued: {event.queued.position} job(s) ahead")
                 elif event.HasField("progress"):
                     p = event.progress
-                    bar.show(
-                        (p.scale - 1) * p.iterations + p.iteration,
-                        p.scales * p.iterations,
-                        p.scale,
-                        p.scales,
-                        p.content_loss,
-                        p.style_loss,
-                    )
-    from PIL import Image as PILImage
-
-    save_image(PILImage.open(io.BytesIO(job.result.data)), output)
+                    bar.show(p.fraction, p.eta_seconds, p.scale, p.scales, p.content_loss, p.style_loss)
+    _save_result(job.result.data, output)
     print(
         f"wrote {output} ({job.result.width}×{job.result.height}) in {time.monotonic() - started:.1f} s "
         f"via {client.address}",
@@ -374,19 +407,37 @@ class _ctrl_c_sets:  # noqa: N801 - used as a context manager, reads like one
 
 
 class _ProgressBar:
+    """One bar for the whole job, in percent of its work, with the engine's own estimate of time left
+    (later scales cost more per iteration, so a rate of iterations would mislead)."""
+
     def __init__(self, disabled: bool):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=None, unit="it", disable=disabled, file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=100,
+            disable=disabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed{postfix}",
+        )
+        self.bar.set_description("starting")
+
+    def event(self, event) -> None:
+        """An in-process job's event."""
+        from .engine import Progress
+
+        if isinstance(event, Progress):
+            self.show(
+                event.fraction, event.eta, event.scale, event.scales, event.content_loss, event.style_loss
+            )
 
     def show(
-        self, step: int, steps: int, scale: int, scales: int, content_loss: float, style_loss: float
+        self, fraction: float, eta: float, scale: int, scales: int, content_loss: float, style_loss: float
     ) -> None:
-        if self.bar.total != steps:
-            self.bar.reset(total=steps)
         self.bar.set_description(f"scale {scale}/{scales}")
-        self.bar.set_postfix(content=f"{content_loss:.3g}", style=f"{style_loss:.3g}", refresh=False)
-        self.bar.update(step - self.bar.n)
+        left = f", about {_duration(eta)} left" if math.isfinite(eta) and eta > 0 else ""
+        self.bar.set_postfix_str(f"{left}, content {content_loss:.3g}, style {style_loss:.3g}", refresh=False)
+        self.bar.update(fraction * 100 - self.bar.n)
 
     def note(self, text: str) -> None:
         self.bar.set_description(text)
@@ -399,6 +450,13 @@ class _ProgressBar:
 
     def __exit__(self, *_) -> None:
         self.close()
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return (
+        f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ has neither.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,26 @@ START_SERVER_HINT = "start one there with `impasto-server` (or pass another addr
 
 def resolve_address(address: str | None) -> str:
     return address or os.environ.get("IMPASTO_SERVER") or DEFAULT_ADDRESS
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def split_address(address: str) -> tuple[str, bool]:
+    """`host:port` (plaintext) or `https://host:port` (TLS) -> (host:port, tls)."""
+    if address.startswith("https://"):
+        return address.removeprefix("https://").rstrip("/"), True
+    return address.removeprefix("http://").rstrip("/"), False
+
+
+class InsecureToken(ValueError):
+    """A token would cross the network in clear."""
 
 
 class ServerError(Exception):
@@ -114,17 +135,30 @@ class Client:
         token: str | None = None,
         tls_ca: Path | None = None,
         timeout: float = 10.0,
+        insecure: bool = False,
     ):
+        """`address`: `host:port` (plaintext) or `https://host:port` (TLS, verified against the system's
+        roots, or `tls_ca`). A token goes in clear only to this machine, or with `insecure`."""
         self.address = resolve_address(address)
         self.timeout = timeout
+        target, tls = split_address(self.address)
+        tls = tls or tls_ca is not None
         token = token if token is not None else os.environ.get("IMPASTO_TOKEN")
+        host = target.rsplit(":", 1)[0] if ":" in target else target
+        if token and not tls and not insecure and not is_loopback(host):
+            raise InsecureToken(
+                f"refusing to send the token in clear to {host}: anyone on the network could read it. "
+                f"Use TLS (https://{target}, with --tls-ca CERT for a self-signed server), an SSH tunnel "
+                "to 127.0.0.1, or --insecure if the network is private and you accept that"
+            )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_receive_message_length", CHUNK_BYTES + (64 << 10))]
-        if tls_ca is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
-            self._channel = grpc.secure_channel(self.address, credentials, options=options)
+        if tls:
+            roots = Path(tls_ca).read_bytes() if tls_ca is not None else None
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
-            self._channel = grpc.insecure_channel(self.address, options=options)
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = impasto_pb2_grpc.StyleTransferStub(self._channel)
 
     def close(self) -> None:
@@ -141,6 +175,10 @@ class Client:
 
     def styles(self) -> list[pb.StylePreset]:
         return list(self._unary(self._stub.ListStyles, pb.ListStylesRequest()).styles)
+
+    def thumbnail(self, preset_id: str) -> bytes:
+        """A preset's thumbnail, PNG with a long side of at most 256 px."""
+        return self._unary(self._stub.GetStyleThumbnail, pb.GetStyleThumbnailRequest(id=preset_id)).png
 
     def stylize(self, content: Image, styles: list[StyleSpec], settings: Settings | None = None) -> RemoteJob:
         call = self._stub.Stylize(_requests(content, styles, settings or Settings()), metadata=self._metadata)

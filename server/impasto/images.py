@@ -7,9 +7,11 @@ results are written with 8 bits per channel; palette images are expanded to RGB(
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,21 +85,43 @@ def load_picture(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pict
     return decode_picture(data, str(path), max_pixels)
 
 
-def decode_picture(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+def decode_picture(
+    data: bytes | bytearray,
+    name: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    before_decode: Callable[[int, int], None] | None = None,
+) -> Picture:
+    """`before_decode(width, height)` runs once the header is read, before the pixels are decoded (to
+    hold memory for them, or refuse)."""
     if not data:
         raise ImageError(f"{name} is empty (0 bytes)")
+    with _decoding(name, data):
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise TooLarge(
+                f"{name} is {width}×{height} = {width * height:,} pixels, "
+                f"over the limit of {max_pixels:,}; scale it down first"
+            )
+    if before_decode is not None:
+        before_decode(width, height)
+    with _decoding(name, data):
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    if image.width == 0 or image.height == 0:
+        raise ImageError(f"{name} has no pixels ({image.width}×{image.height})")
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+        raise ImageError(f"{name} has pixels that are not finite numbers (NaN or infinity)")
+    return Picture(_rgb_pixels(image), _alpha(image), name)
+
+
+@contextlib.contextmanager
+def _decoding(name: str, data: bytes | bytearray) -> Iterator[None]:
+    """Turns whatever Pillow raises on a bad file into an ImageError that names the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise TooLarge(
-                    f"{name} is {width}×{height} = {width * height:,} pixels, "
-                    f"over the limit of {max_pixels:,}; scale it down first"
-                )
-            image.load()
-            image = ImageOps.exif_transpose(image)
+            yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -110,11 +134,6 @@ def decode_picture(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         ) from error
     except Exception as error:
         raise ImageError(f"{name} is not a readable image ({error})") from error
-    if image.width == 0 or image.height == 0:
-        raise ImageError(f"{name} has no pixels ({image.width}×{image.height})")
-    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
-        raise ImageError(f"{name} has pixels that are not finite numbers (NaN or infinity)")
-    return Picture(_rgb_pixels(image), _alpha(image), name)
 
 
 def picture_from_rgba8(data: bytes | bytearray, width: int, height: int, name: str) -> Picture:

@@ -1,7 +1,8 @@
 """Impasto's style-transfer engine: plain PyTorch, no gRPC, no files beyond weights."""
 
+from .device import DeviceInfo, default_size, describe, pick_device
 from .recipes import DEFAULT, RECIPES, SEED, Recipe
-from .stylize import Cancelled, Engine, Options, Progress, Style, pick_device
+from .stylize import Cancelled, Engine, Options, Plan, Progress, Style
 from .weights import WeightsError, WeightSet, load_original_vgg19
 
 __all__ = [
@@ -9,13 +10,17 @@ __all__ = [
     "RECIPES",
     "SEED",
     "Cancelled",
+    "DeviceInfo",
     "Engine",
     "Options",
+    "Plan",
     "Progress",
     "Recipe",
     "Style",
     "WeightSet",
     "WeightsError",
+    "default_size",
+    "describe",
     "load_original_vgg19",
     "pick_device",
 ]

@@ -1,4 +1,4 @@
-"""What the server runs on, and the limits that follow from it."""
+"""Device policy: which device and precision a job runs on, what that device is, and its memory."""
 
 from __future__ import annotations
 
@@ -9,19 +9,52 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import DEFAULT
-from ..engine.estimate import peak_bytes
-
-# Host bytes per uploaded pixel while a job lives: raw RGBA, float RGB, resized copies, the reply.
-HOST_BYTES_PER_UPLOADED_PIXEL = 160
-MAX_UPLOAD_PIXELS = 100_000_000
+from .estimate import peak_bytes
+from .recipes import DEFAULT
 
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    kind: str
-    name: str
-    memory_bytes: int
+    kind: str  # "cuda", "mps" or "cpu"
+    name: str  # e.g. "NVIDIA H100 80GB HBM3", or the CPU model
+    memory_bytes: int  # total device memory (RAM for a CPU)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to PyTorch")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: Apple's Metal backend is not available here")
+    return torch.device(name)
+
+
+def pick_precision(device: torch.device, precision: str = "auto") -> str:
+    """bf16 convolutions where the hardware multiplies bf16 natively, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "fp32"
+
+
+def default_size(device: torch.device) -> int:
+    """A working long side that finishes in minutes, not hours, on this kind of device."""
+    return {"cuda": 1024, "mps": 768}.get(device.type, 384)
+
+
+def cpu_has_bf16() -> bool:
+    # bf16 convolutions beat fp32 on CPUs with native bf16 dot products (AVX512-BF16 or AMX);
+    # elsewhere they are emulated and slower (docs/benchmarks.md).
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def describe(device: torch.device) -> DeviceInfo:
@@ -70,7 +103,3 @@ def max_working_size(info: DeviceInfo, precision: str) -> int:
     """The longest square side whose optimisation fits in half the device's memory."""
     pixels = info.memory_bytes / 2 / peak_bytes(1, 1, precision, DEFAULT)
     return int(math.sqrt(pixels)) // 16 * 16
-
-
-def max_upload_pixels() -> int:
-    return min(MAX_UPLOAD_PIXELS, host_memory_bytes() // HOST_BYTES_PER_UPLOADED_PIXEL)

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from .recipes import Recipe
 
 PEAK_BYTES_PER_PIXEL = {"fp32": 2500, "bf16": 1600}
+# A style image's forward pass without gradients (for its Gram matrices): the image, its preprocessed
+# copy and the two largest activations alive at once.
+STYLE_BYTES_PER_PIXEL = {"fp32": 600, "bf16": 350}
 FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION = {
     ("cpu", "bf16"): 5.5e-6,  # measured on a 2-core Xeon with AMX
     ("cpu", "fp32"): 1.3e-5,
@@ -49,11 +52,16 @@ def largest_long_side(memory_bytes: int, height: int, width: int, precision: str
 
 def estimate(
     scales: list[tuple[tuple[int, int], int]],
+    style_sizes: list[tuple[int, int]],
     precision: str,
     recipe: Recipe,
     seconds_per_pixel_iteration: float,
 ) -> Estimate:
-    """`scales`: ((height, width), iterations) for each scale of the job."""
+    """`scales`: ((height, width), iterations) for each scale of the job; `style_sizes`: each style
+    image's (height, width) at the finest scale, where it is largest."""
     pixel_iterations = sum(h * w * iterations for (h, w), iterations in scales)
     largest = max((size for size, _ in scales), key=lambda s: s[0] * s[1])
-    return Estimate(pixel_iterations * seconds_per_pixel_iteration, peak_bytes(*largest, precision, recipe))
+    optimisation = peak_bytes(*largest, precision, recipe)
+    style_pass = max((h * w * STYLE_BYTES_PER_PIXEL[precision] for h, w in style_sizes), default=0)
+    # The style passes run before each scale's optimisation, with only the content's targets alive.
+    return Estimate(pixel_iterations * seconds_per_pixel_iteration, max(optimisation, style_pass))

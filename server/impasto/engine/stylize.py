@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from .device import pick_precision
 from .estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION, Estimate, estimate
 from .gram_cache import GramCache, image_digest
 from .imageops import fit_long_side, keep_content_colours, resize
@@ -63,10 +64,9 @@ class Progress:
     tv_loss: float
     elapsed: float
     eta: float = field(default=math.nan)
-
-    @property
-    def fraction(self) -> float:
-        return self.step / self.steps
+    # Share of the job's work done: iterations weighted by their scale's pixels, so that it moves as
+    # time does (a fine scale's iteration costs several coarse ones).
+    fraction: float = 0.0
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -87,6 +87,22 @@ class Scale:
     iterations: int
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a job will do, decided once before it starts: its scales and what they will cost."""
+
+    scales: list[Scale]
+    estimate: Estimate
+
+    @property
+    def working_size(self) -> tuple[int, int]:
+        return self.scales[-1].size
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(scale.iterations for scale in self.scales)
+
+
 def schedule(height: int, width: int, options: Options) -> list[Scale]:
     """The scales a job runs, coarse to fine, and the iterations each gets.
 
@@ -98,36 +114,6 @@ def schedule(height: int, width: int, options: Options) -> list[Scale]:
     sizes = scale_sizes(height, width, options.size, recipe)
     coarse = max(1, round(options.iterations * recipe.coarse_iterations))
     return [Scale(size, coarse) for size in sizes[:-1]] + [Scale(sizes[-1], options.iterations)]
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible to PyTorch")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: Apple's Metal backend is not available here")
-    return torch.device(name)
-
-
-def default_size(device: torch.device) -> int:
-    """A working long side that finishes in minutes, not hours, on this kind of device."""
-    return {"cuda": 1024, "mps": 768}.get(device.type, 384)
-
-
-def cpu_has_bf16() -> bool:
-    # bf16 convolutions beat fp32 on CPUs with native bf16 dot products (AVX512-BF16 or AMX);
-    # elsewhere they are emulated and slower (docs/benchmarks.md).
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class Engine:
@@ -143,11 +129,7 @@ class Engine:
         self.weights = weights
         self.device = device
         self.gram_cache = gram_cache
-        if precision == "auto":
-            precision = (
-                "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "fp32"
-            )
-        self.precision = precision
+        self.precision = pick_precision(device, precision)
         if device.type == "cuda":
             # Shapes are fixed within a scale, so cuDNN's autotuning pays for itself at once.
             torch.backends.cudnn.benchmark = True
@@ -173,15 +155,22 @@ class Engine:
         sum(f.float().mean() for f in features.values()).backward()
         torch.optim.Adam([image])  # PyTorch's first optimiser imports torch._dynamo: seconds
 
-    def estimate(self, height: int, width: int, options: Options) -> Estimate:
-        """Seconds and peak device bytes for stylising a `height`×`width` content with `options`."""
-        scales = schedule(height, width, options)
-        return estimate(
+    def plan(
+        self, content_size: tuple[int, int], style_sizes: Sequence[tuple[int, int]], options: Options
+    ) -> Plan:
+        """The scales of a job on a content of `content_size` (height, width), and its time and peak
+        device memory, the style images' forward passes at their scaled sizes included."""
+        scales = schedule(*content_size, options)
+        largest_side = round(max(scales[-1].size) * options.style_scale)
+        styles_scaled = [fit_long_side(*size, largest_side) for size in style_sizes]
+        cost = estimate(
             [(scale.size, scale.iterations) for scale in scales],
+            styles_scaled,
             self.precision,
             options.recipe,
             self.seconds_per_pixel_iteration,
         )
+        return Plan(scales, cost)
 
     def features(self, net: VGGFeatures, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return net(image.contiguous(memory_format=torch.channels_last))
@@ -214,14 +203,20 @@ class Engine:
         on_progress: ProgressCallback | None = None,
         on_preview: PreviewCallback | None = None,
         cancel: threading.Event | None = None,
+        plan: Plan | None = None,
     ) -> torch.Tensor:
-        """Returns the stylised image at the working size, RGB in [0, 1], on the CPU."""
+        """Returns the stylised image at the working size, RGB in [0, 1], on the CPU.
+
+        `plan` is what `self.plan` made for this content, styles and options (made here if not given).
+        """
         if content.ndim != 4 or content.shape[:2] != (1, 3):
             raise ValueError(f"content must be a (1, 3, H, W) tensor, got {tuple(content.shape)}")
         check_options(options, styles)
         recipe = options.recipe
         net = self.network(recipe)
-        scales = schedule(content.shape[2], content.shape[3], options)
+        if plan is None:
+            plan = self.plan(tuple(content.shape[2:]), [tuple(s.image.shape[2:]) for s in styles], options)
+        scales = plan.scales
         # Every later resize starts from the working size, not from a layer of many megapixels.
         content = resize(content.to(self.device, torch.float32), scales[-1].size)
         run = _Run(self, net, content, styles, options, scales, on_progress, on_preview, cancel)
@@ -278,6 +273,10 @@ class _Run:
         cache = engine.gram_cache
         self.style_digests = [image_digest(s.image) if cache is not None else None for s in styles]
 
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled()
+
     def initial_image(self, size: tuple[int, int]) -> torch.Tensor:
         init = self.options.init
         if isinstance(init, torch.Tensor):
@@ -299,6 +298,7 @@ class _Run:
             total_weight = sum(s.weight for s in self.styles)
             grams = {k: 0.0 for k in recipe.style_layers}
             for style, digest in zip(self.styles, self.style_digests, strict=True):
+                self.check_cancel()  # each style's forward pass may take seconds
                 style_size = fit_long_side(
                     *style.image.shape[2:], round(max(size) * self.options.style_scale)
                 )
@@ -347,8 +347,7 @@ class _Run:
             return loss_parts.total
 
         for iteration in range(1, self.scales[index].iterations + 1):
-            if self.cancel is not None and self.cancel.is_set():
-                raise Cancelled()
+            self.check_cancel()
             parts.clear()
             if isinstance(optimizer, LBFGS):
                 optimizer.step(closure)
@@ -381,6 +380,7 @@ class _Run:
             tv_loss=tv_loss,
             elapsed=elapsed,
             eta=eta,
+            fraction=self.cost_done / self.cost_total,
         )
         if self.on_progress is not None:
             self.on_progress(progress)

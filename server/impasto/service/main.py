@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import asyncio
 import logging
 import os
 import signal
 import sys
 import threading
-from concurrent import futures
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .. import __version__
+from ..client import CHUNK_BYTES, is_loopback
 from ..library import DEFAULT_STYLES_DIR
-from ..v1 import impasto_pb2_grpc
+from ..v1 import impasto_pb2 as pb
 from .auth import TokenInterceptor, read_token, server_credentials
-from .service import CHUNK_BYTES, Limits, StyleTransferServicer
+from .servicer import SERVICE_NAME, StyleTransferServicer, Transport, lenient
 
 log = logging.getLogger("impasto.server")
-SERVICE_NAME = "impasto.v1.StyleTransfer"
+# Host bytes per uploaded pixel while a job lives (raw RGBA, float RGB, resized copies, the reply):
+# the default largest image is what a host's memory holds.
+HOST_BYTES_PER_PIXEL = 160
+MAX_UPLOAD_PIXELS = 100_000_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,31 +58,51 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow listening beyond this machine without a token (anyone who can reach it may use it)",
     )
-    parser.add_argument(
-        "--max-queue", type=int, default=8, help="jobs that may wait; more are refused (default: 8)"
-    )
-    parser.add_argument(
+    limits = parser.add_argument_group("limits (a client that crosses one gets a status naming it)")
+    limits.add_argument("--max-queue", type=int, default=8, help="jobs that may wait (default: 8)")
+    limits.add_argument(
         "--max-pixels", type=int, help="largest image accepted, in pixels (default: from RAM, ≤ 100 M)"
     )
-    parser.add_argument(
+    limits.add_argument(
         "--max-size", type=int, help="largest working long side (default: from device memory)"
     )
+    limits.add_argument("--max-styles", type=int, default=8, help="styles per job, and uploads (default: 8)")
+    limits.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=512 << 20,
+        help="image bytes one job may upload (default: 512 MiB)",
+    )
+    limits.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        help="memory for all uploads in progress and their decoded pixels "
+        "(default: a quarter of RAM, at most 16 GiB)",
+    )
+    limits.add_argument(
+        "--upload-timeout",
+        type=float,
+        default=30.0,
+        help="seconds for a call's parameters to arrive; its upload gets this plus its size at "
+        "--min-upload-rate (default: 30)",
+    )
+    limits.add_argument(
+        "--min-upload-rate", type=int, default=1 << 20, help="bytes a second (default: 1 MiB)"
+    )
+    limits.add_argument(
+        "--max-streams-per-client",
+        type=int,
+        default=4,
+        help="open Stylize calls per connection (default: 4)",
+    )
+    limits.add_argument("--max-streams", type=int, default=32, help="open Stylize calls in all (default: 32)")
     parser.add_argument(
         "--grace-seconds",
         type=float,
         default=10.0,
-        help="on SIGTERM/SIGINT, how long running jobs may finish before they are cancelled",
+        help="on SIGTERM/SIGINT, how long a running job may finish before it is stopped (default: 10)",
     )
     return parser
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,71 +176,119 @@ def styles_main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def start(args: argparse.Namespace, token: str | None):
-    """Loads the model, binds the port and starts serving; returns (port, shutdown)."""
+def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[], None]]:
+    """Loads the model, binds the port and serves from a thread of its own; returns (port, shutdown).
+
+    `shutdown()` is what SIGTERM does: new calls are refused, waiting jobs end UNAVAILABLE at once,
+    the running job gets --grace-seconds to finish; it returns once the server has stopped.
+    """
     # Engine imports pull in torch; kept here so that `--help` answers at once.
-    from ..cli import load_engine
-    from ..engine.stylize import default_size
+    from ..engine import default_size, describe
+    from ..engine.device import host_memory_bytes, max_working_size
+    from ..engine.loading import load_engine
+    from ..jobs import Jobs, Limits
     from ..library import StyleLibrary
-    from .device import describe, max_upload_pixels, max_working_size
-    from .jobs import JobQueue
 
     engine = load_engine(args.device, precision=args.precision)
     engine.warm_up()  # load and place the network once, before the first job
     device = describe(engine.device)
     limits = Limits(
-        max_pixels=args.max_pixels or max_upload_pixels(),
-        max_queue=args.max_queue,
+        max_pixels=args.max_pixels or min(MAX_UPLOAD_PIXELS, host_memory_bytes() // HOST_BYTES_PER_PIXEL),
         max_size=args.max_size or max_working_size(device, engine.precision),
         default_size=default_size(engine.device),
+        max_queue=args.max_queue,
+        max_styles=args.max_styles,
+        max_request_bytes=args.max_request_bytes,
+        max_inflight_bytes=args.max_inflight_bytes or min(16 << 30, host_memory_bytes() // 4),
     )
-    queue = JobQueue(engine, limits.max_queue)
+    transport = Transport(
+        upload_timeout_seconds=args.upload_timeout,
+        min_upload_bytes_per_second=args.min_upload_rate,
+        max_streams_per_client=args.max_streams_per_client,
+        max_streams=args.max_streams,
+    )
     library = StyleLibrary(args.styles_dir, limits.max_pixels)
+    jobs = Jobs(engine, library, limits)
     log.info(
-        "device %s (%s, %s), weights %s, styles from %s, limits %s",
+        "device %s (%s, %s), weights %s, styles from %s, %s, %s",
         engine.device,
         device.name,
         engine.precision,
         engine.weights.name,
         args.styles_dir,
         limits,
+        transport,
     )
+    servicer = StyleTransferServicer(jobs, device, transport)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="impasto-grpc", daemon=True)
+    thread.start()
+    server, health_servicer, port = asyncio.run_coroutine_threadsafe(
+        _serve(args, token, servicer), loop
+    ).result()
 
-    threads = limits.max_queue + 8  # each waiting Stylize call holds a thread; a few spare for info
-    message_bytes = CHUNK_BYTES + (64 << 10)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="impasto-rpc"),
+    async def stop() -> None:
+        log.info("shutting down: no new calls; a running job gets %.0f s to finish", args.grace_seconds)
+        servicer.closing.set()
+        await health_servicer.enter_graceful_shutdown()
+        stopped = await asyncio.to_thread(jobs.close, args.grace_seconds)
+        # Every job has ended and told its call; a few seconds for those calls to say so.
+        await server.stop(grace=5)
+        log.info("stopped%s", "" if stopped else "; a job did not stop in time")
+
+    def shutdown() -> None:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+
+    return port, shutdown
+
+
+async def _serve(args: argparse.Namespace, token: str | None, servicer: StyleTransferServicer):
+    server = grpc.aio.server(
         interceptors=[TokenInterceptor(token)] if token else [],
-        maximum_concurrent_rpcs=threads,
         options=[
-            ("grpc.max_receive_message_length", message_bytes),
-            ("grpc.max_send_message_length", message_bytes),
+            # Incoming messages are chunks of at most 1 MiB and small parameters; outgoing ones are
+            # result chunks, thumbnails (≤ 256 px) and the preset list (bounded metadata).
+            ("grpc.max_receive_message_length", CHUNK_BYTES + (64 << 10)),
+            ("grpc.max_send_message_length", 8 << 20),
         ],
     )
-    impasto_pb2_grpc.add_StyleTransferServicer_to_server(
-        StyleTransferServicer(queue, library, limits, device), server
-    )
-    health_servicer = health.HealthServicer()
+    server.add_generic_rpc_handlers([_handlers(servicer)])
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{args.host}:{args.port}"
     if args.tls_cert:
         port = server.add_secure_port(address, server_credentials(args.tls_cert, args.tls_key))
     else:
         port = server.add_insecure_port(address)
-    server.start()
+    await server.start()
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer, port
 
-    def shutdown() -> None:
-        log.info("shutting down: no new calls; running jobs get %.0f s to finish", args.grace_seconds)
-        health_servicer.enter_graceful_shutdown()
-        # New calls are refused at once; calls still running after the grace period are cancelled,
-        # which cancels their jobs through the servicer's callbacks.
-        server.stop(grace=args.grace_seconds).wait()
-        stopped = queue.close(timeout=5.0)
-        log.info("stopped%s", "" if stopped else "; a job did not stop in time")
 
-    return port, shutdown
+def _handlers(servicer: StyleTransferServicer) -> grpc.GenericRpcHandler:
+    """The service's methods, with requests that do not parse handed to the servicer as Malformed."""
+    unary = {
+        "GetServerInfo": pb.GetServerInfoRequest,
+        "ListStyles": pb.ListStylesRequest,
+        "GetStyleThumbnail": pb.GetStyleThumbnailRequest,
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=lenient(message.FromString),
+            response_serializer=lambda reply: reply.SerializeToString(),
+        )
+        for name, message in unary.items()
+    }
+    handlers["Stylize"] = grpc.stream_stream_rpc_method_handler(
+        servicer.Stylize,
+        request_deserializer=lenient(pb.StylizeRequest.FromString),
+        response_serializer=lambda reply: reply.SerializeToString(),
+    )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,279 @@
+"""A FIFO queue in front of the engine: one worker thread, cancellable jobs, events to each job's owner.
+
+Knows jobs, the engine and pictures; nothing of gRPC. Each job reports through its `on_event`
+callback, from whichever thread the event happens on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..engine import Cancelled, Engine, Options, Plan, Progress, Style
+from ..engine.device import free_memory_bytes
+from ..engine.estimate import largest_long_side
+from ..engine.imageops import fit_long_side, resize
+from ..images import Picture, compose_result, compose_rgba, png_bytes, to_pil
+from .budget import Reservation
+from .errors import JobError, Kind, shutting_down
+
+log = logging.getLogger("impasto.jobs")
+
+PREVIEW_SIDE = 512
+# Progress goes out at most this often; each scale's last iteration always does.
+PROGRESS_INTERVAL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Queued:
+    position: int  # jobs ahead of this one
+
+
+@dataclass(frozen=True)
+class Started:
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class Preview:
+    png: bytes  # long side at most PREVIEW_SIDE
+    width: int
+    height: int
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Result:
+    encoded: bool  # PNG file bytes, or raw RGBA8 rows
+    width: int
+    height: int
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: Result
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: JobError
+
+
+Event = Queued | Started | Progress | Preview | Finished | Failed
+
+
+@dataclass(eq=False)  # a job is itself, whatever its tensors hold
+class Job:
+    content: torch.Tensor  # at the working size
+    styles: list[Style]
+    options: Options
+    plan: Plan
+    source: Picture  # the content as uploaded: its full size and alpha make the result
+    reply_encoded: bool
+    on_event: Callable[[Event], None]
+    cancel: threading.Event
+    reservation: Reservation | None = None
+    description: str = ""  # for the log line: the style's name
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # Why `cancel` was set when it was not the client: reported instead of "cancelled".
+    stop_reason: JobError | None = None
+
+    def end(self, event: Finished | Failed) -> None:
+        """The job's last event; its memory goes back to the server first."""
+        self.content, self.styles, self.source = torch.empty(0), [], None
+        if self.reservation is not None:
+            self.reservation.release()
+        self.on_event(event)
+
+
+class JobQueue:
+    def __init__(self, engine: Engine, max_queue: int, free_memory: Callable[[], int] | None = None):
+        self.engine = engine
+        self.max_queue = max_queue
+        self.free_memory = free_memory or (lambda: free_memory_bytes(engine.device))
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running: Job | None = None
+        self._closed = False
+        self._changed = threading.Condition()
+        self._worker = threading.Thread(target=self._work, name="impasto-worker", daemon=True)
+        self._worker.start()
+
+    @property
+    def waiting(self) -> int:
+        with self._changed:
+            return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        with self._changed:
+            return int(self._running is not None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def submit(self, job: Job) -> None:
+        with self._changed:
+            if self._closed:
+                raise shutting_down()
+            if job.cancel.is_set():  # cancelled while its upload was being decoded
+                raise JobError(Kind.CANCELLED, "the job was cancelled")
+            if len(self._waiting) >= self.max_queue:
+                raise JobError(
+                    Kind.EXHAUSTED,
+                    f"the job queue is full ({self.max_queue} waiting); try again when a job has finished",
+                )
+            self._waiting.append(job)
+            job.on_event(Queued(len(self._waiting) - 1 + int(self._running is not None)))
+            self._changed.notify_all()
+
+    def cancel(self, job: Job, reason: JobError | None = None) -> None:
+        """Stops a running job within an iteration; a waiting one leaves the queue at once."""
+        with self._changed:
+            job.stop_reason = job.stop_reason or reason
+            job.cancel.set()
+            if job not in self._waiting:
+                return
+            self._waiting.remove(job)
+            self._tell_positions()
+        job.end(Failed(reason or JobError(Kind.CANCELLED, "the job was cancelled")))
+
+    def close(self, grace_seconds: float) -> bool:
+        """Refuses new jobs and fails the waiting ones at once; the running one gets `grace_seconds` to
+        finish and is then stopped. True if the worker stopped."""
+        with self._changed:
+            self._closed = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            self._changed.notify_all()
+        for job in waiting:
+            job.cancel.set()
+            job.end(Failed(shutting_down()))
+        with self._changed:
+            self._changed.wait_for(lambda: self._running is None, timeout=grace_seconds)
+            if self._running is not None:
+                self._running.stop_reason = shutting_down("; the job was stopped")
+                self._running.cancel.set()
+        self._worker.join(timeout=30)
+        return not self._worker.is_alive()
+
+    def _tell_positions(self) -> None:
+        ahead = int(self._running is not None)
+        for position, job in enumerate(self._waiting):
+            job.on_event(Queued(position + ahead))
+
+    def _next_job(self) -> Job | None:
+        with self._changed:
+            while not self._waiting and not self._closed:
+                self._changed.wait()
+            if self._closed:
+                return None
+            self._running = self._waiting.popleft()
+            self._tell_positions()
+            return self._running
+
+    def _work(self) -> None:
+        while (job := self._next_job()) is not None:
+            try:
+                self._run(job)
+            finally:
+                with self._changed:
+                    self._running = None
+                    self._changed.notify_all()
+
+    def _run(self, job: Job) -> None:
+        started = time.monotonic()
+        pixels = job.content.shape[2] * job.content.shape[3]
+        try:
+            job.end(Finished(self._stylize(job)))
+            outcome = "ok"
+        except Exception as error:  # noqa: BLE001 - whatever happens, the job ends with a status
+            failure = self._failure(job, error)
+            outcome = failure.kind.value
+            job.end(Failed(failure))
+        log.info(
+            "job id=%s pixels=%d size=%d style=%s device=%s seconds=%.2f outcome=%s",
+            job.id,
+            pixels,
+            job.options.size,
+            job.description or "-",
+            self.engine.device,
+            time.monotonic() - started,
+            outcome,
+        )
+        if self.engine.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _stylize(self, job: Job) -> Result:
+        if job.cancel.is_set():
+            raise Cancelled()
+        self._check_memory(job)
+        job.on_event(Started(job.plan))
+        last_progress = -float("inf")
+
+        def progress(p: Progress) -> None:
+            nonlocal last_progress
+            # A GPU runs hundreds of iterations a second; a client needs a few reports.
+            if p.iteration < p.iterations and time.monotonic() - last_progress < PROGRESS_INTERVAL_SECONDS:
+                return
+            last_progress = time.monotonic()
+            job.on_event(p)
+
+        try:
+            result = self.engine.stylize(
+                job.content,
+                job.styles,
+                job.options,
+                plan=job.plan,
+                on_progress=progress,
+                on_preview=lambda image, p: job.on_event(_preview(image, p)),
+                cancel=job.cancel,
+            )
+        except torch.OutOfMemoryError as error:
+            raise JobError(
+                Kind.EXHAUSTED,
+                f"the {self.engine.device.type.upper()} ran out of memory during the job; "
+                "choose a smaller working size",
+            ) from error
+        height, width = job.source.size
+        if job.reply_encoded:
+            return Result(True, width, height, png_bytes(compose_result(result, job.source)))
+        return Result(False, width, height, memoryview(compose_rgba(result, job.source)).cast("B"))
+
+    def _failure(self, job: Job, error: Exception) -> JobError:
+        if isinstance(error, JobError):
+            return error
+        if isinstance(error, Cancelled):
+            return job.stop_reason or JobError(Kind.CANCELLED, "the job was cancelled")
+        log.error("job %s failed", job.id, exc_info=error)
+        return JobError(
+            Kind.BUG, f"the server failed on job {job.id} ({type(error).__name__}); its log has details"
+        )
+
+    def _check_memory(self, job: Job) -> None:
+        free = self.free_memory()
+        needed = job.plan.estimate.peak_bytes
+        if needed <= free:
+            return
+        height, width = job.content.shape[2:]
+        engine = self.engine
+        fits = largest_long_side(free, height, width, engine.precision, job.options.recipe)
+        raise JobError(
+            Kind.EXHAUSTED,
+            f"this job needs about {needed / 2**30:.1f} GiB of {engine.device.type.upper()} "
+            f"memory at a working size of {job.options.size} px, and {free / 2**30:.1f} GiB are free; "
+            f"choose a working size of at most {fits} px, or try again when other work on the device "
+            "has finished",
+        )
+
+
+def _preview(image: torch.Tensor, progress: Progress) -> Preview:
+    small = resize(image, fit_long_side(*image.shape[2:], min(PREVIEW_SIDE, max(image.shape[2:]))))
+    return Preview(png_bytes(to_pil(small)), small.shape[3], small.shape[2], progress.fraction)

@@ -1,1 +1,0 @@
-"""impasto-server: the gRPC service, job queue and its limits."""
