@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from impasto.v1 import impasto_pb2 as pb
 from PIL import Image
 from wire import (
+    OWN_CONNECTION,
     Call,
     encode,
     encoded_header,
@@ -126,7 +127,7 @@ class Session:
         self.calls: list[Call] = []
 
     def channel(self, address: str) -> grpc.Channel:
-        channel = grpc.insecure_channel(address)
+        channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
         self.channels.append(channel)
         return channel
 
@@ -505,7 +506,7 @@ def test_forty_presets_list_fast_and_thumbnails_come_one_by_one(big_library_serv
     started = time.monotonic()
     styles = stub(channel).ListStyles(pb.ListStylesRequest(), timeout=60).styles
     assert time.monotonic() - started < 3, "ListStyles is slow with 40 presets"
-    assert len(styles) == 40
+    assert len([s for s in styles if not s.builtin]) == 40 and len(styles) > 40
     assert all(not s.thumbnail_png for s in styles)
     for preset in styles:
         reply = stub(channel).GetStyleThumbnail(pb.GetStyleThumbnailRequest(id=preset.id), timeout=30)

@@ -133,7 +133,8 @@ def test_progress_reaches_the_client_a_few_times_a_second_and_at_the_end(server:
     seconds = time.monotonic() - started
     progress = [e.progress for e in events if e.HasField("progress")]
     assert progress[-1].fraction == 1.0 and progress[-1].iteration == 300
-    assert len(progress) <= seconds / job_queue.PROGRESS_INTERVAL_SECONDS + 2 < 300
+    # Throttled: at most one event per interval (and the last), however fast the iterations run.
+    assert len(progress) <= seconds / job_queue.PROGRESS_INTERVAL_SECONDS + 2
 
 
 def test_uploaded_style_and_encoded_content(server: str, images: Path):

@@ -24,6 +24,10 @@ STYLIZE = "/impasto.v1.StyleTransfer/Stylize"
 CHUNK_BYTES = 1 << 20
 _CLOSE = object()
 
+# gRPC shares one TCP connection among a process's channels to the same address unless told not to;
+# the server's limits are per connection, so a channel that stands for another client needs its own.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
 
 class Call:
     """One Stylize call whose requests the test sends one at a time; events are read in a thread.
@@ -273,7 +277,7 @@ def wait_idle(address: str, timeout: float = 30.0) -> bool:
 
 @contextmanager
 def channels(address: str, count: int):
-    opened = [grpc.insecure_channel(address) for _ in range(count)]
+    opened = [grpc.insecure_channel(address, options=OWN_CONNECTION) for _ in range(count)]
     try:
         yield opened
     finally:

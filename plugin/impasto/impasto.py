@@ -355,7 +355,8 @@ class StyleDialog:
         try:
             with Client(address, token=self.config.get_property("token") or None, timeout=3) as client:
                 presets = client.styles()
-        except ServerError as error:
+                thumbnails = {p.id: _thumbnail_or_none(client, p.id) for p in presets}
+        except (ServerError, ValueError) as error:
             self.status.set_markup(
                 f"<b>{GLib.markup_escape_text(str(error))}</b>\nYou can still choose a style "
                 "image file, fix the server address and press Connect."
@@ -363,7 +364,7 @@ class StyleDialog:
             return
         chosen = self.config.get_property("style")
         for preset in presets:
-            self.presets.append([preset.id, preset.title, thumbnail_pixbuf(preset.thumbnail_png)])
+            self.presets.append([preset.id, preset.title, thumbnail_pixbuf(thumbnails[preset.id])])
             if preset.id == chosen:
                 self.combo.set_active(len(self.presets) - 1)
         self.status.set_text(
@@ -376,6 +377,14 @@ class StyleDialog:
         row = combo.get_active_iter()
         if row is not None:
             self.config.set_property("style", self.presets[row][0])
+
+
+def _thumbnail_or_none(client, preset_id):
+    """A preset's thumbnail; a preset whose file is broken on the server just shows none."""
+    try:
+        return client.thumbnail(preset_id)
+    except ServerError:
+        return None
 
 
 def thumbnail_pixbuf(png):

@@ -152,7 +152,12 @@ class Client:
                 "to 127.0.0.1, or --insecure if the network is private and you accept that"
             )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [("grpc.max_receive_message_length", CHUNK_BYTES + (64 << 10))]
+        options = [
+            ("grpc.max_receive_message_length", CHUNK_BYTES + (64 << 10)),
+            # A client is one connection of its own (gRPC would share one among a process's channels),
+            # which is what the server's per-connection limits count.
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
         if tls:
             roots = Path(tls_ca).read_bytes() if tls_ca is not None else None
             credentials = grpc.ssl_channel_credentials(root_certificates=roots)

@@ -31,7 +31,10 @@ MAX_UPLOAD_PIXELS = 100_000_000
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="impasto-server", description="Serve Impasto's style transfer over gRPC."
+        prog="impasto-server",
+        description="Serve Impasto's style transfer over gRPC.",
+        epilog="Manage the style presets without a running server: impasto-server styles list | "
+        "fetch | import FOLDER [--styles-dir DIR] (see impasto-server styles --help).",
     )
     parser.add_argument("--version", action="version", version=f"impasto-server {__version__}")
     parser.add_argument(
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--styles-dir",
         type=Path,
         default=DEFAULT_STYLES_DIR,
-        help="folder of style images served as presets",
+        help="your own style presets, served beside the built-in ones (default: %(default)s)",
     )
     parser.add_argument(
         "--token-file", type=Path, help="file holding the token clients must send (else IMPASTO_TOKEN)"
@@ -107,9 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["styles"]:
-        return styles_main(argv[1:])
+    if "styles" in argv:
+        styles_dir, rest = _take_styles_dir(argv)
+        if rest[:1] == ["styles"]:
+            return styles_main((["--styles-dir", styles_dir] if styles_dir else []) + rest[1:])
     args = build_parser().parse_args(argv)
+    if not args.styles_dir.is_dir():
+        print(
+            f"impasto-server: styles folder {args.styles_dir} does not exist yet; serving the built-in "
+            "presets; it will be created when a style is saved or imported",
+            file=sys.stderr,
+        )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -144,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _take_styles_dir(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`--styles-dir DIR` wherever it stands, and the other arguments in order."""
+    styles_dir, rest, words = None, [], iter(argv)
+    for word in words:
+        if word == "--styles-dir":
+            styles_dir = next(words, None)
+        elif word.startswith("--styles-dir="):
+            styles_dir = word.split("=", 1)[1]
+        else:
+            rest.append(word)
+    return styles_dir, rest
+
+
 def styles_main(argv: list[str]) -> int:
     """`impasto-server styles list|fetch|import DIR`: manage the style library without a running server."""
     from ..catalogue import fetch
@@ -161,9 +185,17 @@ def styles_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     library = StyleLibrary(args.styles_dir)
     if args.action == "list":
-        for preset in library.presets():
+        presets = library.presets()
+        for preset in presets:
             by = f" — {preset.artist}, {preset.year}" if preset.artist else ""
-            print(f"{preset.id:32} {preset.title}{by}")
+            origin = "built-in" if preset.builtin else "yours"
+            print(f"{preset.id:32} {origin:9} {preset.title}{by}")
+        if not any(not preset.builtin for preset in presets):
+            print(
+                f"none of your own in {library.folder}: add some with `impasto-server styles import FOLDER`, "
+                "or drop image files there",
+                file=sys.stderr,
+            )
         return 0
     if args.action == "import" and not args.folder.is_dir():
         print(f"impasto-server styles import: {args.folder} is not a folder", file=sys.stderr)
