@@ -341,7 +341,7 @@ def test_a_broken_file_is_named_logged_once_and_left_out(tmp_path: Path, images:
     assert isinstance(caught.value, ValueError)  # an ImageError: what the service already maps
 
 
-def test_listing_500_presets_is_cheap(tmp_path: Path, images: Path):
+def test_listing_500_presets_is_cheap(tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch):
     folder = tmp_path / "styles"
     folder.mkdir()
     data = (images / "styles" / "udnie.jpg").read_bytes()
@@ -350,13 +350,14 @@ def test_listing_500_presets_is_cheap(tmp_path: Path, images: Path):
         if index % 2:
             (folder / f"style-{index:03}.json").write_text(json.dumps({"title": f"Style {index}"}))
     library = StyleLibrary(folder, cache_dir=tmp_path / "cache", builtin_folder=None)
-    start = time.perf_counter()
-    assert len(library.presets()) == 500
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    assert library.find("style-499").title == "Style 499"
-    again = time.perf_counter() - start
-    assert first < 0.5 and again < 0.25, (first, again)
+    with monkeypatch.context() as patch:
+        # Cheap means no image is opened: a listing reads names, sizes and metadata only.
+        patch.setattr(PILImage, "open", lambda *args, **kwargs: pytest.fail("a listing decoded an image"))
+        start = time.perf_counter()
+        assert len(library.presets()) == 500
+        assert library.find("style-499").title == "Style 499"
+        seconds = time.perf_counter() - start
+    assert seconds < 10, seconds  # generous: a busy machine must not fail this
 
 
 def test_metadata_strings_are_bounded(tmp_path: Path, images: Path):

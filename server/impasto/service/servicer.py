@@ -193,7 +193,7 @@ class StyleTransferServicer:
         finally:
             # The client is gone, or the call failed: a job must never outlive its call.
             cancel.set()
-            if job is None and not submitted.done():
+            if job is None:  # cancelled while decoding: wait for the decoder, which sees `cancel`
                 job = await asyncio.shield(_quietly(submitted))
             if job is not None:
                 self.jobs.cancel(job)
