@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import grpc
+import impasto.client
+import impasto.engine.loading
 import numpy as np
-from helpers import interrupt_stylize
-from impasto.cli import EXIT_CANCELLED, EXIT_FAILED, main
+import pytest
+from helpers import interrupt_stylize, running_server
+from impasto.cli import EXIT_CANCELLED, EXIT_FAILED, build_parser, main
+from impasto.client import START_SERVER_HINT, ServerError, _server_error
+from impasto.jobs import Jobs
+from impasto.service.main import main as server_main
 from PIL import Image
+
+TINY = ("--size", "32", "--iterations", "2")
 
 
 def run(*args: str) -> int:
@@ -89,3 +102,299 @@ def test_ctrl_c_stops_cleanly_and_writes_nothing(images: Path, tmp_path: Path):
         str(content), "--style", str(style), "-o", str(out), "--size", "64", "--iterations", "100000"
     )
     assert code == EXIT_CANCELLED and "cancelled" in stderr and not out.exists()
+
+
+# ---- batches --------------------------------------------------------------------------------------
+
+
+def batch(*args: str) -> int:
+    return main(["stylize", *args, *TINY])
+
+
+@pytest.fixture
+def photos(images: Path, tmp_path: Path) -> Path:
+    """A folder with two photos, one of them with alpha, and a text file that is not an image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(images / "content" / "camera.png", folder / "camera.png")
+    Image.open(images / "odd" / "rgba-640x480-transparent.png").resize((64, 48)).save(folder / "clear.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_a_folder_makes_a_batch_with_one_model_one_jobs_and_a_line_per_file(
+    photos: Path, images: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+):
+    loads, submits = [], []
+    load_engine, submit = impasto.engine.loading.load_engine, Jobs.submit
+    monkeypatch.setattr(impasto.engine.loading, "load_engine", lambda *a: loads.append(a) or load_engine(*a))
+    monkeypatch.setattr(Jobs, "submit", lambda self, *a: submits.append(self) or submit(self, *a))
+    out = tmp_path / "new" / "out/"  # missing, ending in /: created
+    style = str(images / "styles" / "udnie.jpg")
+    assert batch(str(photos), "--style", style, "-o", f"{out}/") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["camera.png", "clear.png"]
+    assert np.array_equal(
+        np.array(Image.open(out / "clear.png").getchannel("A")),
+        np.array(Image.open(photos / "clear.png").getchannel("A")),
+    )
+    assert len(loads) == 1 and len(submits) == 2 and submits[0] is submits[1]
+    err = capsys.readouterr().err
+    assert "[1/2] camera.png" in err and "[2/2] clear.png" in err and "2 of 2 written" in err
+
+
+def test_several_files_and_a_quoted_pattern(photos: Path, images: Path, tmp_path: Path):
+    style = str(images / "styles" / "udnie.jpg")
+    assert (
+        batch(str(photos / "camera.png"), str(photos / "clear.png"), "--style", style, "-o", str(tmp_path))
+        == 0
+    )
+    assert (tmp_path / "camera.png").is_file() and (tmp_path / "clear.png").is_file()
+    out = tmp_path / "from-pattern"
+    assert batch(str(photos / "c*.png"), "--style", style, "-o", f"{out}/") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["camera.png", "clear.png"]
+    assert batch(str(photos / "camera.png"), "--style", style, "-o", f"{tmp_path}/one/") == 0
+    assert (tmp_path / "one" / "camera.png").is_file()
+
+
+def test_an_unreadable_file_is_named_and_the_batch_goes_on(
+    photos: Path, images: Path, tmp_path: Path, capsys
+):
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    style = str(images / "styles" / "udnie.jpg")
+    assert batch(str(photos), "--style", style, "-o", f"{tmp_path}/out/", "--quiet") == EXIT_FAILED
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["camera.png", "clear.png"]
+    err = capsys.readouterr().err
+    assert "broken.jpg is not a readable image" in err and "failed: " in err
+
+
+@pytest.mark.parametrize(
+    "contents, output, words",
+    [
+        (["a.png", "b.png"], "out.png", "folder"),
+        (["{photos}"], "out.png", "folder"),
+        (["{photos}"], "{photos}/", "over its own content"),
+        (["{photos}/*.jpg"], "out/", "no image files match"),
+    ],
+)
+def test_batch_mistakes_are_usage_errors(photos: Path, tmp_path: Path, capsys, contents, output, words):
+    contents = [c.format(photos=photos) for c in contents]
+    with pytest.raises(SystemExit) as caught:
+        batch(*contents, "--style", "udnie", "-o", str(tmp_path / output.format(photos=photos)))
+    assert caught.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_batch_over_the_network_is_a_job_per_file_through_one_client(
+    photos: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    clients, jobs = [], []
+
+    class Counted(impasto.client.Client):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            clients.append(self)
+
+        def stylize(self, *args):
+            jobs.append(self)
+            return super().stylize(*args)
+
+    monkeypatch.setattr(impasto.client, "Client", Counted)
+    with running_server("--styles-dir", str(images / "styles")) as address:
+        assert (
+            batch(str(photos), "--style", "udnie", "-o", f"{tmp_path}/", "--server", address, "--quiet") == 0
+        )
+    assert len(clients) == 1 and jobs == clients * 2
+    assert (tmp_path / "camera.png").is_file() and (tmp_path / "clear.png").is_file()
+
+
+def test_ctrl_c_stops_a_batch_and_writes_nothing_more(images: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    code, stderr = interrupt_stylize(
+        str(images / "content"), "--style", "udnie", "-o", f"{out}/", "--size", "64", "--iterations", "100000"
+    )
+    assert code == EXIT_CANCELLED and "cancelled" in stderr and list(out.iterdir()) == []
+
+
+# ---- what the user reads when a call fails ---------------------------------------------------------
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+GRPC_DETAILS = {  # what gRPC itself writes, never to be shown
+    grpc.StatusCode.CANCELLED: "Locally cancelled by application!",
+    grpc.StatusCode.UNAVAILABLE: "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9",
+    grpc.StatusCode.UNKNOWN: "Exception iterating requests!",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "Deadline Exceeded",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "Received message larger than max (5000000 vs. 1114112)",
+    grpc.StatusCode.UNIMPLEMENTED: "Method not found!",
+}
+
+
+@pytest.mark.parametrize(
+    "code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK], ids=lambda c: c.name
+)
+def test_every_status_is_a_sentence_without_grpc_words(code: grpc.StatusCode):
+    details = GRPC_DETAILS.get(code, "")
+    error = _server_error(FakeRpcError(code, details), "gpu:50051")
+    text = str(error)
+    assert error.code == code and text and "[" not in text
+    assert code.name not in text and (not details or details not in text)
+    assert "Cancelling all calls" not in str(_server_error(FakeRpcError(code, "Cancelling all calls"), "h:1"))
+
+
+def test_status_sentences_keep_the_servers_words():
+    said = "no style preset 'x' on this server; `impasto styles` lists the presets"
+    error = _server_error(FakeRpcError(grpc.StatusCode.NOT_FOUND, said), "gpu:50051", "job")
+    assert str(error) == f"the server at gpu:50051 refused the job: {said}"
+    assert (
+        str(
+            _server_error(
+                FakeRpcError(grpc.StatusCode.CANCELLED, GRPC_DETAILS[grpc.StatusCode.CANCELLED]), "h:1"
+            )
+        )
+        == "cancelled"
+    )
+    unreachable = str(
+        _server_error(
+            FakeRpcError(grpc.StatusCode.UNAVAILABLE, GRPC_DETAILS[grpc.StatusCode.UNAVAILABLE]), "h:1"
+        )
+    )
+    assert (
+        unreachable.startswith("cannot reach an Impasto server at h:1") and START_SERVER_HINT in unreachable
+    )
+    failed = _server_error(
+        FakeRpcError(grpc.StatusCode.INTERNAL, "the server failed; its log has details"), "h:1"
+    )
+    assert str(failed) == "the server at h:1 failed; its log has details" and isinstance(failed, ServerError)
+
+
+def test_unknown_preset_over_the_network_is_a_sentence(images: Path, tmp_path: Path, capsys):
+    with running_server("--styles-dir", str(images / "styles")) as address:
+        code = batch(
+            str(images / "content" / "camera.png"),
+            "--style",
+            "nope",
+            "-o",
+            str(tmp_path / "o.png"),
+            "--server",
+            address,
+            "--quiet",
+        )
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILED and f"the server at {address} refused the job: no style preset 'nope'" in err
+    assert "[NOT_FOUND" not in err and "NOT_FOUND" not in err
+
+
+def test_ctrl_c_over_the_network_says_cancelled_in_words(images: Path, tmp_path: Path):
+    out = tmp_path / "out.png"
+    with running_server("--styles-dir", str(images / "styles")) as address:
+        code, stderr = interrupt_stylize(
+            str(images / "content" / "camera.png"),
+            "--style",
+            "udnie",
+            "-o",
+            str(out),
+            "--size",
+            "64",
+            "--iterations",
+            "5000",
+            "--server",
+            address,
+        )
+    assert code == EXIT_CANCELLED and "cancelled" in stderr and not out.exists()
+    for words in ("Locally cancelled", "[CANCELLED", "CANCELLED", "UNKNOWN", "Cancelling all calls"):
+        assert words not in stderr
+
+
+# ---- options and neighbours ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--size", "0"), ("--iterations", "0"), ("--size", "-3"), ("--iterations", "-1")]
+)
+def test_zero_or_negative_numbers_are_usage_errors_before_any_progress(
+    images: Path, tmp_path: Path, capsys, option, value
+):
+    args = [
+        "stylize",
+        str(images / "content" / "camera.png"),
+        "--style",
+        "udnie",
+        "-o",
+        str(tmp_path / "o.png"),
+    ]
+    with pytest.raises(SystemExit) as caught:
+        main([*args, option, value])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and option in err and "it/s" not in err and "0it" not in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_size_auto_is_the_default(images: Path, tmp_path: Path):
+    args = ["stylize", "c.png", "--style", "udnie", "-o", "o.png", "--size", "auto", "--iterations", "auto"]
+    parsed = build_parser().parse_args(args)
+    assert parsed.size is None and parsed.iterations is None
+    Image.new("RGB", (24, 16), (200, 90, 40)).save(tmp_path / "small.png")
+    out = tmp_path / "out.png"
+    style = str(images / "styles" / "udnie.jpg")
+    code = main(
+        [
+            "stylize",
+            str(tmp_path / "small.png"),
+            "--style",
+            style,
+            "-o",
+            str(out),
+            "--size",
+            "auto",
+            "--iterations",
+            "2",
+            "--quiet",
+        ]
+    )
+    assert code == 0 and Image.open(out).size == (24, 16)
+
+
+def test_info_into_head_ends_quietly():
+    impasto = f"'{sys.executable}' -m impasto.cli info --local"
+    result = subprocess.run(
+        ["bash", "-c", f'{impasto} | head -1; echo "status=${{PIPESTATUS[0]}}" >&2'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.startswith("impasto ") and len(result.stdout.splitlines()) == 1
+    assert "Broken pipe" not in result.stderr and "Traceback" not in result.stderr
+    assert "status=0" in result.stderr or f"status={128 + signal.SIGPIPE}" in result.stderr
+
+
+def test_server_help_mentions_the_styles_command(capsys):
+    with pytest.raises(SystemExit) as caught:
+        server_main(["--help"])
+    assert caught.value.code == 0 and "styles" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["styles-dir-first", "styles-dir-last"])
+def test_server_styles_import_takes_styles_dir_anywhere(tmp_path: Path, capsys, before: bool):
+    source, library = tmp_path / "mine", tmp_path / "library"
+    source.mkdir()
+    Image.new("RGB", (40, 30), (10, 120, 200)).save(source / "blue-study.png")
+    where = ["--styles-dir", str(library)]
+    argv = [*where, "styles", "import", str(source)] if before else ["styles", "import", str(source), *where]
+    assert server_main(argv) == 0
+    assert (library / "blue-study.png").is_file()
+    assert server_main(["styles", "list", *where]) == 0
+    assert "blue-study" in capsys.readouterr().out
+
+
+def test_server_styles_list_of_an_empty_folder_gives_a_hint(tmp_path: Path, capsys):
+    assert server_main(["styles", "list", "--styles-dir", str(tmp_path / "empty")]) == 0
+    assert "styles import" in capsys.readouterr().err

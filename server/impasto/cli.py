@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import io
 import math
+import os
 import queue
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
@@ -45,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     stylize = commands.add_parser(
         "stylize", parents=[remote], help="paint CONTENT in the style of other images"
     )
-    stylize.add_argument("content", metavar="CONTENT", help="the image to repaint")
+    stylize.add_argument(
+        "content",
+        nargs="+",
+        metavar="CONTENT",
+        help="the image to repaint; several images, a folder or a quoted pattern ('photos/*.jpg') "
+        "make a batch, written into the folder -o names",
+    )
     stylize.add_argument(
         "--style",
         action="append",
@@ -61,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="blend weight of each --style, in the same order (default: equal)",
     )
     stylize.add_argument(
-        "-o", "--output", required=True, metavar="OUT", help="result file (.png keeps alpha)"
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="result file (.png keeps alpha), or a folder (existing, or ending in /) that gets <name>.png "
+        "for each CONTENT",
     )
     stylize.add_argument(
         "--size",
@@ -155,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE"):
         # `impasto info | head -1`: a closed pipe ends the program quietly, as it does any Unix tool.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from .client import ServerError
     from .jobs import JobError
 
@@ -164,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             return _local_info() if args.local else _remote_info(args)
         if args.command == "styles":
             return _remote_styles(args)
-        return _remote_stylize(args) if args.server else _local_stylize(args)
+        return _stylize(args, *_batch_plan(args, parser.error))
+    except KeyboardInterrupt:  # the second Ctrl-C
+        print("\nimpasto: aborted; the image in progress is not written", file=sys.stderr)
+        return EXIT_CANCELLED
     except ServerError as error:
         print(f"impasto: {error}", file=sys.stderr)
         return EXIT_CANCELLED if error.code.name == "CANCELLED" else EXIT_FAILED
@@ -197,6 +215,143 @@ def _check_output(output: Path) -> None:
         raise ValueError(f"cannot write {output}: folder {output.parent} does not exist")
 
 
+def _is_pattern(name: str) -> bool:
+    return any(character in name for character in "*?[")
+
+
+def _content_files(names: list[str], usage) -> tuple[list[Path], bool]:
+    """CONTENT arguments as files, and whether they make a batch: several, a folder, or a pattern the
+    shell left alone (quoted, or matching nothing there)."""
+    files: list[Path] = []
+    batch = len(names) > 1
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            found = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+            if not found:
+                usage(f"folder {name} holds no images ({' '.join(sorted(IMAGE_SUFFIXES))})")
+            files += found
+            batch = True
+        elif not path.exists() and _is_pattern(name):
+            found = [
+                Path(match)
+                for match in sorted(glob.glob(name))
+                if Path(match).suffix.lower() in IMAGE_SUFFIXES and Path(match).is_file()
+            ]
+            if not found:
+                usage(f"no image files match {name!r}")
+            files += found
+            batch = True
+        else:
+            files.append(path)
+    unique: dict[Path, Path] = {}
+    for file in files:  # the same file named twice (as itself and in its folder) runs once
+        unique.setdefault(file.resolve(), file)
+    return list(unique.values()), batch
+
+
+def _batch_plan(args: argparse.Namespace, usage) -> tuple[list[tuple[Path, Path]], bool]:
+    """(content, output) pairs, and whether they make a batch; a mistake is a usage error, found before
+    any model is loaded or any file written."""
+    contents, batch = _content_files(args.content, usage)
+    folder = Path(args.output)
+    to_folder = folder.is_dir() or args.output.endswith(("/", os.sep))
+    if not to_folder:
+        if batch:
+            usage(
+                f"{' '.join(args.content)}: several CONTENT images (or a folder, or a pattern) are written "
+                f"into a folder: give -o an existing folder, or a path ending in / (not {args.output})"
+            )
+        return [(contents[0], folder)], False
+    if folder.exists() and not folder.is_dir():
+        usage(f"-o {args.output}: {folder} exists and is not a folder")
+    plan: list[tuple[Path, Path]] = []
+    sources: dict[Path, Path] = {}
+    for content in contents:
+        output = folder / f"{content.stem}.png"
+        if output in sources:
+            usage(f"{sources[output]} and {content} would both be written to {output}; rename one of them")
+        if output.resolve() == content.resolve():
+            usage(f"{output} would be written over its own content image; give -o another folder")
+        sources[output] = content
+        plan.append((content, output))
+    return plan, batch
+
+
+def _stylize(args: argparse.Namespace, plan: list[tuple[Path, Path]], batch: bool) -> int:
+    """Each (content, output) in turn, through one runner: one model (or one connection) for all.
+    In a batch, a file that fails for reasons of its own is reported and the others go on."""
+    if plan[0][1] == Path(args.output):  # -o FILE
+        _check_output(plan[0][1])
+    else:  # -o FOLDER
+        plan[0][1].parent.mkdir(parents=True, exist_ok=True)
+    if not batch and not plan[0][0].is_file():  # before the model loads, not after
+        raise ImageError(f"cannot read image {plan[0][0]}: no such file")
+    _check_save_style(args)
+    weights = _style_weights(args)
+    stop = _Stop()
+    failed: list[Path] = []
+    written = 0
+    runner = _RemoteRunner(args, weights) if args.server else _LocalRunner(args, weights)
+    with runner, _ctrl_c_sets(stop.set):
+        for number, (content, output) in enumerate(plan, 1):
+            if stop.is_set():
+                break
+            label = f"[{number}/{len(plan)}] {content.name}" if batch else ""
+            started = time.monotonic()
+            try:
+                with _ProgressBar(args.quiet, label) as bar:
+                    result = runner.run(content, bar, stop)
+            except Exception as error:
+                if stop.is_set():
+                    break
+                if not batch or not runner.own_failure(error, content):
+                    raise
+                text = str(error)
+                print(
+                    f"impasto: {text}" if str(content) in text else f"impasto: {content}: {text}",
+                    file=sys.stderr,
+                )
+                failed.append(content)
+                continue
+            if stop.is_set():  # stopped as the result came: nothing more is written
+                break
+            _save_result(result.data, output)
+            written += 1
+            print(
+                f"wrote {output} ({result.width}×{result.height}) in {time.monotonic() - started:.1f} s"
+                f"{runner.where}",
+                file=sys.stderr,
+            )
+    if stop.is_set():
+        done = f"{written} of {len(plan)} written, no more" if written else "nothing written"
+        print(f"impasto: cancelled; {done}", file=sys.stderr)
+        return EXIT_CANCELLED
+    if batch:
+        summary = f"{written} of {len(plan)} written to {plan[0][1].parent}"
+        if failed:
+            summary += f"; failed: {', '.join(str(path) for path in failed)}"
+        print(summary, file=sys.stderr)
+    return EXIT_FAILED if failed else 0
+
+
+class _Stop:
+    """What Ctrl-C sets: the batch stops, and so does the job in flight (in-process: `event` is its
+    cancel; over the network: `job` is the call)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.job = None
+
+    def set(self) -> None:
+        self.event.set()
+        if self.job is not None:
+            self.job.cancel()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
 # ---- in-process --------------------------------------------------------------------------------
 
 
@@ -212,90 +367,104 @@ def _local_info() -> int:
     return 0
 
 
-def _local_stylize(args: argparse.Namespace) -> int:
-    """The same jobs layer as the server's, in this process: one way to check, decode and run a job."""
-    from .engine import default_size
-    from .engine.device import host_memory_bytes
-    from .engine.loading import load_engine
-    from .images import DEFAULT_MAX_PIXELS
-    from .jobs import Failed, Finished, ImageSpec, Jobs, Kind, Limits, Queued, Request, StyleRef
-    from .library import StyleLibrary
+class _LocalRunner:
+    """The same jobs layer as the server's, in this process: one way to check, decode and run a job.
+    The model is loaded once, and every file of a batch is one job through the same `Jobs`."""
 
-    output = Path(args.output)
-    _check_output(output)
-    library = StyleLibrary(args.styles_dir)
-    _check_save_style(args)
-    if args.save_style:
-        preset = library.save(args.save_style, Path(args.style[0]).read_bytes())
-        print(f"saved {args.style[0]} as preset '{preset.id}' in {library.folder}", file=sys.stderr)
-    files = [args.content]
-    styles = []
-    for name, weight in zip(args.style, _style_weights(args), strict=True):
-        if _is_style_file(name):
-            files.append(name)
-            styles.append(StyleRef(upload=len(files) - 2, weight=weight))
-        else:
-            styles.append(StyleRef(preset_id=name, weight=weight))
-    init_upload = None
-    if args.init not in ("content", "noise"):
-        files.append(args.init)
-        init_upload = len(files) - 2
-    data = [Path(name).read_bytes() for name in files]
-    request = Request(
-        content=ImageSpec("encoded", len(data[0])),
-        styles=tuple(styles),
-        uploads=tuple(ImageSpec("encoded", len(d)) for d in data[1:]),
-        size=args.size,
-        iterations=args.iterations,
-        strength=args.strength,
-        style_scale=args.style_scale,
-        preserve_colors=args.preserve_colors,
-        seed=args.seed,
-        preview_seconds=None,
-        recipe=args.recipe,
-        optimizer=args.optimizer,
-        init="noise" if args.init == "noise" else "content",
-        init_upload=init_upload,
-        labels=tuple(files),
-    )
-    engine = load_engine(args.device, args.weights, args.precision)
-    memory = host_memory_bytes()
-    limits = Limits(
-        max_pixels=DEFAULT_MAX_PIXELS,
-        max_size=1 << 15,
-        default_size=default_size(engine.device),
-        max_queue=1,
-        max_iterations=1_000_000,
-        max_styles=64,
-        max_request_bytes=memory,
-        max_inflight_bytes=memory,
-    )
-    jobs = Jobs(engine, library, limits)
-    try:
-        upload = jobs.admit(request)
-        for index, file_bytes in enumerate(data):
+    where = ""
+
+    def __init__(self, args: argparse.Namespace, weights: list[float]):
+        from .engine import default_size
+        from .engine.device import host_memory_bytes
+        from .engine.loading import load_engine
+        from .images import DEFAULT_MAX_PIXELS
+        from .jobs import Jobs, Limits, StyleRef
+        from .library import StyleLibrary
+
+        self.args = args
+        library = StyleLibrary(args.styles_dir)
+        if args.save_style:
+            preset = library.save(args.save_style, Path(args.style[0]).read_bytes())
+            print(f"saved {args.style[0]} as preset '{preset.id}' in {library.folder}", file=sys.stderr)
+        # The style and init files, read once: uploads 0, 1, … after each job's content.
+        files: list[str] = []
+        styles = []
+        for name, weight in zip(args.style, weights, strict=True):
+            if _is_style_file(name):
+                files.append(name)
+                styles.append(StyleRef(upload=len(files) - 1, weight=weight))
+            else:
+                styles.append(StyleRef(preset_id=name, weight=weight))
+        self.init_upload = None
+        if args.init not in ("content", "noise"):
+            files.append(args.init)
+            self.init_upload = len(files) - 1
+        self.labels, self.styles = tuple(files), tuple(styles)
+        self.data = [Path(name).read_bytes() for name in files]
+        engine = load_engine(args.device, args.weights, args.precision)
+        memory = host_memory_bytes()
+        limits = Limits(
+            max_pixels=DEFAULT_MAX_PIXELS,
+            max_size=1 << 15,
+            default_size=default_size(engine.device),
+            max_queue=1,
+            max_iterations=1_000_000,
+            max_styles=64,
+            max_request_bytes=memory,
+            max_inflight_bytes=memory,
+        )
+        self.jobs = Jobs(engine, library, limits)
+
+    def run(self, content: Path, bar: _ProgressBar, stop: _Stop):
+        """One job; its Result, or an exception (JobError CANCELLED once `stop` is set)."""
+        from .jobs import Failed, Finished, ImageSpec, Queued, Request
+
+        args = self.args
+        try:
+            data = content.read_bytes()
+        except OSError as error:
+            raise ImageError(f"cannot read image {content}: {error.strerror or error}") from None
+        request = Request(
+            content=ImageSpec("encoded", len(data)),
+            styles=self.styles,
+            uploads=tuple(ImageSpec("encoded", len(d)) for d in self.data),
+            size=args.size,
+            iterations=args.iterations,
+            strength=args.strength,
+            style_scale=args.style_scale,
+            preserve_colors=args.preserve_colors,
+            seed=args.seed,
+            preview_seconds=None,
+            recipe=args.recipe,
+            optimizer=args.optimizer,
+            init="noise" if args.init == "noise" else "content",
+            init_upload=self.init_upload,
+            labels=(str(content), *self.labels),
+        )
+        upload = self.jobs.admit(request)
+        for index, file_bytes in enumerate([data, *self.data]):
             upload.add(index, file_bytes)
         events: queue.Queue = queue.Queue()
-        cancel = threading.Event()
-        started = time.monotonic()
-        with _ProgressBar(args.quiet) as bar, _ctrl_c_sets(cancel):
-            jobs.submit(upload, events.put, cancel)
-            while not isinstance(event := events.get(), Finished | Failed):
-                if not isinstance(event, Queued):
-                    bar.event(event)
+        self.jobs.submit(upload, events.put, stop.event)
+        while not isinstance(event := events.get(), Finished | Failed):
+            if not isinstance(event, Queued):
+                bar.event(event)
         if isinstance(event, Failed):
-            if event.error.kind == Kind.CANCELLED:
-                print("impasto: cancelled; nothing written", file=sys.stderr)
-                return EXIT_CANCELLED
             raise event.error
-    finally:
-        jobs.close(grace_seconds=0)
-    _save_result(event.result.data, output)
-    print(
-        f"wrote {output} ({event.result.width}×{event.result.height}) in {time.monotonic() - started:.1f} s",
-        file=sys.stderr,
-    )
-    return 0
+        return event.result
+
+    @staticmethod
+    def own_failure(error: Exception, content: Path) -> bool:
+        """A failure of this file alone (it names the file), not one every file of a batch would meet."""
+        from .jobs import JobError
+
+        return isinstance(error, ImageError | JobError) and str(content) in str(error)
+
+    def __enter__(self) -> _LocalRunner:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.jobs.close(grace_seconds=0)
 
 
 def _save_result(png: bytes | memoryview, output: Path) -> None:
@@ -343,55 +512,85 @@ def _remote_styles(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remote_stylize(args: argparse.Namespace) -> int:
-    from .client import Image, Settings, StyleSpec
+class _RemoteRunner:
+    """Jobs on an impasto-server, through one Client: each file of a batch is a job of its own."""
 
-    output = Path(args.output)
-    _check_output(output)
-    content = Image.from_file(args.content)
-    _check_save_style(args)
-    styles = [
-        StyleSpec(image=Image.from_file(s), weight=w, save_as=args.save_style or "")
-        if _is_style_file(s)
-        else StyleSpec(preset=s, weight=w)
-        for s, w in zip(args.style, _style_weights(args), strict=True)
-    ]
-    settings = Settings(
-        strength=args.strength,
-        iterations=args.iterations or 0,  # the contract's 0: the server's default
-        size=args.size or 0,
-        preserve_colors=args.preserve_colors,
-        seed=args.seed,
-        style_scale=args.style_scale,
-        preview_seconds=-1,
-    )
-    started = time.monotonic()
-    with _client(args) as client, _ProgressBar(args.quiet) as bar:
-        job = client.stylize(content, styles, settings)
-        with _ctrl_c_sets(job):
+    def __init__(self, args: argparse.Namespace, weights: list[float]):
+        from .client import Image, Settings, StyleSpec
+
+        self.styles = [
+            StyleSpec(image=Image.from_file(s), weight=w, save_as=args.save_style or "")
+            if _is_style_file(s)
+            else StyleSpec(preset=s, weight=w)
+            for s, w in zip(args.style, weights, strict=True)
+        ]
+        self.settings = Settings(
+            strength=args.strength,
+            iterations=args.iterations or 0,  # the contract's 0: the server's default
+            size=args.size or 0,
+            preserve_colors=args.preserve_colors,
+            seed=args.seed,
+            style_scale=args.style_scale,
+            preview_seconds=-1,
+        )
+        self.client = _client(args)
+        self.where = f" via {self.client.address}"
+
+    def run(self, content: Path, bar: _ProgressBar, stop: _Stop):
+        """One job; its result Image, or a ServerError (CANCELLED once `stop` is set)."""
+        from dataclasses import replace
+
+        from .client import Image
+
+        try:
+            image = Image.from_file(content)
+        except OSError as error:
+            raise ImageError(f"cannot read image {content}: {error.strerror or error}") from None
+        job = self.client.stylize(image, self.styles, self.settings)
+        stop.job = job
+        if stop.is_set():
+            job.cancel()
+        try:
             for event in job.events():
+                # The server has queued the job and kept any --save-style: the next jobs need not.
+                self.styles = [replace(style, save_as="") for style in self.styles]
                 if event.HasField("queued") and event.queued.position > 0:
                     bar.note(f"queued: {event.queued.position} job(s) ahead")
                 elif event.HasField("progress"):
                     p = event.progress
                     bar.show(p.fraction, p.eta_seconds, p.scale, p.scales, p.content_loss, p.style_loss)
-    _save_result(job.result.data, output)
-    print(
-        f"wrote {output} ({job.result.width}×{job.result.height}) in {time.monotonic() - started:.1f} s "
-        f"via {client.address}",
-        file=sys.stderr,
-    )
-    return 0
+        finally:
+            stop.job = None
+        return job.result
+
+    @staticmethod
+    def own_failure(error: Exception, content: Path) -> bool:
+        """A failure of this file alone: unreadable here, or refused by the server for its content."""
+        from .client import ServerError
+
+        if isinstance(error, ImageError):
+            return str(content) in str(error)
+        return (
+            isinstance(error, ServerError)
+            and error.code.name in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
+            and "content image" in str(error)
+        )
+
+    def __enter__(self) -> _RemoteRunner:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.client.close()
 
 
 # ---- terminal ----------------------------------------------------------------------------------
 
 
 class _ctrl_c_sets:  # noqa: N801 - used as a context manager, reads like one
-    """The first Ctrl-C asks `target` to stop (Event.set or job.cancel); a second one interrupts at once."""
+    """The first Ctrl-C calls `stop`; a second one interrupts at once (KeyboardInterrupt)."""
 
-    def __init__(self, target):
-        self.stop = target.set if isinstance(target, threading.Event) else target.cancel
+    def __init__(self, stop: Callable[[], None]):
+        self.stop = stop
 
     def __enter__(self):
         self.previous = signal.signal(signal.SIGINT, self._handle)
@@ -407,20 +606,23 @@ class _ctrl_c_sets:  # noqa: N801 - used as a context manager, reads like one
 
 
 class _ProgressBar:
-    """One bar for the whole job, in percent of its work, with the engine's own estimate of time left
-    (later scales cost more per iteration, so a rate of iterations would mislead)."""
+    """One bar (one line) per job, in percent of its work, with the engine's own estimate of time left
+    (later scales cost more per iteration, so a rate of iterations would mislead). `label` ("[2/3]
+    B.jpg") starts its description in a batch."""
 
-    def __init__(self, disabled: bool):
+    def __init__(self, disabled: bool, label: str = ""):
         from tqdm import tqdm
+
+        self.label = f"{label} " if label else ""
 
         self.bar = tqdm(
             total=100,
             disable=disabled,
             file=sys.stderr,
             dynamic_ncols=True,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed{postfix}",
+            bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed} elapsed{postfix}",  # desc ends in ": "
         )
-        self.bar.set_description("starting")
+        self.bar.set_description(f"{self.label}starting")
 
     def event(self, event) -> None:
         """An in-process job's event."""
@@ -434,13 +636,13 @@ class _ProgressBar:
     def show(
         self, fraction: float, eta: float, scale: int, scales: int, content_loss: float, style_loss: float
     ) -> None:
-        self.bar.set_description(f"scale {scale}/{scales}")
-        left = f", about {_duration(eta)} left" if math.isfinite(eta) and eta > 0 else ""
-        self.bar.set_postfix_str(f"{left}, content {content_loss:.3g}, style {style_loss:.3g}", refresh=False)
+        self.bar.set_description(f"{self.label}scale {scale}/{scales}")
+        left = f"about {_duration(eta)} left, " if math.isfinite(eta) and eta > 0 else ""
+        self.bar.set_postfix_str(f"{left}content {content_loss:.3g}, style {style_loss:.3g}", refresh=False)
         self.bar.update(fraction * 100 - self.bar.n)
 
     def note(self, text: str) -> None:
-        self.bar.set_description(text)
+        self.bar.set_description(f"{self.label}{text}")
 
     def close(self) -> None:
         self.bar.close()

@@ -117,7 +117,7 @@ class RemoteJob:
                 else:
                     yield event
         except grpc.RpcError as error:
-            raise _server_error(error, self.address) from None
+            raise _server_error(error, self.address, "job") from None
         if header is None:
             raise ServerError(
                 grpc.StatusCode.INTERNAL, f"the server at {self.address} ended without a result"
@@ -234,14 +234,113 @@ def chunks(data: bytes | memoryview) -> Iterator[bytes]:
         yield bytes(view[offset : offset + CHUNK_BYTES])
 
 
-def _server_error(error: grpc.RpcError, address: str) -> ServerError:
-    code, details = error.code(), error.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE and (
-        "connect" in details.lower() or "unavailable" in details.lower()
-    ):
-        return ServerError(
-            code, f"cannot reach an Impasto server at {address} ({details}); {START_SERVER_HINT}"
+# Words that gRPC itself (this client's library, or the transport) writes: never a server's sentence.
+_GRPC_WORDS = (
+    "locally cancelled",
+    "cancelling all calls",
+    "exception iterating",
+    "exception calling application",
+    "failed to connect",
+    "connection refused",
+    "connection reset",
+    "connection closed",
+    "socket closed",
+    "broken pipe",
+    "deadline exceeded",
+    "dns resolution",
+    "name resolution",
+    "handshake",
+    "ssl",
+    "endpoint",
+    "goaway",
+    "rst_stream",
+    "stream removed",
+    "keepalive",
+    "too_many_pings",
+    "message larger than max",
+    "method not found",
+    "unimplemented",
+    "http2",
+    "backends",
+    "subchannel",
+    "unknown:",
+    "unavailable:",
+)
+_SERVER_FAILED = "the server failed; its log has details"
+
+
+def _said_by_server(details: str) -> str:
+    """The server's own sentence from a status's details, or "" where gRPC wrote them."""
+    lowered = details.lower()
+    return "" if not details or any(words in lowered for words in _GRPC_WORDS) else details
+
+
+def _why_unreachable(details: str) -> str:
+    lowered = details.lower()
+    if "refused" in lowered:
+        return " (nothing answers on that port)"
+    if "handshake" in lowered or "ssl" in lowered:
+        return " (the TLS handshake failed: https:// needs a TLS server, and --tls-ca its certificate)"
+    if "dns" in lowered or "resolv" in lowered:
+        return " (that host name is not known)"
+    if any(word in lowered for word in ("socket closed", "reset", "goaway", "rst_stream", "stream removed")):
+        return " (the connection was dropped)"
+    if "timed out" in lowered or "timeout" in lowered:
+        return " (it did not answer)"
+    return ""
+
+
+def _server_error(error: grpc.RpcError, address: str, what: str = "request") -> ServerError:
+    """A status as a sentence that says what happened and what to do; gRPC's own words never show.
+    `what` names the call for the sentence: "request", or "job" for a Stylize call."""
+    code, details = error.code(), (error.details() or "").strip()
+    said, at, status = _said_by_server(details), f"the server at {address}", grpc.StatusCode
+    if code == status.CANCELLED:
+        text = f"{at} cancelled the {what}: {said}" if said else "cancelled"
+    elif code == status.UNAVAILABLE:
+        text = (
+            f"{at} is not available now: {said}"
+            if said
+            else f"cannot reach an Impasto server at {address}{_why_unreachable(details)}; "
+            + START_SERVER_HINT
         )
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return ServerError(code, f"the Impasto server at {address} did not answer in time")
-    return ServerError(code, f"{details} [{code.name}, server {address}]")
+    elif code == status.DEADLINE_EXCEEDED:
+        text = (
+            f"{at} gave up on the {what}: {said}"
+            if said
+            else f"{at} did not answer in time; it may be busy or the network slow, so try again"
+        )
+    elif code == status.UNAUTHENTICATED:
+        text = (
+            f"{at} did not accept the token: {said}"
+            if said
+            else f"{at} wants a token; give it with --token-file FILE or $IMPASTO_TOKEN"
+        )
+    elif code == status.RESOURCE_EXHAUSTED:
+        text = (
+            f"{at} cannot take the {what} now: {said}"
+            if said
+            else f"a message from {address} was larger than this client accepts; "
+            "install the same impasto release on both sides"
+        )
+    elif code in (status.UNKNOWN, status.INTERNAL):
+        if "exception iterating" in details.lower():
+            text = (
+                f"sending the {what} to {address} failed in this client (a bug in impasto: please report it)"
+            )
+        elif said and said != _SERVER_FAILED:
+            text = f"{at} failed: {said}; its log has details"
+        else:
+            text = f"{at} failed; its log has details"
+    elif code == status.UNIMPLEMENTED:
+        text = (
+            f"{at} does not offer this call: it runs another version of impasto-server, or is not one; "
+            "install the same impasto release on both sides"
+        )
+    elif code == status.PERMISSION_DENIED:
+        text = f"{at} does not allow this: {said or 'ask whoever runs it'}"
+    elif said:  # INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION and the rest
+        text = f"{at} refused the {what}: {said}"
+    else:
+        text = f"{at} could not complete the {what}; try again, and see its log if it keeps failing"
+    return ServerError(code, text)
