@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import impasto.client
 import impasto.engine.loading
 import numpy as np
 import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from helpers import interrupt_stylize, running_server
 from impasto.cli import EXIT_CANCELLED, EXIT_FAILED, build_parser, main
 from impasto.client import START_SERVER_HINT, ServerError, _server_error
@@ -217,62 +218,38 @@ def test_ctrl_c_stops_a_batch_and_writes_nothing_more(images: Path, tmp_path: Pa
 # ---- what the user reads when a call fails ---------------------------------------------------------
 
 
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str):
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
 GRPC_DETAILS = {  # what gRPC itself writes, never to be shown
-    grpc.StatusCode.CANCELLED: "Locally cancelled by application!",
-    grpc.StatusCode.UNAVAILABLE: "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9",
-    grpc.StatusCode.UNKNOWN: "Exception iterating requests!",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "Deadline Exceeded",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "Received message larger than max (5000000 vs. 1114112)",
-    grpc.StatusCode.UNIMPLEMENTED: "Method not found!",
+    Status.CANCELLED: "Locally cancelled by application!",
+    Status.UNAVAILABLE: "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9",
+    Status.UNKNOWN: "Exception iterating requests!",
+    Status.DEADLINE_EXCEEDED: "Deadline Exceeded",
+    Status.RESOURCE_EXHAUSTED: "Received message larger than max (5000000 vs. 1114112)",
+    Status.UNIMPLEMENTED: "Method not found!",
 }
 
 
-@pytest.mark.parametrize(
-    "code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK], ids=lambda c: c.name
-)
-def test_every_status_is_a_sentence_without_grpc_words(code: grpc.StatusCode):
+@pytest.mark.parametrize("code", [c for c in Status if c != Status.OK], ids=lambda c: c.name)
+def test_every_status_is_a_sentence_without_grpc_words(code: Status):
     details = GRPC_DETAILS.get(code, "")
-    error = _server_error(FakeRpcError(code, details), "gpu:50051")
+    error = _server_error(GRPCError(code, details), "gpu:50051")
     text = str(error)
     assert error.code == code and text and "[" not in text
     assert code.name not in text and (not details or details not in text)
-    assert "Cancelling all calls" not in str(_server_error(FakeRpcError(code, "Cancelling all calls"), "h:1"))
+    assert "Cancelling all calls" not in str(_server_error(GRPCError(code, "Cancelling all calls"), "h:1"))
 
 
 def test_status_sentences_keep_the_servers_words():
     said = "no style preset 'x' on this server; `impasto styles` lists the presets"
-    error = _server_error(FakeRpcError(grpc.StatusCode.NOT_FOUND, said), "gpu:50051", "job")
+    error = _server_error(GRPCError(Status.NOT_FOUND, said), "gpu:50051", "job")
     assert str(error) == f"the server at gpu:50051 refused the job: {said}"
     assert (
-        str(
-            _server_error(
-                FakeRpcError(grpc.StatusCode.CANCELLED, GRPC_DETAILS[grpc.StatusCode.CANCELLED]), "h:1"
-            )
-        )
-        == "cancelled"
+        str(_server_error(GRPCError(Status.CANCELLED, GRPC_DETAILS[Status.CANCELLED]), "h:1")) == "cancelled"
     )
-    unreachable = str(
-        _server_error(
-            FakeRpcError(grpc.StatusCode.UNAVAILABLE, GRPC_DETAILS[grpc.StatusCode.UNAVAILABLE]), "h:1"
-        )
-    )
+    unreachable = str(_server_error(GRPCError(Status.UNAVAILABLE, GRPC_DETAILS[Status.UNAVAILABLE]), "h:1"))
     assert (
         unreachable.startswith("cannot reach an Impasto server at h:1") and START_SERVER_HINT in unreachable
     )
-    failed = _server_error(
-        FakeRpcError(grpc.StatusCode.INTERNAL, "the server failed; its log has details"), "h:1"
-    )
+    failed = _server_error(GRPCError(Status.INTERNAL, "the server failed; its log has details"), "h:1")
     assert str(failed) == "the server at h:1 failed; its log has details" and isinstance(failed, ServerError)
 
 

@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 import torch
+from grpclib.const import Status
 from helpers import gradient_image, running_server
 from impasto.catalogue import fetch, load_catalogue
 from impasto.client import Client, Image, ServerError, Settings, StyleSpec
@@ -175,10 +175,10 @@ def test_grpc_listing_new_files_saved_styles_and_unknown_ids(
         assert job.result is not None
 
         for spec, code in [
-            (StyleSpec(image=upload, save_as="kandinsky-vii"), grpc.StatusCode.ALREADY_EXISTS),
-            (StyleSpec(image=upload, save_as="???"), grpc.StatusCode.INVALID_ARGUMENT),
-            (StyleSpec(preset="no-such-style"), grpc.StatusCode.NOT_FOUND),
-            (StyleSpec(preset="../styles/udnie"), grpc.StatusCode.INVALID_ARGUMENT),
+            (StyleSpec(image=upload, save_as="kandinsky-vii"), Status.ALREADY_EXISTS),
+            (StyleSpec(image=upload, save_as="???"), Status.INVALID_ARGUMENT),
+            (StyleSpec(preset="no-such-style"), Status.NOT_FOUND),
+            (StyleSpec(preset="../styles/udnie"), Status.INVALID_ARGUMENT),
         ]:
             with pytest.raises(ServerError) as caught:
                 list(client.stylize(content, [spec], FAST).events())

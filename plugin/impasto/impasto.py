@@ -4,7 +4,7 @@
 Sends the active layer and a style (a preset of the server's, or an image file) to an
 impasto-server, shows its progress and previews, and puts the result in a new layer above the
 source, limited to the selection, as one undo step. The network client (impasto.client, in
-vendor/) knows nothing of GIMP; this file knows nothing of gRPC.
+vendor/, pure Python) knows nothing of GIMP; this file knows nothing of gRPC or protobuf.
 """
 
 import json
@@ -21,7 +21,18 @@ gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
 gi.require_version("Gtk", "3.0")
 from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
-from impasto.client import DEFAULT_ADDRESS, Client, Image, ServerError, Settings, StyleSpec  # noqa: E402
+from impasto.client import (  # noqa: E402
+    DEFAULT_ADDRESS,
+    Client,
+    Image,
+    Preview,
+    Progress,
+    Queued,
+    ServerError,
+    Settings,
+    Started,
+    StyleSpec,
+)
 
 PROCEDURE = "python-fu-impasto"
 PIXELS = "R'G'B'A u8"
@@ -219,15 +230,15 @@ def add_result_layer(image, source, result, style_name):
 
 def describe(event):
     """A status line for a server event, or None."""
-    if event.HasField("queued"):
-        ahead = event.queued.position
+    if isinstance(event, Queued):
+        ahead = event.position
         return f"Waiting for the server: {ahead} job(s) ahead" if ahead else "Starting…"
-    if event.HasField("started"):
-        s = event.started
+    if isinstance(event, Started):
+        s = event
         about = f", about {s.estimated_seconds:.0f} s" if s.estimated_seconds >= 1 else ""
-        return f"Painting at {s.working_width}×{s.working_height} on {s.device.name or s.device.kind}{about}"
-    if event.HasField("progress"):
-        p = event.progress
+        return f"Painting at {s.working_width}×{s.working_height} on {s.device}{about}"
+    if isinstance(event, Progress):
+        p = event
         left = f", about {p.eta_seconds:.0f} s left" if p.eta_seconds > 0 else ""
         return f"Scale {p.scale} of {p.scales}, iteration {p.iteration} of {p.iterations}{left}"
     return None
@@ -240,8 +251,8 @@ def follow_in_status_bar(job, style_name):
         text = describe(event)
         if text:
             Gimp.progress_set_text(text)
-        if event.HasField("progress"):
-            Gimp.progress_update(event.progress.fraction)
+        if isinstance(event, Progress):
+            Gimp.progress_update(event.fraction)
     Gimp.progress_end()
     return True
 
@@ -277,7 +288,7 @@ class ProgressDialog:
         self.loop.run()
         self.dialog.destroy()
         Gimp.progress_end()
-        if self.error is not None and self.error.code.name != "CANCELLED":
+        if self.error is not None and not self.error.cancelled:
             raise self.error
         return self.finished
 
@@ -294,11 +305,11 @@ class ProgressDialog:
         text = describe(event)
         if text:
             self.stage.set_text(text)
-        if event.HasField("progress"):
-            self.bar.set_fraction(event.progress.fraction)
-            Gimp.progress_update(event.progress.fraction)
-        if event.HasField("preview"):
-            self.preview.set_from_pixbuf(pixbuf_from_png(event.preview.png))
+        if isinstance(event, Progress):
+            self.bar.set_fraction(event.fraction)
+            Gimp.progress_update(event.fraction)
+        if isinstance(event, Preview):
+            self.preview.set_from_pixbuf(pixbuf_from_png(event.png))
         return False
 
 

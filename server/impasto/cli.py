@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANCELLED
     except ServerError as error:
         print(f"impasto: {error}", file=sys.stderr)
-        return EXIT_CANCELLED if error.code.name == "CANCELLED" else EXIT_FAILED
+        return EXIT_CANCELLED if error.cancelled else EXIT_FAILED
     except (ImageError, ValueError, OSError, KeyError, JobError) as error:
         print(f"impasto: error: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -488,15 +488,14 @@ def _client(args: argparse.Namespace):
 def _remote_info(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.info()
-        limits = info.limits
         print(f"impasto-server {info.server_version} at {client.address} (protocol {info.protocol_version})")
-        memory = f"{info.device.memory_bytes / 2**30:.1f} GiB" if info.device.memory_bytes else "?"
-        print(f"device:    {info.device.kind} — {info.device.name}, {memory}, {info.device.precision}")
+        memory = f"{info.device_memory_bytes / 2**30:.1f} GiB" if info.device_memory_bytes else "?"
+        print(f"device:    {info.device_kind} — {info.device_name}, {memory}, {info.precision}")
         print(f"weights:   {info.weights}")
         print(f"defaults:  {info.default_size} px long side, {info.default_iterations} iterations")
         print(
-            f"limits:    {limits.max_pixels:,} pixels per image, {limits.max_size} px working size, "
-            f"{limits.max_queue} jobs queued"
+            f"limits:    {info.max_pixels:,} pixels per image, {info.max_size} px working size, "
+            f"{info.max_queue} jobs queued"
         )
         print(f"now:       {info.running_jobs} running, {info.queue_length} waiting")
     return 0
@@ -540,7 +539,7 @@ class _RemoteRunner:
         """One job; its result Image, or a ServerError (CANCELLED once `stop` is set)."""
         from dataclasses import replace
 
-        from .client import Image
+        from .client import Image, Progress, Queued
 
         try:
             image = Image.from_file(content)
@@ -554,10 +553,10 @@ class _RemoteRunner:
             for event in job.events():
                 # The server has queued the job and kept any --save-style: the next jobs need not.
                 self.styles = [replace(style, save_as="") for style in self.styles]
-                if event.HasField("queued") and event.queued.position > 0:
-                    bar.note(f"queued: {event.queued.position} job(s) ahead")
-                elif event.HasField("progress"):
-                    p = event.progress
+                if isinstance(event, Queued) and event.position > 0:
+                    bar.note(f"queued: {event.position} job(s) ahead")
+                elif isinstance(event, Progress):
+                    p = event
                     bar.show(p.fraction, p.eta_seconds, p.scale, p.scales, p.content_loss, p.style_loss)
         finally:
             stop.job = None
@@ -570,11 +569,7 @@ class _RemoteRunner:
 
         if isinstance(error, ImageError):
             return str(content) in str(error)
-        return (
-            isinstance(error, ServerError)
-            and error.code.name in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
-            and "content image" in str(error)
-        )
+        return isinstance(error, ServerError) and error.refused and "content image" in str(error)
 
     def __enter__(self) -> _RemoteRunner:
         return self

@@ -1,25 +1,38 @@
-"""A small client for impasto-server, shared by the `impasto` CLI and the GIMP plug-in.
+"""The network client of impasto-server, shared by the `impasto` CLI and the GIMP plug-in.
 
-Needs only grpcio, protobuf and the generated stubs — no torch, no numpy — because GIMP's Python
-has neither.
+Pure Python — protobuf's pure-Python runtime, grpclib (HTTP/2 written in Python) and the standard
+library — because GIMP's Python on Windows cannot load compiled wheels, and one client that runs in
+every GIMP needs no build per Python version. gRPC stays the protocol; grpcio stays the server.
+
+Callers see only this module's own small types: `Info`, `Preset`, the job events `Queued`,
+`Started`, `Progress` and `Preview`, the result `Image`, and `ServerError` with a sentence a person
+can act on. Nothing here returns a protobuf message or asks callers to compare status codes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import queue
+import socket
+import ssl
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from .v1 import impasto_pb2 as pb
-from .v1 import impasto_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
 CHUNK_BYTES = 1 << 20  # the contract's largest chunk of image data
 START_SERVER_HINT = "start one there with `impasto-server` (or pass another address with --server HOST:PORT)"
+SERVICE = "/impasto.v1.StyleTransfer/"
 
 
 def resolve_address(address: str | None) -> str:
@@ -35,11 +48,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def split_address(address: str) -> tuple[str, bool]:
-    """`host:port` (plaintext) or `https://host:port` (TLS) -> (host:port, tls)."""
-    if address.startswith("https://"):
-        return address.removeprefix("https://").rstrip("/"), True
-    return address.removeprefix("http://").rstrip("/"), False
+def split_address(address: str) -> tuple[str, int, bool]:
+    """`host:port` (plaintext) or `https://host:port` (TLS) -> (host, port, tls)."""
+    tls = address.startswith("https://")
+    rest = address.split("://", 1)[-1].rstrip("/")
+    if rest.startswith("["):  # [IPv6]:port
+        host, _, port = rest[1:].partition("]:")
+    else:
+        host, _, port = rest.rpartition(":")
+    if not host:
+        host, port = rest, ""
+    return host, int(port) if port.isdigit() else DEFAULT_PORT, tls
 
 
 class InsecureToken(ValueError):
@@ -47,11 +66,112 @@ class InsecureToken(ValueError):
 
 
 class ServerError(Exception):
-    """A call failed; `code` is the gRPC status, the message says what to do."""
+    """A call failed. `code` is the gRPC status (None when the call never reached a server); the message
+    is a sentence that says what happened and what to do."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, message: str, code: Status | None = None):
         super().__init__(message)
         self.code = code
+
+    @property
+    def cancelled(self) -> bool:
+        return self.code == Status.CANCELLED
+
+    @property
+    def refused(self) -> bool:
+        """The server would not take this request as it is (bad input, limits): retrying as is won't help."""
+        return self.code in _REFUSALS
+
+
+_REFUSALS = {
+    Status.INVALID_ARGUMENT,
+    Status.NOT_FOUND,
+    Status.ALREADY_EXISTS,
+    Status.FAILED_PRECONDITION,
+    Status.RESOURCE_EXHAUSTED,
+}
+
+
+# ---- what callers see --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Info:
+    server_version: str
+    protocol_version: int
+    device_kind: str
+    device_name: str
+    device_memory_bytes: int
+    precision: str
+    weights: str
+    default_size: int
+    default_iterations: int
+    max_size: int
+    max_pixels: int
+    max_queue: int
+    max_iterations: int
+    max_styles: int
+    max_strength: float
+    queue_length: int
+    running_jobs: int
+
+
+@dataclass(frozen=True)
+class Preset:
+    id: str
+    title: str
+    artist: str = ""
+    year: str = ""
+    licence: str = ""
+    source_url: str = ""
+    recommended_strength: float = 0.0
+    recommended_style_scale: float = 0.0
+    version: str = ""
+    builtin: bool = False
+
+
+@dataclass(frozen=True)
+class Queued:
+    job_id: str
+    position: int  # jobs ahead of this one
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+    device: str
+    scales: int
+    iterations_per_scale: int  # at the working size; coarser scales run fewer
+    total_iterations: int
+    working_width: int
+    working_height: int
+    estimated_seconds: float
+    estimated_memory_bytes: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    fraction: float  # of the job's work, 0..1
+    scale: int
+    scales: int
+    iteration: int
+    iterations: int
+    content_loss: float
+    style_loss: float
+    tv_loss: float
+    elapsed_seconds: float
+    eta_seconds: float  # 0 while unknown
+
+
+@dataclass(frozen=True)
+class Preview:
+    png: bytes
+    width: int
+    height: int
+    fraction: float
+
+
+Event = Queued | Started | Progress | Preview
 
 
 @dataclass
@@ -93,42 +213,16 @@ class Settings:
     preview_seconds: float = 2.0  # negative: no previews
 
 
-@dataclass
-class RemoteJob:
-    """A running Stylize call: iterate `events()`, then read `result`; `cancel()` from any thread."""
-
-    call: grpc.Future
-    address: str
-    result: Image | None = None
-    _parts: list[bytes] = field(default_factory=list)
-
-    def cancel(self) -> None:
-        self.call.cancel()
-
-    def events(self) -> Iterator[pb.StylizeEvent]:
-        """Queued, started, progress and preview events; the result is gathered into `result`."""
-        header = None
-        try:
-            for event in self.call:
-                if event.HasField("result"):
-                    if event.result.HasField("header"):
-                        header = event.result.header
-                    self._parts.append(event.result.data)
-                else:
-                    yield event
-        except grpc.RpcError as error:
-            raise _server_error(error, self.address, "job") from None
-        if header is None:
-            raise ServerError(
-                grpc.StatusCode.INTERNAL, f"the server at {self.address} ended without a result"
-            )
-        data = b"".join(self._parts)
-        self._parts.clear()
-        encoded = header.format == pb.PIXEL_FORMAT_ENCODED
-        self.result = Image(data, header.width, header.height, encoded)
+# ---- the connection ----------------------------------------------------------------------------
 
 
 class Client:
+    """A connection to one server. Its calls block; a job's events arrive while it runs.
+
+    The connection lives on an event loop in a thread of its own, so that callers — the CLI, GIMP's
+    main loop — need no asyncio of their own.
+    """
+
     def __init__(
         self,
         address: str | None = None,
@@ -141,32 +235,36 @@ class Client:
         roots, or `tls_ca`). A token goes in clear only to this machine, or with `insecure`."""
         self.address = resolve_address(address)
         self.timeout = timeout
-        target, tls = split_address(self.address)
+        host, port, tls = split_address(self.address)
         tls = tls or tls_ca is not None
         token = token if token is not None else os.environ.get("IMPASTO_TOKEN")
-        host = target.rsplit(":", 1)[0] if ":" in target else target
         if token and not tls and not insecure and not is_loopback(host):
             raise InsecureToken(
                 f"refusing to send the token in clear to {host}: anyone on the network could read it. "
-                f"Use TLS (https://{target}, with --tls-ca CERT for a self-signed server), an SSH tunnel "
-                "to 127.0.0.1, or --insecure if the network is private and you accept that"
+                f"Use TLS (https://{host}:{port}, with --tls-ca CERT for a self-signed server), an SSH "
+                "tunnel to 127.0.0.1, or --insecure if the network is private and you accept that"
             )
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [
-            ("grpc.max_receive_message_length", CHUNK_BYTES + (64 << 10)),
-            # A client is one connection of its own (gRPC would share one among a process's channels),
-            # which is what the server's per-connection limits count.
-            ("grpc.use_local_subchannel_pool", 1),
-        ]
-        if tls:
-            roots = Path(tls_ca).read_bytes() if tls_ca is not None else None
-            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-            self._channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
-        self._stub = impasto_pb2_grpc.StyleTransferStub(self._channel)
+        self._metadata = {"authorization": f"Bearer {token}"} if token else {}
+        context = _tls_context(tls_ca) if tls else None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="impasto-client", daemon=True)
+        self._thread.start()
+        self._channel = self._run(_open_channel(host, port, context))
 
     def close(self) -> None:
+        """Ends the connection; a job still running is cancelled (the server stops it)."""
+        if self._loop.is_closed():
+            return
+        self._run(self._close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    async def _close(self) -> None:
+        calls = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in calls:
+            task.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -175,25 +273,193 @@ class Client:
     def __exit__(self, *_) -> None:
         self.close()
 
-    def info(self) -> pb.ServerInfo:
-        return self._unary(self._stub.GetServerInfo, pb.GetServerInfoRequest())
+    def info(self) -> Info:
+        reply = self._unary("GetServerInfo", pb.GetServerInfoRequest(), pb.ServerInfo)
+        device, limits = reply.device, reply.limits
+        return Info(
+            server_version=reply.server_version,
+            protocol_version=reply.protocol_version,
+            device_kind=device.kind,
+            device_name=device.name,
+            device_memory_bytes=device.memory_bytes,
+            precision=device.precision,
+            weights=reply.weights,
+            default_size=reply.default_size,
+            default_iterations=reply.default_iterations,
+            max_size=limits.max_size,
+            max_pixels=limits.max_pixels,
+            max_queue=limits.max_queue,
+            max_iterations=limits.max_iterations,
+            max_styles=limits.max_styles,
+            max_strength=limits.max_strength,
+            queue_length=reply.queue_length,
+            running_jobs=reply.running_jobs,
+        )
 
-    def styles(self) -> list[pb.StylePreset]:
-        return list(self._unary(self._stub.ListStyles, pb.ListStylesRequest()).styles)
+    def styles(self) -> list[Preset]:
+        reply = self._unary("ListStyles", pb.ListStylesRequest(), pb.ListStylesResponse)
+        return [
+            Preset(
+                id=p.id,
+                title=p.title,
+                artist=p.artist,
+                year=p.year,
+                licence=p.licence,
+                source_url=p.source_url,
+                recommended_strength=p.recommended_strength,
+                recommended_style_scale=p.recommended_style_scale,
+                version=p.version,
+                builtin=p.builtin,
+            )
+            for p in reply.styles
+        ]
 
     def thumbnail(self, preset_id: str) -> bytes:
         """A preset's thumbnail, PNG with a long side of at most 256 px."""
-        return self._unary(self._stub.GetStyleThumbnail, pb.GetStyleThumbnailRequest(id=preset_id)).png
+        request = pb.GetStyleThumbnailRequest(id=preset_id)
+        return self._unary("GetStyleThumbnail", request, pb.StyleThumbnail).png
 
     def stylize(self, content: Image, styles: list[StyleSpec], settings: Settings | None = None) -> RemoteJob:
-        call = self._stub.Stylize(_requests(content, styles, settings or Settings()), metadata=self._metadata)
-        return RemoteJob(call, self.address)
+        job = RemoteJob(self.address, self._loop)
+        requests = list(_requests(content, styles, settings or Settings()))
+        job._future = asyncio.run_coroutine_threadsafe(self._stylize(job, requests), self._loop)
+        return job
 
-    def _unary(self, method: Callable, request):
+    # ---- on the event loop -----------------------------------------------------------------------
+
+    def _run(self, coroutine: Coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _unary(self, method: str, request, reply_type):
+        async def call():
+            stream = self._channel.request(
+                SERVICE + method,
+                Cardinality.UNARY_UNARY,
+                type(request),
+                reply_type,
+                timeout=self.timeout,
+                metadata=self._metadata,
+            )
+            async with stream:
+                await stream.send_message(request, end=True)
+                return await stream.recv_message()
+
         try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
+            return self._run(call())
+        except _FAILURES as error:
             raise _server_error(error, self.address) from None
+
+    async def _stylize(self, job: RemoteJob, requests: list[pb.StylizeRequest]) -> None:
+        try:
+            stream = self._channel.request(
+                SERVICE + "Stylize",
+                Cardinality.STREAM_STREAM,
+                pb.StylizeRequest,
+                pb.StylizeEvent,
+                metadata=self._metadata,
+            )
+            async with stream:
+                for request in requests:
+                    await stream.send_message(request)
+                await stream.end()
+                job._put(await _receive(stream, job))
+        except asyncio.CancelledError:
+            job._put(ServerError("the job was cancelled; nothing was written", Status.CANCELLED))
+        except _FAILURES as error:
+            job._put(_server_error(error, self.address, "job"))
+
+
+class RemoteJob:
+    """A running Stylize call: iterate `events()`, then read `result`; `cancel()` from any thread."""
+
+    def __init__(self, address: str, loop: asyncio.AbstractEventLoop):
+        self.address = address
+        self.result: Image | None = None
+        self._loop = loop
+        self._items: queue.Queue = queue.Queue()
+        self._future = None
+
+    def cancel(self) -> None:
+        """Stops the job on the server (the call is cancelled, which the server treats as a stop)."""
+        if self._future is not None:
+            self._future.cancel()
+
+    def events(self) -> Iterator[Event]:
+        """Queued, Started, Progress and Preview events; then `result` holds the image. Raises
+        ServerError when the job fails or is cancelled."""
+        while True:
+            item = self._items.get()
+            if isinstance(item, ServerError):
+                raise item
+            if isinstance(item, Image):
+                self.result = item
+                return
+            yield item
+
+    def _put(self, item: Event | Image | ServerError) -> None:
+        self._items.put(item)
+
+
+async def _open_channel(host: str, port: int, context: ssl.SSLContext | None) -> Channel:
+    return Channel(host, port, ssl=context)
+
+
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])  # gRPC runs on HTTP/2
+    return context
+
+
+async def _receive(stream, job: RemoteJob) -> Image:
+    header, parts = None, []
+    async for message in stream:
+        kind = message.WhichOneof("event")
+        if kind == "result":
+            if message.result.HasField("header"):
+                header = message.result.header
+            parts.append(message.result.data)
+        elif kind is not None:
+            job._put(_event(message, kind))
+    if header is None:
+        await stream.recv_trailing_metadata()  # raises the status the server ended the call with
+        raise ServerError(f"the server at {job.address} ended the job without a result", Status.INTERNAL)
+    data = b"".join(parts)
+    return Image(data, header.width, header.height, header.format == pb.PIXEL_FORMAT_ENCODED)
+
+
+def _event(message: pb.StylizeEvent, kind: str) -> Event:
+    if kind == "queued":
+        return Queued(message.queued.job_id, message.queued.position)
+    if kind == "started":
+        s = message.started
+        return Started(
+            s.job_id,
+            f"{s.device.kind} — {s.device.name}",
+            s.scales,
+            s.iterations_per_scale,
+            s.total_iterations,
+            s.working_width,
+            s.working_height,
+            s.estimated_seconds,
+            s.estimated_memory_bytes,
+        )
+    if kind == "progress":
+        p = message.progress
+        return Progress(
+            p.fraction,
+            p.scale,
+            p.scales,
+            p.iteration,
+            p.iterations,
+            p.content_loss,
+            p.style_loss,
+            p.tv_loss,
+            p.elapsed_seconds,
+            p.eta_seconds,
+        )
+    p = message.preview
+    return Preview(p.png, p.width, p.height, p.fraction)
 
 
 def _requests(content: Image, styles: list[StyleSpec], settings: Settings) -> Iterator[pb.StylizeRequest]:
@@ -201,11 +467,8 @@ def _requests(content: Image, styles: list[StyleSpec], settings: Settings) -> It
     choices = []
     for spec in styles:
         if spec.image is not None:
-            choices.append(
-                pb.StyleChoice(
-                    upload=uploads.index(spec.image), weight=spec.weight, save_as_preset=spec.save_as
-                )
-            )
+            index = next(i for i, upload in enumerate(uploads) if upload is spec.image)
+            choices.append(pb.StyleChoice(upload=index, weight=spec.weight, save_as_preset=spec.save_as))
         else:
             choices.append(pb.StyleChoice(preset_id=spec.preset or "", weight=spec.weight))
     yield pb.StylizeRequest(
@@ -232,6 +495,9 @@ def chunks(data: bytes | memoryview) -> Iterator[bytes]:
     view = memoryview(data)
     for offset in range(0, max(len(view), 1), CHUNK_BYTES):
         yield bytes(view[offset : offset + CHUNK_BYTES])
+
+
+_FAILURES = (GRPCError, StreamTerminatedError, ProtocolError, OSError, asyncio.TimeoutError, ServerError)
 
 
 # Words that gRPC itself (this client's library, or the transport) writes: never a server's sentence.
@@ -290,57 +556,78 @@ def _why_unreachable(details: str) -> str:
     return ""
 
 
-def _server_error(error: grpc.RpcError, address: str, what: str = "request") -> ServerError:
-    """A status as a sentence that says what happened and what to do; gRPC's own words never show.
+def _server_error(error: BaseException, address: str, what: str = "request") -> ServerError:
+    """A failure as a sentence that says what happened and what to do; gRPC's own words never show.
     `what` names the call for the sentence: "request", or "job" for a Stylize call."""
-    code, details = error.code(), (error.details() or "").strip()
-    said, at, status = _said_by_server(details), f"the server at {address}", grpc.StatusCode
-    if code == status.CANCELLED:
+    if isinstance(error, ServerError):
+        return error
+    at = f"the server at {address}"
+    if isinstance(error, asyncio.TimeoutError):
+        text = f"{at} did not answer in time; it may be busy or the network slow, so try again"
+        return ServerError(text, Status.DEADLINE_EXCEEDED)
+    if isinstance(error, OSError | StreamTerminatedError | ProtocolError):
+        return ServerError(
+            f"cannot reach an Impasto server at {address}{_why_unreachable(error)}; {START_SERVER_HINT}",
+            Status.UNAVAILABLE,
+        )
+    code, details = error.status, (error.message or "").strip()
+    said = _said_by_server(details)
+    if code == Status.CANCELLED:
         text = f"{at} cancelled the {what}: {said}" if said else "cancelled"
-    elif code == status.UNAVAILABLE:
+    elif code == Status.UNAVAILABLE:
         text = (
             f"{at} is not available now: {said}"
             if said
-            else f"cannot reach an Impasto server at {address}{_why_unreachable(details)}; "
-            + START_SERVER_HINT
+            else f"cannot reach an Impasto server at {address}; {START_SERVER_HINT}"
         )
-    elif code == status.DEADLINE_EXCEEDED:
+    elif code == Status.DEADLINE_EXCEEDED:
         text = (
             f"{at} gave up on the {what}: {said}"
             if said
             else f"{at} did not answer in time; it may be busy or the network slow, so try again"
         )
-    elif code == status.UNAUTHENTICATED:
+    elif code == Status.UNAUTHENTICATED:
         text = (
             f"{at} did not accept the token: {said}"
             if said
             else f"{at} wants a token; give it with --token-file FILE or $IMPASTO_TOKEN"
         )
-    elif code == status.RESOURCE_EXHAUSTED:
+    elif code == Status.RESOURCE_EXHAUSTED:
         text = (
             f"{at} cannot take the {what} now: {said}"
             if said
             else f"a message from {address} was larger than this client accepts; "
             "install the same impasto release on both sides"
         )
-    elif code in (status.UNKNOWN, status.INTERNAL):
-        if "exception iterating" in details.lower():
-            text = (
-                f"sending the {what} to {address} failed in this client (a bug in impasto: please report it)"
-            )
-        elif said and said != _SERVER_FAILED:
-            text = f"{at} failed: {said}; its log has details"
-        else:
-            text = f"{at} failed; its log has details"
-    elif code == status.UNIMPLEMENTED:
+    elif code in (Status.UNKNOWN, Status.INTERNAL):
+        text = (
+            f"{at} failed: {said}; its log has details"
+            if said and said != _SERVER_FAILED
+            else (f"{at} failed; its log has details")
+        )
+    elif code == Status.UNIMPLEMENTED:
         text = (
             f"{at} does not offer this call: it runs another version of impasto-server, or is not one; "
             "install the same impasto release on both sides"
         )
-    elif code == status.PERMISSION_DENIED:
+    elif code == Status.PERMISSION_DENIED:
         text = f"{at} does not allow this: {said or 'ask whoever runs it'}"
     elif said:  # INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION and the rest
         text = f"{at} refused the {what}: {said}"
     else:
         text = f"{at} could not complete the {what}; try again, and see its log if it keeps failing"
-    return ServerError(code, text)
+    return ServerError(text, code)
+
+
+def _why_unreachable(error: BaseException) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return " (nothing answers on that port)"
+    if isinstance(error, ssl.SSLError):
+        return " (the TLS handshake failed: https:// needs a TLS server, and --tls-ca its certificate)"
+    if isinstance(error, socket.gaierror):
+        return " (that host name is not known)"
+    if isinstance(error, StreamTerminatedError | ConnectionError):
+        return " (the connection was dropped)"
+    if isinstance(error, ProtocolError):
+        return " (what answers there does not speak gRPC over TLS as asked; check http:// or https://)"
+    return f" ({getattr(error, 'strerror', None) or error})"

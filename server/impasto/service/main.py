@@ -264,8 +264,9 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
         servicer.closing.set()
         await health_servicer.enter_graceful_shutdown()
         stopped = await asyncio.to_thread(jobs.close, args.grace_seconds)
-        # Every job has ended and told its call; a few seconds for those calls to say so.
-        await server.stop(grace=5)
+        # Every job has ended and told its call: let those calls say so before the connections close.
+        await servicer.drain(timeout=5)
+        await server.stop(grace=1)
         log.info("stopped%s", "" if stopped else "; a job did not stop in time")
 
     def shutdown() -> None:

@@ -107,6 +107,7 @@ class StyleTransferServicer:
     def __init__(self, jobs: Jobs, device: DeviceInfo, transport: Transport):
         self.jobs, self.device, self.transport = jobs, device, transport
         self.closing = asyncio.Event()  # set when the server begins to shut down
+        self._stream_ended = asyncio.Condition()
         self._streams: collections.Counter[str] = collections.Counter()  # per peer; loop thread only
         self._decoders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="impasto-decode")
 
@@ -173,6 +174,17 @@ class StyleTransferServicer:
             self._streams[peer] -= 1
             if not self._streams[peer]:
                 del self._streams[peer]
+            async with self._stream_ended:
+                self._stream_ended.notify_all()
+
+    async def drain(self, timeout: float) -> None:
+        """Waits, up to `timeout`, until every Stylize call has ended: at shutdown each has been told its
+        job's fate, and its status must reach the client before the connection closes."""
+        async with self._stream_ended:
+            try:
+                await asyncio.wait_for(self._stream_ended.wait_for(lambda: not self._streams), timeout)
+            except TimeoutError:
+                log.warning("%d Stylize calls still open at shutdown", sum(self._streams.values()))
 
     async def _stylize(self, context: grpc.aio.ServicerContext) -> None:
         upload = await self._receive(context)

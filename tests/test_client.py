@@ -1,0 +1,112 @@
+"""The network client runs where GIMP's Windows Python does: no compiled module outside the standard library.
+
+GIMP 3 for Windows runs plug-ins with an MSYS2/MinGW-built Python that cannot load PyPI's compiled
+wheels. The closest this machine gets: an interpreter in which importing any compiled module that is
+not part of the standard library raises ImportError. The whole client runs there against a real
+server with TLS and a token.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import running_server, self_signed
+
+# Runs first in the child interpreter: from here on, a compiled module outside the standard library
+# cannot be imported, exactly as if its wheel did not fit the interpreter.
+FORBID_COMPILED = """
+import importlib.machinery, sys
+_load = importlib.machinery.ExtensionFileLoader.create_module
+def _guarded(self, spec):
+    origin = spec.origin or ""
+    if not origin.startswith(sys.base_prefix) or "-packages" in origin:
+        raise ImportError(f"compiled module {spec.name} is forbidden here ({origin})")
+    return _load(self, spec)
+importlib.machinery.ExtensionFileLoader.create_module = _guarded
+"""
+
+CLIENT_RUN = """
+import json
+from impasto.client import Client, Image, Progress, ServerError, Settings, StyleSpec
+address, ca, token, content = sys.argv[1:5]
+quick = Settings(size=32, iterations=2, preview_seconds=-1)
+out = {}
+with Client(address, tls_ca=ca, token=token) as client:
+    info = client.info()
+    out["info"] = [info.weights, info.device_kind]
+    presets = client.styles()
+    out["presets"] = len(presets)
+    out["thumbnail"] = client.thumbnail("udnie")[:8].hex()
+    job = client.stylize(Image.from_file(content), [StyleSpec(preset="udnie")], quick)
+    out["events"] = sorted({type(event).__name__ for event in job.events()})
+    out["result"] = [job.result.width, job.result.height, job.result.encoded]
+    upload = StyleSpec(image=Image.from_file(content))
+    long_job = Settings(size=64, iterations=5000, preview_seconds=-1)
+    job = client.stylize(Image.from_file(content), [upload], long_job)
+    events = job.events()
+    for event in events:
+        if isinstance(event, Progress):
+            break
+    job.cancel()
+    try:
+        list(events)
+        out["cancelled"] = False
+    except ServerError as error:
+        out["cancelled"] = error.cancelled
+    import time
+    deadline = time.monotonic() + 30  # the server stops the job within an iteration of noticing
+    while client.info().running_jobs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out["idle"] = client.info().running_jobs
+try:
+    with Client(address, tls_ca=ca, token="wrong") as client:
+        client.info()
+except ServerError as error:
+    out["wrong_token"] = str(error)
+out["compiled"] = sorted(
+    name for name, module in sys.modules.items()
+    if str(getattr(module, "__file__", "")).endswith((".so", ".pyd", ".dylib", ".dll"))
+    and "-packages" in str(module.__file__)
+)
+out["grpc_imported"] = "grpc" in sys.modules
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def tls_server(images: Path, tmp_path_factory: pytest.TempPathFactory):
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    flags = ("--styles-dir", str(images / "styles"), "--tls-cert", str(cert), "--tls-key", str(key))
+    with running_server(*flags, token="s3cret") as address:
+        yield f"https://localhost:{address.rsplit(':', 1)[1]}", cert
+
+
+def test_the_whole_client_runs_with_compiled_imports_forbidden(tls_server, images: Path):
+    address, cert = tls_server
+    content = images / "content" / "camera.png"
+    result = subprocess.run(
+        [sys.executable, "-c", FORBID_COMPILED + CLIENT_RUN, address, str(cert), "s3cret", str(content)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["compiled"] == [] and not out["grpc_imported"]
+    assert out["info"] == ["vgg19-original", "cpu"] and out["presets"] >= 10
+    assert out["thumbnail"] == "89504e470d0a1a0a"  # a PNG
+    assert out["events"] == ["Progress", "Queued", "Started"]
+    assert out["result"][2] is True and out["result"][:2] == [256, 256]
+    assert out["cancelled"] is True and out["idle"] == 0
+    assert "wrong token" in out["wrong_token"]
+
+
+def test_the_guard_really_forbids_compiled_modules():
+    """The check above means something: under the guard, a compiled wheel's module cannot load."""
+    script = FORBID_COMPILED + "import numpy"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "compiled module" in result.stderr and "forbidden" in result.stderr
