@@ -11,20 +11,27 @@
 # Options:
 #   --gimp-dir DIR                     a GIMP config folder (holding plug-ins/) instead of the found ones
 #   --gimp-python-version X.Y          the Python GIMP runs plug-ins with, when detection fails
+#   --cpu                              PyTorch's CPU-only build, without the ~3 GB of NVIDIA libraries,
+#                                      from PyTorch's own index; for machines without an NVIDIA GPU
 #   --torch SPEC                       another PyTorch, e.g. "torch torchvision" for the newest
 #   --with-styles                      also download the catalogue of public-domain paintings (internet)
 #
 # PyTorch is pinned to torch==2.14.1 / torchvision==0.29.1 by default: the pair CI uses. Newer works;
-# pass --torch (or IMPASTO_TORCH), with PIP_EXTRA_INDEX_URL for a CUDA build of your choice.
+# pass --torch (or IMPASTO_TORCH), with PIP_EXTRA_INDEX_URL for a CUDA build of your choice. Which build:
+# NVIDIA GPU: the default (PyPI's Linux wheels bundle CUDA). No NVIDIA GPU: --cpu (the same pinned pair,
+# or the --torch SPEC, from https://download.pytorch.org/whl/cpu; their dependencies and the rest come
+# from your usual index). Apple Silicon: the default (macOS wheels have no CUDA; MPS works).
+# --cpu on a venv that holds a CUDA build replaces it and removes its NVIDIA libraries.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${IMPASTO_VENV:-$here/.venv}"
 torch_spec="${IMPASTO_TORCH:-torch==2.14.1 torchvision==0.29.1}"
-want_server=1 want_plugin=1 uninstall=0 run_tests=0 with_styles=0
+cpu_index="https://download.pytorch.org/whl/cpu"
+want_server=1 want_plugin=1 uninstall=0 run_tests=0 with_styles=0 cpu_only=0
 gimp_dirs=() gimp_python_version="" pytest_args=()
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
@@ -34,6 +41,7 @@ while [ $# -gt 0 ]; do
     --plugin-only) want_server=0 ;;
     --uninstall) uninstall=1 ;;
     --with-styles) with_styles=1 ;;
+    --cpu) cpu_only=1 ;;
     --gimp-dir) gimp_dirs+=("${2:?--gimp-dir needs a folder}"); shift ;;
     --gimp-python-version) gimp_python_version="${2:?--gimp-python-version needs X.Y, e.g. 3.13}"; shift ;;
     --torch) torch_spec="${2:?--torch needs a pip requirement, e.g. 'torch torchvision'}"; shift ;;
@@ -83,10 +91,43 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
+# With --cpu: the installed distributions of a CUDA build of PyTorch (torch and its companions, NVIDIA's
+# libraries, triton); nothing when PyTorch is absent or a CPU-only build.
+cuda_build_packages() {
+  "$venv/bin/python" - <<'PY'
+import importlib.metadata as metadata
+try:
+    requires = metadata.requires("torch") or []
+except metadata.PackageNotFoundError:
+    requires = []
+if any(r.lower().startswith(("nvidia-", "cuda-", "triton")) for r in requires):
+    names = {d.metadata["Name"] for d in metadata.distributions()}
+    for name in sorted(names):
+        key = name.lower().replace("_", "-")
+        if key in ("torch", "torchvision", "torchaudio", "triton") or key.startswith(("nvidia-", "cuda-")):
+            print(name)
+PY
+}
+
 if [ "$want_server" = 1 ]; then
+  if [ "$cpu_only" = 1 ]; then
+    mapfile -t cuda_packages < <(cuda_build_packages)
+    if [ ${#cuda_packages[@]} -gt 0 ]; then
+      say "Removing the CUDA build of PyTorch and its NVIDIA libraries (${#cuda_packages[@]} packages)"
+      "${pip[@]}" uninstall --quiet --yes "${cuda_packages[@]}"
+    fi
+    say "Installing PyTorch's CPU-only build ($torch_spec) from $cpu_index"
+    # Only the torch packages come from that index (a CUDA index in PIP_EXTRA_INDEX_URL would outbid
+    # it); the next command takes their dependencies from the usual index.
+    # shellcheck disable=SC2086 # the spec is a list of requirements
+    env -u PIP_EXTRA_INDEX_URL "${pip[@]}" install --quiet --no-deps --index-url "$cpu_index" $torch_spec
+  fi
   say "Installing PyTorch ($torch_spec)"
   # shellcheck disable=SC2086 # the spec is a list of requirements
   "${pip[@]}" install --quiet $torch_spec
+  if [ "$cpu_only" = 1 ] && [ -n "$(cuda_build_packages)" ]; then
+    die "--cpu: the PyTorch installed is still a CUDA build; does pip.conf name a CUDA index?"
+  fi
   say "Installing Impasto"
   extras=""
   [ "$run_tests" = 1 ] && extras="[dev]"

@@ -34,3 +34,12 @@ def test_gpu_benchmark_runs_on_the_cpu_at_a_tiny_size():
     assert result.returncode == 0, result.stderr
     assert "| 32² | L-BFGS |" in result.stdout and "| 32² | Adam |" in result.stdout
     assert "Whole default job at 48 px" in result.stdout
+
+
+def test_eta_benchmark_runs_at_a_tiny_size():
+    command = [sys.executable, str(BENCH / "eta.py"), "--quick", "--precision", "fp32"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| 24 px × 6 it |" in result.stdout and "| 40 px × 6 it |" in result.stdout
+    assert "Goal (eta at 10 % within ±25% on all three):" in result.stdout
+    assert "(fresh engine)" in result.stdout and "(learned)" in result.stdout
