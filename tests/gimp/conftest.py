@@ -1,8 +1,15 @@
-"""A real GIMP 3.0 in a Debian trixie root, with the plug-in installed by install.sh.
+"""Real GIMPs in Debian roots, with the plug-in installed by install.sh.
 
-The root is built once with debootstrap (as root; a few minutes) and cached at
-$IMPASTO_GIMP_ROOT (default /var/cache/impasto/gimp-trixie). GIMP runs in it with chroot and
-shares this machine's network, so the plug-in reaches an impasto-server on loopback.
+Every test here runs in each GIMP the project supports (fixture ids `gimp-3.0` and `gimp-3.2`):
+
+| id       | Debian | GIMP  | Python | root (env to override)                                   |
+|----------|--------|-------|--------|----------------------------------------------------------|
+| gimp-3.0 | trixie | 3.0.4 | 3.13   | /var/cache/impasto/gimp-trixie ($IMPASTO_GIMP_ROOT)      |
+| gimp-3.2 | forky  | 3.2.x | 3.14   | /var/cache/impasto/gimp-forky ($IMPASTO_GIMP32_ROOT)     |
+
+A root is built on first use with debootstrap (as root; a few minutes each) and cached. GIMP runs in
+it with chroot and shares this machine's network, so the plug-in reaches an impasto-server on loopback.
+Where a root cannot be built the tests skip, except under CI=true, where they fail.
 """
 
 from __future__ import annotations
@@ -19,25 +26,49 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-ROOT = Path(os.environ.get("IMPASTO_GIMP_ROOT", "/var/cache/impasto/gimp-trixie"))
 MIRROR = os.environ.get("IMPASTO_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ["gimp", "python3-gi", "gir1.2-gimp-3.0", "gir1.2-gegl-0.4", "gir1.2-babl-0.1",
             "xvfb", "xauth", "x11-apps", "x11-utils", "netpbm", "procps"]  # fmt: skip
-GIMP_PYTHON = "3.13"  # trixie's python3
+SCRIPTS = Path("/usr/share/debootstrap/scripts")
 
 
-def build_root() -> None:
-    partial = ROOT.with_name(ROOT.name + ".partial")
+@dataclass(frozen=True)
+class Suite:
+    """One GIMP: the Debian suite that ships it and the Python it runs plug-ins with."""
+
+    id: str
+    debian: str
+    root: Path
+    python: str
+
+    def binary(self, stem: str) -> str | None:
+        """GIMP's program `stem` (gimp, gimp-console) as named in this root: `stem-3.0`, `stem-3.2`…"""
+        found = sorted((self.root / "usr/bin").glob(f"{stem}-3.*"))
+        return found[-1].name if found else None
+
+
+SUITES = [
+    Suite("gimp-3.0", "trixie", Path(os.environ.get("IMPASTO_GIMP_ROOT", "/var/cache/impasto/gimp-trixie")), "3.13"),
+    Suite("gimp-3.2", "forky", Path(os.environ.get("IMPASTO_GIMP32_ROOT", "/var/cache/impasto/gimp-forky")), "3.14"),
+]  # fmt: skip
+
+
+def build_root(suite: Suite) -> None:
+    partial = suite.root.with_name(suite.root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["debootstrap", "--variant=minbase", "trixie", str(partial), MIRROR], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    # An older debootstrap has no script for a newer suite (bookworm's knows no forky): sid's fits.
+    script = [] if (SCRIPTS / suite.debian).exists() else [str(SCRIPTS / "sid")]
+    subprocess.run(["debootstrap", "--variant=minbase", suite.debian, str(partial), MIRROR, *script],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    # The archive may serve a testing suite's Release file past its Valid-Until date.
+    (partial / "etc/apt/apt.conf.d/99impasto").write_text('Acquire::Check-Valid-Until "false";\n')
     with mounted_proc(partial):
         env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         subprocess.run(["chroot", str(partial), "apt-get", "install", "-y", "-q", "--no-install-recommends",
                         *PACKAGES], check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
         subprocess.run(["chroot", str(partial), "apt-get", "clean"], check=True, env=env)
-    partial.rename(ROOT)
+    partial.rename(suite.root)
 
 
 class mounted_proc:  # noqa: N801 - a context manager
@@ -52,7 +83,7 @@ class mounted_proc:  # noqa: N801 - a context manager
 
 
 def can_build() -> str | None:
-    """Why the root cannot be built here, or None."""
+    """Why a root cannot be built here, or None."""
     if os.geteuid() != 0:
         return "needs root (debootstrap and chroot)"
     if shutil.which("debootstrap") is None:
@@ -60,16 +91,24 @@ def can_build() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def gimp_root() -> Path:
-    if not (ROOT / "usr/bin/gimp-console-3.0").exists():
+@pytest.fixture(scope="session", params=SUITES, ids=[suite.id for suite in SUITES])
+def gimp_suite(request: pytest.FixtureRequest) -> Suite:
+    """Each GIMP in turn, its root built on first use."""
+    suite: Suite = request.param
+    if suite.binary("gimp-console") is None:
         reason = can_build()
         if reason is not None:
             if os.environ.get("CI"):
-                pytest.fail(f"the GIMP tests must run in CI, but building the GIMP root {reason}")
-            pytest.skip(f"real-GIMP tests skipped: building the GIMP root {reason}")
-        build_root()
-    return ROOT
+                pytest.fail(f"the GIMP tests must run in CI, but building the {suite.debian} root {reason}")
+            pytest.skip(f"real-GIMP tests skipped: building the {suite.debian} root {reason}")
+        build_root(suite)
+        assert suite.binary("gimp-console"), f"no gimp-console-3.* in {suite.root}/usr/bin"
+    return suite
+
+
+@pytest.fixture(scope="session")
+def gimp_root(gimp_suite: Suite) -> Path:
+    return gimp_suite.root
 
 
 @dataclass
@@ -79,6 +118,17 @@ class Gimp:
     root: Path
     work: Path  # inside the root
     config: Path  # the throwaway GIMP config folder, inside the root
+    suite: Suite = SUITES[0]
+
+    @property
+    def console(self) -> str:
+        """The headless program's name in this root (gimp-console-3.0, …)."""
+        return self.suite.binary("gimp-console") or "gimp-console-3.0"
+
+    @property
+    def gui(self) -> str:
+        """The GUI program's name in this root (gimp-3.0, …)."""
+        return self.suite.binary("gimp") or "gimp-3.0"
 
     def inside(self, path: Path) -> str:
         return "/" + str(path.relative_to(self.root))
@@ -88,6 +138,14 @@ class Gimp:
         target = self.work / source.name
         shutil.copyfile(source, target)
         return self.inside(target)
+
+    def command(self) -> list[str]:
+        """The start of a command line that runs a program in the root, in a clean environment with
+        the throwaway config folder (GIMP3_DIRECTORY: the same variable in 3.0 and 3.2) and temporary
+        folder (GIMP 3.2 makes a /tmp/gimp-3.2-XXXXXX per start; a killed one leaves it behind)."""
+        env = {"HOME": self.inside(self.work), "GIMP3_DIRECTORY": self.inside(self.config),
+               "TMPDIR": self.inside(self.work), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # fmt: skip
+        return ["chroot", str(self.root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items())]
 
     def run(self, script: str, timeout: float = 300) -> dict:
         """Runs `script` in GIMP; the script fills the dict `out`, which comes back here."""
@@ -106,11 +164,8 @@ class Gimp:
         return json.loads(result_file.read_text())
 
     def start(self, batch: str) -> subprocess.Popen:
-        env = {"HOME": self.inside(self.work), "GIMP3_DIRECTORY": self.inside(self.config),
-               "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # fmt: skip
-        command = ["chroot", str(self.root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                   "gimp-console-3.0", "-i", "--no-fonts", "--batch-interpreter=python-fu-eval", "-b", batch,
-                   "--quit"]  # fmt: skip
+        command = [*self.command(), self.console, "-i", "--no-fonts",
+                   "--batch-interpreter=python-fu-eval", "-b", batch, "--quit"]  # fmt: skip
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -121,6 +176,11 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gimp, Gio, Gegl
 out = {}
+
+# By value: str() of a status is '<enum GIMP_PDB_SUCCESS …>' in GIMP 3.0 (PyGObject 3.50), a number in 3.2 (3.58).
+STATUS = {int(Gimp.PDBStatusType.SUCCESS): "success", int(Gimp.PDBStatusType.EXECUTION_ERROR): "execution-error",
+          int(Gimp.PDBStatusType.CALLING_ERROR): "calling-error", int(Gimp.PDBStatusType.CANCEL): "cancel",
+          int(Gimp.PDBStatusType.PASS_THROUGH): "pass-through"}
 
 def load(path):
     return Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(path))
@@ -149,7 +209,8 @@ def impasto(image, layer, **arguments):
             value = Gio.File.new_for_path(value)
         config.set_property(name, value)
     result = procedure.run(config)
-    return result.index(0).value_nick, result.index(1)  # the new layer, or the error message
+    status = result.index(0)
+    return STATUS.get(int(status), f"status {int(status)}"), result.index(1)  # the new layer, or the error
 
 try:
 """
@@ -163,14 +224,19 @@ with open("{out}", "w") as f:
 
 
 @pytest.fixture(scope="session")
-def gimp(gimp_root: Path) -> Iterator[Gimp]:
-    work = gimp_root / "tmp" / f"impasto-test-{os.getpid()}"
+def gimp(gimp_suite: Suite) -> Iterator[Gimp]:
+    root = gimp_suite.root
+    work = root / "tmp" / f"impasto-test-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     config = work / "gimp-config"
     config.mkdir(parents=True)
     subprocess.run([str(REPO / "install.sh"), "--plugin-only", "--gimp-dir", str(config),
-                    "--gimp-python-version", GIMP_PYTHON], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+                    "--gimp-python-version", gimp_suite.python], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     try:
-        yield Gimp(gimp_root, work, config)
+        # GIMP 3.2's GTK (forky) loads icons through glycin, which needs /proc: without it the GUI
+        # aborts on its first icon ("Failed to get the filename"). With it, where bwrap cannot make
+        # namespaces (a chroot in a container), glycin notices and runs its loaders unsandboxed.
+        with mounted_proc(root):
+            yield Gimp(root, work, config, gimp_suite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
