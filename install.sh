@@ -5,12 +5,13 @@
 #   ./install.sh                       server, CLI and plug-in
 #   ./install.sh --server-only         server and CLI only
 #   ./install.sh --plugin-only         plug-in only (into --gimp-dir DIR, or GIMP's own folders)
+#   ./install.sh --package-plugin      dist/impasto-gimp-plugin-VERSION.zip: the plug-in folder, ready to
+#                                      unzip into GIMP's plug-ins folder on any OS (Windows, macOS, Linux)
 #   ./install.sh --uninstall           remove the plug-in and the virtual environment
 #   ./install.sh --test [ARGS]         install everything needed for the tests, then run them
 #                                      (ARGS go to pytest; the GIMP tests need root)
 # Options:
 #   --gimp-dir DIR                     a GIMP config folder (holding plug-ins/) instead of the found ones
-#   --gimp-python-version X.Y          the Python GIMP runs plug-ins with, when detection fails
 #   --cpu                              PyTorch's CPU-only build, without the ~3 GB of NVIDIA libraries,
 #                                      from PyTorch's own index; for machines without an NVIDIA GPU
 #   --torch SPEC                       another PyTorch, e.g. "torch torchvision" for the newest
@@ -28,8 +29,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${IMPASTO_VENV:-$here/.venv}"
 torch_spec="${IMPASTO_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 cpu_index="https://download.pytorch.org/whl/cpu"
-want_server=1 want_plugin=1 uninstall=0 run_tests=0 with_styles=0 cpu_only=0
-gimp_dirs=() gimp_python_version="" pytest_args=()
+want_server=1 want_plugin=1 uninstall=0 run_tests=0 with_styles=0 cpu_only=0 package_plugin=0
+gimp_dirs=() pytest_args=()
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -43,7 +44,9 @@ while [ $# -gt 0 ]; do
     --with-styles) with_styles=1 ;;
     --cpu) cpu_only=1 ;;
     --gimp-dir) gimp_dirs+=("${2:?--gimp-dir needs a folder}"); shift ;;
-    --gimp-python-version) gimp_python_version="${2:?--gimp-python-version needs X.Y, e.g. 3.13}"; shift ;;
+    --package-plugin) package_plugin=1 want_server=0 ;;
+    # Accepted for old scripts: the plug-in is pure Python now, the same for every GIMP Python.
+    --gimp-python-version) shift ;;
     --torch) torch_spec="${2:?--torch needs a pip requirement, e.g. 'torch torchvision'}"; shift ;;
     --test) run_tests=1; shift; pytest_args=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
@@ -60,9 +63,12 @@ find_gimp_dirs() {
     for dir in "$base"/3.*; do [ -d "$dir" ] && found+=("$dir"); done
   done
   if [ ${#found[@]} -eq 0 ]; then
-    for program in gimp-3.0 gimp-console-3.0 gimp; do
+    # GIMP is here but has not run yet: its folder is named after its minor version (3.0, 3.2, …).
+    local version
+    for program in gimp gimp-console gimp-3.2 gimp-3.0 gimp-console-3.0; do
       if command -v "$program" >/dev/null 2>&1; then
-        found+=("${XDG_CONFIG_HOME:-$HOME/.config}/GIMP/3.0")  # GIMP is here but has not run yet
+        version="$("$program" --version 2>/dev/null | grep -o '3\.[0-9]*' | head -1)"
+        found+=("${XDG_CONFIG_HOME:-$HOME/.config}/GIMP/${version:-3.0}")
         break
       fi
     done
@@ -70,7 +76,7 @@ find_gimp_dirs() {
   [ ${#found[@]} -eq 0 ] || printf '%s\n' "${found[@]}"
 }
 
-if [ ${#gimp_dirs[@]} -eq 0 ] && { [ "$want_plugin" = 1 ] || [ "$uninstall" = 1 ]; }; then
+if [ ${#gimp_dirs[@]} -eq 0 ] && [ "$package_plugin" = 0 ] && { [ "$want_plugin" = 1 ] || [ "$uninstall" = 1 ]; }; then
   mapfile -t gimp_dirs < <(find_gimp_dirs)
 fi
 
@@ -133,7 +139,7 @@ if [ "$want_server" = 1 ]; then
   [ "$run_tests" = 1 ] && extras="[dev]"
   "${pip[@]}" install --quiet --editable "$here$extras"
 else
-  "${pip[@]}" install --quiet grpcio-tools  # enough to build the plug-in's stubs
+  "${pip[@]}" install --quiet grpcio-tools grpclib  # enough to build the plug-in and its stubs
 fi
 
 say "Generating the gRPC stubs from protos/"
@@ -150,56 +156,49 @@ if [ "$with_styles" = 1 ]; then
   "$venv/bin/impasto-server" styles fetch || echo "   (some styles failed; run '$venv/bin/impasto-server styles fetch' again later)"
 fi
 
-gimp_python() {
-  # The Python GIMP starts plug-ins with: the one with GIMP's introspection data.
-  if [ -n "$gimp_python_version" ]; then echo "$gimp_python_version"; return; fi
-  local probe='import gi, sys; gi.require_version("Gimp", "3.0"); print("%d.%d" % sys.version_info[:2])'
-  if command -v flatpak >/dev/null 2>&1 && flatpak info org.gimp.GIMP >/dev/null 2>&1; then
-    flatpak run --command=python3 org.gimp.GIMP -c "$probe" 2>/dev/null && return
-  fi
-  for candidate in /usr/bin/python3 python3; do
-    "$candidate" -c "$probe" 2>/dev/null && return
+build_plugin() {
+  # The plug-in folder: the plug-in, Impasto's network client and that client's dependencies, all pure
+  # Python (grpclib for gRPC over HTTP/2, protobuf's Python runtime), so the same folder runs in every
+  # GIMP 3 on every OS and Python version, Windows' MinGW Python included.
+  stage="$here/build/plugin/impasto"
+  local wheels="$here/build/wheels/plugin"
+  say "Building the plug-in ($stage)"
+  rm -rf "$stage" "$wheels" && mkdir -p "$stage/vendor/impasto/v1" "$wheels"
+  # The newest releases that run on Python 3.10, the oldest a GIMP 3 ships; protobuf at the venv's own
+  # version, the one the stubs are generated for (protos/README.md).
+  local requirements
+  requirements="grpclib h2 hpack hyperframe multidict typing-extensions protobuf==$(
+    "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("protobuf"))')"
+  # shellcheck disable=SC2086 # one requirement a line
+  "${pip[@]}" download --quiet --only-binary=:all: --no-deps --implementation py --abi none     --platform any --python-version 3.10 -d "$wheels" $requirements ||
+    die "could not fetch the plug-in's pure-Python wheels ($(echo $requirements))"
+  for wheel in "$wheels"/*.whl; do
+    "$venv/bin/python" -m zipfile -e "$wheel" "$stage/vendor"
   done
-  return 1
+  cp "$here/server/impasto/__init__.py" "$here/server/impasto/client.py" "$stage/vendor/impasto/"
+  cp "$here/server/impasto/v1/__init__.py" "$here/server/impasto/v1/impasto_pb2.py" "$stage/vendor/impasto/v1/"
+  install -m 755 "$here/plugin/impasto/impasto.py" "$stage/impasto.py"
+  local compiled
+  compiled="$(find "$stage" -name '*.so' -o -name '*.pyd' -o -name '*.dylib' -o -name '*.dll')"
+  [ -z "$compiled" ] || die "the plug-in folder must hold no compiled file, but has: $compiled"
 }
+
+if [ "$package_plugin" = 1 ]; then
+  build_plugin
+  version="$("$venv/bin/python" -c 'import runpy; print(runpy.run_path("'"$here"'/server/impasto/__init__.py")["__version__"])')"
+  archive="$here/dist/impasto-gimp-plugin-$version.zip"
+  mkdir -p "$here/dist" && rm -f "$archive"
+  (cd "$here/build/plugin" && "$venv/bin/python" -m zipfile -c "$archive" impasto)
+  say "Wrote $archive: unzip it into GIMP's plug-ins folder (README: The GIMP plug-in), then restart GIMP"
+  exit 0
+fi
 
 if [ "$want_plugin" = 1 ]; then
   if [ ${#gimp_dirs[@]} -eq 0 ]; then
     say "GIMP 3 was not found, so the plug-in was not installed"
-    echo "   Install GIMP 3, then run: ./install.sh --plugin-only   (or --gimp-dir DIR)"
+    echo "   Install GIMP 3, then run: ./install.sh --plugin-only   (or --gimp-dir DIR, or --package-plugin)"
   else
-    version="$(gimp_python)" || die "could not find the Python GIMP 3 uses (one that can import gi's Gimp 3.0); \
-give it with --gimp-python-version X.Y"
-    case "$(uname -s)-$(uname -m)" in
-      Linux-x86_64) platforms=(manylinux_2_17_x86_64 manylinux2014_x86_64) ;;
-      Linux-aarch64) platforms=(manylinux_2_17_aarch64 manylinux2014_aarch64) ;;
-      Darwin-*) platforms=(macosx_11_0_universal2 macosx_11_0_arm64 macosx_10_14_x86_64) ;;
-      *) die "no grpcio wheels are known for $(uname -s)-$(uname -m); see README (Windows: the plug-in folder)" ;;
-    esac
-    stage="$here/build/plugin/impasto"
-    say "Building the plug-in for GIMP's Python $version ($stage)"
-    rm -rf "$stage" && mkdir -p "$stage/vendor/impasto/v1" "$here/build/wheels"
-    # grpcio is compiled: its wheel must match GIMP's interpreter exactly. protobuf is vendored at the
-    # venv's version, which is the version the stubs are generated for (protos/README.md).
-    grpc_version="$("$venv/bin/python" -c 'import grpc_tools, importlib.metadata as m; print(m.version("grpcio-tools"))')"
-    venv_version() { "$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))"; }
-    protobuf_version="$(venv_version protobuf)"
-    typing_version="$(venv_version typing-extensions)"  # grpcio's one pure-Python requirement
-    platform_args=(); for p in "${platforms[@]}"; do platform_args+=(--platform "$p"); done
-    cp="cp${version/./}"
-    wheels="$here/build/wheels/$cp"
-    "${pip[@]}" download --quiet --only-binary=:all: --no-deps --python-version "$version" --implementation cp \
-      --abi "$cp" --abi abi3 --abi none "${platform_args[@]}" -d "$wheels" \
-      "grpcio==$grpc_version" "protobuf==$protobuf_version" "typing-extensions==$typing_version" ||
-      die "could not fetch grpcio $grpc_version / protobuf $protobuf_version wheels for Python $version"
-    for wheel in "$wheels"/grpcio-"$grpc_version"-*.whl "$wheels"/protobuf-"$protobuf_version"-*.whl \
-                 "$wheels"/typing_extensions-"$typing_version"-*.whl; do
-      "$venv/bin/python" -m zipfile -e "$wheel" "$stage/vendor"
-    done
-    cp "$here/server/impasto/__init__.py" "$here/server/impasto/client.py" "$stage/vendor/impasto/"
-    cp "$here/server/impasto/v1/__init__.py" "$here/server/impasto/v1/impasto_pb2.py" \
-      "$here/server/impasto/v1/impasto_pb2_grpc.py" "$stage/vendor/impasto/v1/"
-    install -m 755 "$here/plugin/impasto/impasto.py" "$stage/impasto.py"
+    build_plugin
     for dir in "${gimp_dirs[@]}"; do
       mkdir -p "$dir/plug-ins"
       rm -rf "$dir/plug-ins/impasto"

@@ -514,3 +514,35 @@ def test_ctrl_c_in_the_cli_cancels_the_job_on_the_server(server: str, images: Pa
     )
     assert code == 130 and not out.exists()
     assert wait_until(lambda: idle(server), timeout=30)
+
+
+def test_one_queue_feeds_a_worker_per_device(images: Path):
+    """`--device cpu,cpu`: two workers, so two jobs run at once and a third waits for the first free one."""
+    content, _ = rgba(images / "content" / "camera.png")
+    long_job = replace(FAST, size=64, iterations=5000)
+    with running_server("--styles-dir", str(images / "styles"), "--device", "cpu,cpu") as address:
+        clients = [Client(address) for _ in range(4)]
+        observer = clients.pop()
+        assert [(d.kind, d.busy) for d in observer.info().devices] == [("cpu", False), ("cpu", False)]
+        jobs, streams = [], []
+        for client in clients:
+            jobs.append(client.stylize(content, [StyleSpec(preset="udnie")], long_job))
+            streams.append(jobs[-1].events())
+            first = next(streams[-1])
+            assert isinstance(first, Queued)
+            if len(jobs) < 3:
+                assert first.position == 0
+                while not isinstance(next(streams[-1]), Progress):
+                    pass
+        assert first.position == 1  # both workers busy: one job must finish first
+        info = observer.info()
+        assert (info.running_jobs, info.queue_length) == (2, 1)
+        assert [d.busy for d in info.devices] == [True, True]
+        jobs[0].cancel()
+        while not isinstance(next(streams[2]), Progress):  # the third starts on the freed worker
+            pass
+        for job in jobs:
+            job.cancel()
+        assert wait_until(lambda: idle(address), timeout=30)
+        for client in [*clients, observer]:
+            client.close()

@@ -413,7 +413,7 @@ class _LocalRunner:
             max_request_bytes=memory,
             max_inflight_bytes=memory,
         )
-        self.jobs = Jobs(engine, library, limits)
+        self.jobs = Jobs([engine], library, limits)
 
     def run(self, content: Path, bar: _ProgressBar, stop: _Stop):
         """One job; its Result, or an exception (JobError CANCELLED once `stop` is set)."""
@@ -489,8 +489,10 @@ def _remote_info(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.info()
         print(f"impasto-server {info.server_version} at {client.address} (protocol {info.protocol_version})")
-        memory = f"{info.device_memory_bytes / 2**30:.1f} GiB" if info.device_memory_bytes else "?"
-        print(f"device:    {info.device_kind} — {info.device_name}, {memory}, {info.precision}")
+        for device in info.devices:
+            memory = f"{device.memory_bytes / 2**30:.1f} GiB" if device.memory_bytes else "?"
+            state = "busy" if device.busy else "idle"
+            print(f"device:    {device.kind} — {device.name}, {memory}, {device.precision}, {state}")
         print(f"weights:   {info.weights}")
         print(f"defaults:  {info.default_size} px long side, {info.default_iterations} iterations")
         print(

@@ -96,6 +96,15 @@ _REFUSALS = {
 
 
 @dataclass(frozen=True)
+class Device:
+    kind: str  # "cuda", "mps" or "cpu"
+    name: str
+    memory_bytes: int
+    precision: str
+    busy: bool  # running a job now
+
+
+@dataclass(frozen=True)
 class Info:
     server_version: str
     protocol_version: int
@@ -114,6 +123,7 @@ class Info:
     max_strength: float
     queue_length: int
     running_jobs: int
+    devices: tuple[Device, ...]  # one worker each
 
 
 @dataclass(frozen=True)
@@ -294,6 +304,10 @@ class Client:
             max_strength=limits.max_strength,
             queue_length=reply.queue_length,
             running_jobs=reply.running_jobs,
+            devices=tuple(
+                Device(d.device.kind, d.device.name, d.device.memory_bytes, d.device.precision, d.busy)
+                for d in reply.devices
+            ),
         )
 
     def styles(self) -> list[Preset]:

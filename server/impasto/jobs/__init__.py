@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import torch
+
 from ..engine import RECIPES, Engine, Options, Style
 from ..engine.recipes import with_optimizer
 from ..images import (
@@ -54,13 +56,14 @@ DECODED_BYTES_PER_PIXEL = 16
 class Jobs:
     def __init__(
         self,
-        engine: Engine,
+        engines: list[Engine],
         library: StyleLibrary,
         limits: Limits,
-        free_memory: Callable[[], int] | None = None,
+        free_memory: Callable[[torch.device], int] | None = None,
     ):
-        self.engine, self.library, self.limits = engine, library, limits
-        self.queue = JobQueue(engine, limits.max_queue, free_memory)
+        """One worker per engine (device), all fed by one queue."""
+        self.engines, self.library, self.limits = engines, library, limits
+        self.queue = JobQueue(engines, limits.max_queue, free_memory)
         self.budget = ByteBudget(limits.max_inflight_bytes)
 
     def admit(self, request: Request) -> Upload:
@@ -89,15 +92,10 @@ class Jobs:
             options = self._options(request, uploads)
             styles, description = self._styles(request, uploads)
             content = pictures[0]
-            working = content.rgb_fitting(options.size)
-            plan = self.engine.plan(
-                tuple(working.shape[2:]), [tuple(s.image.shape[2:]) for s in styles], options
-            )
             job = Job(
-                working,
+                content.rgb_fitting(options.size),
                 styles,
                 options,
-                plan,
                 source=content,
                 reply_encoded=request.content.format == "encoded",
                 on_event=on_event,

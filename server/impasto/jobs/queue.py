@@ -1,4 +1,5 @@
-"""A FIFO queue in front of the engine: one worker thread, cancellable jobs, events to each job's owner.
+"""A FIFO queue in front of the engines: one worker thread per device, cancellable jobs, events to each
+job's owner.
 
 Knows jobs, the engine and pictures; nothing of gRPC. Each job reports through its `on_event`
 callback, from whichever thread the event happens on.
@@ -39,6 +40,7 @@ class Queued:
 @dataclass(frozen=True)
 class Started:
     plan: Plan
+    worker: int  # which engine (device) runs the job
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,6 @@ class Job:
     content: torch.Tensor  # at the working size
     styles: list[Style]
     options: Options
-    plan: Plan
     source: Picture  # the content as uploaded: its full size and alpha make the result
     reply_encoded: bool
     on_event: Callable[[Event], None]
@@ -95,16 +96,27 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, engine: Engine, max_queue: int, free_memory: Callable[[], int] | None = None):
-        self.engine = engine
+    """One queue feeding one worker thread per engine (device): the first free worker takes the next job."""
+
+    def __init__(
+        self,
+        engines: list[Engine],
+        max_queue: int,
+        free_memory: Callable[[torch.device], int] | None = None,
+    ):
+        self.engines = engines
         self.max_queue = max_queue
-        self.free_memory = free_memory or (lambda: free_memory_bytes(engine.device))
+        self.free_memory = free_memory or free_memory_bytes
         self._waiting: collections.deque[Job] = collections.deque()
-        self._running: Job | None = None
+        self._running: list[Job | None] = [None] * len(engines)  # by worker
         self._closed = False
         self._changed = threading.Condition()
-        self._worker = threading.Thread(target=self._work, name="impasto-worker", daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._work, args=(index,), name=f"impasto-worker-{index}", daemon=True)
+            for index in range(len(engines))
+        ]
+        for worker in self._workers:
+            worker.start()
 
     @property
     def waiting(self) -> int:
@@ -114,7 +126,12 @@ class JobQueue:
     @property
     def running(self) -> int:
         with self._changed:
-            return int(self._running is not None)
+            return sum(job is not None for job in self._running)
+
+    def busy(self) -> list[bool]:
+        """For each worker (engine), whether it runs a job now."""
+        with self._changed:
+            return [job is not None for job in self._running]
 
     @property
     def closed(self) -> bool:
@@ -132,7 +149,7 @@ class JobQueue:
                     f"the job queue is full ({self.max_queue} waiting); try again when a job has finished",
                 )
             self._waiting.append(job)
-            job.on_event(Queued(len(self._waiting) - 1 + int(self._running is not None)))
+            job.on_event(Queued(len(self._waiting) - 1 + self._all_busy()))
             self._changed.notify_all()
 
     def cancel(self, job: Job, reason: JobError | None = None) -> None:
@@ -147,8 +164,8 @@ class JobQueue:
         job.end(Failed(reason or JobError(Kind.CANCELLED, "the job was cancelled")))
 
     def close(self, grace_seconds: float) -> bool:
-        """Refuses new jobs and fails the waiting ones at once; the running one gets `grace_seconds` to
-        finish and is then stopped. True if the worker stopped."""
+        """Refuses new jobs and fails the waiting ones at once; running ones get `grace_seconds` to
+        finish and are then stopped. True if every worker stopped."""
         with self._changed:
             self._closed = True
             waiting, self._waiting = list(self._waiting), collections.deque()
@@ -157,42 +174,49 @@ class JobQueue:
             job.cancel.set()
             job.end(Failed(shutting_down()))
         with self._changed:
-            self._changed.wait_for(lambda: self._running is None, timeout=grace_seconds)
-            if self._running is not None:
-                self._running.stop_reason = shutting_down("; the job was stopped")
-                self._running.cancel.set()
-        self._worker.join(timeout=30)
-        return not self._worker.is_alive()
+            self._changed.wait_for(lambda: not any(self._running), timeout=grace_seconds)
+            for job in filter(None, self._running):
+                job.stop_reason = shutting_down("; the job was stopped")
+                job.cancel.set()
+        for worker in self._workers:
+            worker.join(timeout=30)
+        return not any(worker.is_alive() for worker in self._workers)
+
+    def _all_busy(self) -> int:
+        """1 when every worker runs a job (one must finish before the next starts), else 0."""
+        return int(all(job is not None for job in self._running))
 
     def _tell_positions(self) -> None:
-        ahead = int(self._running is not None)
+        ahead = self._all_busy()
         for position, job in enumerate(self._waiting):
             job.on_event(Queued(position + ahead))
 
-    def _next_job(self) -> Job | None:
+    def _next_job(self, worker: int) -> Job | None:
         with self._changed:
             while not self._waiting and not self._closed:
                 self._changed.wait()
             if self._closed:
                 return None
-            self._running = self._waiting.popleft()
+            job = self._running[worker] = self._waiting.popleft()
             self._tell_positions()
-            return self._running
+            return job
 
-    def _work(self) -> None:
-        while (job := self._next_job()) is not None:
+    def _work(self, worker: int) -> None:
+        while (job := self._next_job(worker)) is not None:
             try:
-                self._run(job)
+                self._run(job, worker)
             finally:
                 with self._changed:
-                    self._running = None
+                    self._running[worker] = None
+                    self._tell_positions()
                     self._changed.notify_all()
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, worker: int) -> None:
+        engine = self.engines[worker]
         started = time.monotonic()
         pixels = job.content.shape[2] * job.content.shape[3]
         try:
-            job.end(Finished(self._stylize(job)))
+            job.end(Finished(self._stylize(job, worker)))
             outcome = "ok"
         except Exception as error:  # noqa: BLE001 - whatever happens, the job ends with a status
             failure = self._failure(job, error)
@@ -204,18 +228,23 @@ class JobQueue:
             pixels,
             job.options.size,
             job.description or "-",
-            self.engine.device,
+            engine.device,
             time.monotonic() - started,
             outcome,
         )
-        if self.engine.device.type == "cuda":
+        if engine.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _stylize(self, job: Job) -> Result:
+    def _stylize(self, job: Job, worker: int) -> Result:
         if job.cancel.is_set():
             raise Cancelled()
-        self._check_memory(job)
-        job.on_event(Started(job.plan))
+        engine = self.engines[worker]
+        # Planned here, by the engine that runs it: devices differ in precision and speed.
+        plan = engine.plan(
+            tuple(job.content.shape[2:]), [tuple(s.image.shape[2:]) for s in job.styles], job.options
+        )
+        self._check_memory(job, plan, engine)
+        job.on_event(Started(plan, worker))
         last_progress = -float("inf")
 
         def progress(p: Progress) -> None:
@@ -227,11 +256,11 @@ class JobQueue:
             job.on_event(p)
 
         try:
-            result = self.engine.stylize(
+            result = engine.stylize(
                 job.content,
                 job.styles,
                 job.options,
-                plan=job.plan,
+                plan=plan,
                 on_progress=progress,
                 on_preview=lambda image, p: job.on_event(_preview(image, p)),
                 cancel=job.cancel,
@@ -239,7 +268,7 @@ class JobQueue:
         except torch.OutOfMemoryError as error:
             raise JobError(
                 Kind.EXHAUSTED,
-                f"the {self.engine.device.type.upper()} ran out of memory during the job; "
+                f"the {engine.device.type.upper()} ran out of memory during the job; "
                 "choose a smaller working size",
             ) from error
         height, width = job.source.size
@@ -257,13 +286,12 @@ class JobQueue:
             Kind.BUG, f"the server failed on job {job.id} ({type(error).__name__}); its log has details"
         )
 
-    def _check_memory(self, job: Job) -> None:
-        free = self.free_memory()
-        needed = job.plan.estimate.peak_bytes
+    def _check_memory(self, job: Job, plan: Plan, engine: Engine) -> None:
+        free = self.free_memory(engine.device)
+        needed = plan.estimate.peak_bytes
         if needed <= free:
             return
         height, width = job.content.shape[2:]
-        engine = self.engine
         fits = largest_long_side(free, height, width, engine.precision, job.options.recipe)
         raise JobError(
             Kind.EXHAUSTED,

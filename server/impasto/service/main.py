@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
     )
     parser.add_argument("--port", type=int, default=50051, help="port (default: 50051; 0 picks a free one)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default), cpu, cuda, cuda:N, mps; several separated by commas (cuda:0,cuda:1), or all "
+        "(every CUDA GPU): one worker per device, fed by one queue",
+    )
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     parser.add_argument(
         "--styles-dir",
@@ -217,13 +222,15 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
     # Engine imports pull in torch; kept here so that `--help` answers at once.
     from ..engine import default_size, describe
     from ..engine.device import host_memory_bytes, max_working_size
-    from ..engine.loading import load_engine
+    from ..engine.loading import load_engines
     from ..jobs import Jobs, Limits
     from ..library import StyleLibrary
 
-    engine = load_engine(args.device, precision=args.precision)
-    engine.warm_up()  # load and place the network once, before the first job
-    device = describe(engine.device)
+    engines = load_engines(args.device, precision=args.precision)
+    for engine in engines:
+        engine.warm_up()  # load and place the network once, before the first job
+    devices = [describe(engine.device) for engine in engines]
+    engine, device = engines[0], devices[0]  # the limits follow the first device
     limits = Limits(
         max_pixels=args.max_pixels or min(MAX_UPLOAD_PIXELS, host_memory_bytes() // HOST_BYTES_PER_PIXEL),
         max_size=args.max_size or max_working_size(device, engine.precision),
@@ -240,18 +247,16 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
         max_streams=args.max_streams,
     )
     library = StyleLibrary(args.styles_dir, limits.max_pixels)
-    jobs = Jobs(engine, library, limits)
+    jobs = Jobs(engines, library, limits)
     log.info(
-        "device %s (%s, %s), weights %s, styles from %s, %s, %s",
-        engine.device,
-        device.name,
-        engine.precision,
+        "devices %s, weights %s, styles from %s, %s, %s",
+        ", ".join(f"{e.device} ({d.name}, {e.precision})" for e, d in zip(engines, devices, strict=True)),
         engine.weights.name,
         args.styles_dir,
         limits,
         transport,
     )
-    servicer = StyleTransferServicer(jobs, device, transport)
+    servicer = StyleTransferServicer(jobs, devices, transport)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="impasto-grpc", daemon=True)
     thread.start()

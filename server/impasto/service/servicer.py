@@ -104,8 +104,9 @@ def _answers_with_status(method: Callable[..., Awaitable]) -> Callable[..., Awai
 
 
 class StyleTransferServicer:
-    def __init__(self, jobs: Jobs, device: DeviceInfo, transport: Transport):
-        self.jobs, self.device, self.transport = jobs, device, transport
+    def __init__(self, jobs: Jobs, devices: list[DeviceInfo], transport: Transport):
+        """`devices`: what each of the jobs layer's engines runs on, in the same order."""
+        self.jobs, self.devices, self.transport = jobs, devices, transport
         self.closing = asyncio.Event()  # set when the server begins to shut down
         self._stream_ended = asyncio.Condition()
         self._streams: collections.Counter[str] = collections.Counter()  # per peer; loop thread only
@@ -117,8 +118,8 @@ class StyleTransferServicer:
         return pb.ServerInfo(
             server_version=__version__,
             protocol_version=pb.PROTOCOL_VERSION_CURRENT,
-            device=self._device(),
-            weights=self.jobs.engine.weights.name,
+            device=self._device(0),
+            weights=self.jobs.engines[0].weights.name,
             limits=pb.Limits(
                 max_pixels=limits.max_pixels,
                 max_queue=limits.max_queue,
@@ -136,6 +137,10 @@ class StyleTransferServicer:
             default_iterations=limits.default_iterations,
             queue_length=queue.waiting,
             running_jobs=queue.running,
+            devices=[
+                pb.DeviceState(device=self._device(worker), busy=busy)
+                for worker, busy in enumerate(queue.busy())
+            ],
         )
 
     @_answers_with_status
@@ -304,7 +309,7 @@ class StyleTransferServicer:
             return pb.StylizeEvent(
                 started=pb.Started(
                     job_id=job.id,
-                    device=self._device(),
+                    device=self._device(event.worker),
                     scales=len(plan.scales),
                     iterations_per_scale=plan.scales[-1].iterations,
                     total_iterations=plan.total_iterations,
@@ -324,11 +329,9 @@ class StyleTransferServicer:
             )
         raise TypeError(f"unexpected job event {event!r}")
 
-    def _device(self) -> pb.Device:
-        d = self.device
-        return pb.Device(
-            kind=d.kind, name=d.name, memory_bytes=d.memory_bytes, precision=self.jobs.engine.precision
-        )
+    def _device(self, worker: int) -> pb.Device:
+        d, engine = self.devices[worker], self.jobs.engines[worker]
+        return pb.Device(kind=d.kind, name=d.name, memory_bytes=d.memory_bytes, precision=engine.precision)
 
 
 async def _quietly(future: Awaitable[Job]) -> Job | None:

@@ -1,0 +1,94 @@
+"""The plug-in as a Windows or macOS user gets it: a zip to unpack into GIMP's plug-ins folder.
+
+The zip must hold no compiled file and carry everything its client needs: unpacked anywhere, it talks to
+a server from an interpreter that sees nothing but the standard library and the zip's own folder, with
+compiled imports forbidden (as in GIMP's MinGW Python on Windows).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from helpers import running_server
+from test_client import FORBID_COMPILED
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = REPO / "plugin" / "impasto" / "impasto.py"
+
+CLIENT_FROM_ZIP = """
+import json, sys
+sys.path[:] = [p for p in sys.path if "-packages" not in p]  # nothing installed: the zip alone
+vendor, address = sys.argv[1:3]
+sys.path.insert(0, vendor)
+from impasto.client import Client
+with Client(address) as client:
+    info = client.info()
+    presets = client.styles()
+print(json.dumps({"weights": info.weights, "presets": len(presets),
+                  "client": sys.modules["impasto.client"].__file__}))
+"""
+
+
+@pytest.fixture(scope="module")
+def unpacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    subprocess.run(
+        [str(REPO / "install.sh"), "--package-plugin"], check=True, capture_output=True, timeout=600
+    )
+    archives = sorted((REPO / "dist").glob("impasto-gimp-plugin-*.zip"))
+    assert archives, "install.sh --package-plugin wrote no zip"
+    target = tmp_path_factory.mktemp("gimp-plug-ins")
+    with zipfile.ZipFile(archives[-1]) as archive:
+        names = archive.namelist()
+        assert all(name.startswith("impasto/") for name in names)  # one folder, as GIMP wants
+        archive.extractall(target)
+    return target / "impasto"
+
+
+def test_the_zip_holds_the_plugin_and_no_compiled_file(unpacked: Path):
+    assert (unpacked / "impasto.py").read_text() == PLUGIN.read_text()
+    compiled = [p for p in unpacked.rglob("*") if p.suffix in (".so", ".pyd", ".dylib", ".dll")]
+    assert compiled == []
+    assert (unpacked / "vendor" / "grpclib").is_dir() and (
+        unpacked / "vendor" / "google" / "protobuf"
+    ).is_dir()
+
+
+def test_the_unzipped_client_talks_to_a_server_with_nothing_else(unpacked: Path, images: Path):
+    with running_server("--styles-dir", str(images / "styles")) as address:
+        result = subprocess.run(
+            [sys.executable, "-c", FORBID_COMPILED + CLIENT_FROM_ZIP, str(unpacked / "vendor"), address],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["weights"] == "vgg19-original" and out["presets"] >= 10
+    assert out["client"].startswith(str(unpacked))
+
+
+def test_the_plugin_assumes_nothing_posix():
+    """Paths through os.path, no signals, users, file modes or Unix-only modules: it runs on Windows."""
+    tree = ast.parse(PLUGIN.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}  # fmt: skip
+    imported |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert not imported & {"signal", "fcntl", "pwd", "grp", "termios", "resource", "posix", "pty"}
+    calls = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    assert not calls & {"kill", "getuid", "geteuid", "chmod", "chown", "fork", "symlink", "setsid"}
+    strings = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+    assert not [s for s in strings if s.startswith(("/tmp", "/home", "/usr", "~/"))]
