@@ -375,3 +375,44 @@ def test_server_styles_import_takes_styles_dir_anywhere(tmp_path: Path, capsys, 
 def test_server_styles_list_of_an_empty_folder_gives_a_hint(tmp_path: Path, capsys):
     assert server_main(["styles", "list", "--styles-dir", str(tmp_path / "empty")]) == 0
     assert "styles import" in capsys.readouterr().err
+
+
+def test_a_batch_spreads_over_servers_and_survives_one_stopping(images: Path, tmp_path: Path, capsys):
+    """`--server A,B`: each server paints files as it frees up; when B stops mid-batch, its file goes to A,
+    and every file is written once."""
+    import threading
+    import time
+
+    from helpers import start_server
+    from impasto.client import Client
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(6):
+        shutil.copyfile(images / "content" / "camera.png", folder / f"photo-{index}.png")
+    out = tmp_path / "out"
+    styles = ("--styles-dir", str(images / "styles"), "--grace-seconds", "0")
+    with running_server(*styles) as first:
+        second, stop_second = start_server(*styles)
+        stopped = threading.Event()
+
+        def stop_second_once_busy() -> None:
+            deadline = time.monotonic() + 120
+            with Client(second) as client:
+                while time.monotonic() < deadline and not client.info().running_jobs:
+                    time.sleep(0.02)  # polling for the condition, with a deadline
+            stop_second()
+            stopped.set()
+
+        watcher = threading.Thread(target=stop_second_once_busy, daemon=True)
+        watcher.start()
+        servers = f"{first},{second}"
+        code = main(["stylize", str(folder), "--style", "udnie", "-o", f"{out}/", "--server", servers,
+                     "--size", "32", "--iterations", "60", "--quiet"])  # fmt: skip
+        watcher.join(timeout=60)
+    err = capsys.readouterr().err
+    assert stopped.is_set() and code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [f"photo-{i}.png" for i in range(6)]
+    assert err.count(" wrote ") == 6, err  # once each
+    assert f"via {second}" in err or "the other servers take its files" in err
+    assert "the other servers take its files" in err

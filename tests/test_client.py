@@ -110,3 +110,22 @@ def test_the_guard_really_forbids_compiled_modules():
     script = FORBID_COMPILED + "import numpy"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "compiled module" in result.stderr and "forbidden" in result.stderr
+
+
+def test_of_several_servers_the_least_busy_that_answers(images: Path):
+    from impasto.client import Client, Image, Progress, Settings, StyleSpec
+
+    with running_server("--styles-dir", str(images / "styles")) as busy, running_server() as free:
+        down = "127.0.0.1:9"  # nothing listens there
+        with Client(busy) as client:
+            job = client.stylize(
+                Image.from_file(images / "content" / "camera.png"),
+                [StyleSpec(preset="udnie")],
+                Settings(size=64, iterations=5000, preview_seconds=-1),
+            )
+            events = job.events()
+            while not isinstance(next(events), Progress):
+                pass
+            with Client(f"{down},{busy},{free}") as chosen:
+                assert chosen.address == free
+            job.cancel()

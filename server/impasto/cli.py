@@ -292,6 +292,12 @@ def _stylize(args: argparse.Namespace, plan: list[tuple[Path, Path]], batch: boo
     stop = _Stop()
     failed: list[Path] = []
     written = 0
+    if args.server:
+        from .client import addresses
+
+        servers = addresses(args.server)
+        if batch and len(servers) > 1:
+            return _stylize_spread(args, plan, servers, weights, stop)
     runner = _RemoteRunner(args, weights) if args.server else _LocalRunner(args, weights)
     with runner, _ctrl_c_sets(stop.set):
         for number, (content, output) in enumerate(plan, 1):
@@ -335,18 +341,92 @@ def _stylize(args: argparse.Namespace, plan: list[tuple[Path, Path]], batch: boo
     return EXIT_FAILED if failed else 0
 
 
+def _stylize_spread(
+    args: argparse.Namespace, plan: list[tuple[Path, Path]], servers: list[str], weights: list[float], stop
+) -> int:
+    """A batch over several servers: one job in flight on each, every file to the next free one. A file
+    whose server stops answering goes to another; each file is written once."""
+    from .client import ServerError
+
+    work: queue.Queue[tuple[Path, Path]] = queue.Queue()
+    for item in plan:
+        work.put(item)
+    lock = threading.Lock()
+    written, failed = [], []
+
+    def serve(address: str) -> None:
+        try:
+            runner = _RemoteRunner(argparse.Namespace(**{**vars(args), "server": address}), weights)
+        except ServerError as error:
+            print(f"impasto: {error}; the other servers take its files", file=sys.stderr)
+            return
+        with runner:
+            while not stop.is_set():
+                try:
+                    content, output = work.get_nowait()
+                except queue.Empty:
+                    return
+                started = time.monotonic()
+                try:
+                    with _ProgressBar(True, "") as quiet:
+                        result = runner.run(content, quiet, stop)
+                except ServerError as error:
+                    if error.unavailable and not stop.is_set():
+                        work.put((content, output))  # never finished there: another server paints it
+                        print(f"impasto: {error}; the other servers take its files", file=sys.stderr)
+                        return
+                    with lock:
+                        failed.append(content)
+                    print(f"impasto: {content}: {error}", file=sys.stderr)
+                    continue
+                except ImageError as error:
+                    with lock:
+                        failed.append(content)
+                    print(f"impasto: {error}", file=sys.stderr)
+                    continue
+                if stop.is_set():
+                    return
+                _save_result(result.data, output)
+                with lock:
+                    written.append(output)
+                    count = len(written)
+                print(
+                    f"[{count}/{len(plan)}] wrote {output} ({result.width}×{result.height}) in "
+                    f"{time.monotonic() - started:.1f} s{runner.where}",
+                    file=sys.stderr,
+                )
+
+    with _ctrl_c_sets(stop.set):
+        threads = [threading.Thread(target=serve, args=(address,), daemon=True) for address in servers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if stop.is_set():
+        print(f"impasto: cancelled; {len(written)} of {len(plan)} written, no more", file=sys.stderr)
+        return EXIT_CANCELLED
+    left = [content for content, _ in list(work.queue)]
+    summary = f"{len(written)} of {len(plan)} written to {plan[0][1].parent}"
+    if left:
+        summary += f"; no server answered for: {', '.join(str(path) for path in left)}"
+    if failed:
+        summary += f"; failed: {', '.join(str(path) for path in failed)}"
+    print(summary, file=sys.stderr)
+    return EXIT_FAILED if failed or left else 0
+
+
 class _Stop:
-    """What Ctrl-C sets: the batch stops, and so does the job in flight (in-process: `event` is its
-    cancel; over the network: `job` is the call)."""
+    """What Ctrl-C sets: the batch stops, and so do the jobs in flight (in-process: `event` is their
+    cancel; over the network: `jobs` are the calls, one per server)."""
 
     def __init__(self):
         self.event = threading.Event()
-        self.job = None
+        self.jobs: set = set()
 
     def set(self) -> None:
         self.event.set()
-        if self.job is not None:
-            self.job.cancel()
+        for job in list(self.jobs):
+            job.cancel()
 
     def is_set(self) -> bool:
         return self.event.is_set()
@@ -476,13 +556,18 @@ def _save_result(png: bytes | memoryview, output: Path) -> None:
 # ---- over the network --------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace):
-    from .client import Client
-
+def _client_args(args: argparse.Namespace) -> dict:
     token = args.token
     if args.token_file is not None:
         token = args.token_file.read_text().strip()
-    return Client(args.server, token=token, tls_ca=args.tls_ca, insecure=args.insecure)
+    return {"token": token, "tls_ca": args.tls_ca, "insecure": args.insecure}
+
+
+def _client(args: argparse.Namespace):
+    """A connection to --server; of several, the least busy one that answers."""
+    from .client import Client
+
+    return Client(args.server, **_client_args(args))
 
 
 def _remote_info(args: argparse.Namespace) -> int:
@@ -548,7 +633,7 @@ class _RemoteRunner:
         except OSError as error:
             raise ImageError(f"cannot read image {content}: {error.strerror or error}") from None
         job = self.client.stylize(image, self.styles, self.settings)
-        stop.job = job
+        stop.jobs.add(job)
         if stop.is_set():
             job.cancel()
         try:
@@ -561,7 +646,7 @@ class _RemoteRunner:
                     p = event
                     bar.show(p.fraction, p.eta_seconds, p.scale, p.scales, p.content_loss, p.style_loss)
         finally:
-            stop.job = None
+            stop.jobs.discard(job)
         return job.result
 
     @staticmethod

@@ -39,6 +39,27 @@ def resolve_address(address: str | None) -> str:
     return address or os.environ.get("IMPASTO_SERVER") or DEFAULT_ADDRESS
 
 
+def addresses(address: str | None) -> list[str]:
+    """Several servers may be given separated by commas (`a:50051,https://b:50051`)."""
+    return [part.strip() for part in resolve_address(address).split(",") if part.strip()]
+
+
+def least_busy(candidates: list[str], **client_args) -> str:
+    """Of several servers, the one with the fewest jobs per device that answers; ServerError if none does."""
+    loads, errors = [], []
+    for address in candidates:
+        try:
+            with Client(address, **{"timeout": 3.0, **client_args}) as client:
+                info = client.info()
+        except ServerError as error:
+            errors.append(str(error))
+            continue
+        loads.append(((info.running_jobs + info.queue_length) / max(1, len(info.devices)), address))
+    if not loads:
+        raise ServerError("no Impasto server answered: " + "; ".join(errors), Status.UNAVAILABLE)
+    return min(loads)[1]
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -76,6 +97,11 @@ class ServerError(Exception):
     @property
     def cancelled(self) -> bool:
         return self.code == Status.CANCELLED
+
+    @property
+    def unavailable(self) -> bool:
+        """The server cannot be reached, or is going away: another server may take the job."""
+        return self.code == Status.UNAVAILABLE
 
     @property
     def refused(self) -> bool:
@@ -242,8 +268,12 @@ class Client:
         insecure: bool = False,
     ):
         """`address`: `host:port` (plaintext) or `https://host:port` (TLS, verified against the system's
-        roots, or `tls_ca`). A token goes in clear only to this machine, or with `insecure`."""
-        self.address = resolve_address(address)
+        roots, or `tls_ca`); several separated by commas: the least busy one that answers. A token goes
+        in clear only to this machine, or with `insecure`."""
+        servers = addresses(address)
+        if len(servers) > 1:
+            servers = [least_busy(servers, token=token, tls_ca=tls_ca, insecure=insecure)]
+        self.address = servers[0]
         self.timeout = timeout
         host, port, tls = split_address(self.address)
         tls = tls or tls_ca is not None
