@@ -33,8 +33,8 @@ from impasto.engine import Options, Style, describe
 from impasto.engine.gram_cache import GramCache
 from impasto.engine.loading import load_engine
 from impasto.images import load_picture
+from sample_images import IMAGES
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 MARKS = (0.10, 0.25, 0.50)
 GOAL = 0.25  # |eta − truth| / truth at the 10 % mark, on every job
 

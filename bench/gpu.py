@@ -23,14 +23,12 @@ import dataclasses
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from impasto.engine import DEFAULT, Engine, Options, Style, load_original_vgg19, pick_device
 from impasto.engine.recipes import with_optimizer
 from impasto.images import load_picture
-
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+from sample_images import IMAGES
 
 
 class Clock:

@@ -22,8 +22,7 @@ from impasto.engine import Engine, Options, Style, load_original_vgg19
 from impasto.engine.gram_cache import GramCache
 from impasto.engine.stylize import scale_sizes
 from impasto.images import load_picture
-
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+from sample_images import IMAGES
 
 
 def timed_job(

@@ -32,8 +32,8 @@ import numpy as np
 from impasto.client import Client, Image, Progress, Queued, Settings, StyleSpec, _requests
 from impasto.v1 import impasto_pb2_grpc
 from PIL import Image as PILImage
+from sample_images import IMAGES
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 TINY = Settings(size=16, iterations=1, preview_seconds=-1)
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "vendor"))
 
@@ -19,8 +20,9 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
+gi.require_version("GdkPixbuf", "2.0")
 gi.require_version("Gtk", "3.0")
-from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
+from gi.repository import GdkPixbuf, Gegl, Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
 from impasto.client import (  # noqa: E402
     DEFAULT_ADDRESS,
     Client,
@@ -46,7 +48,10 @@ DIALOG_ARGUMENTS = [
     "seed",
     "server",
     "token",
+    "tls-ca",
+    "insecure",
 ]
+PREVIEW_SIZE = 160  # the Preview button's working long side, at most
 
 
 class Impasto(Gimp.PlugIn):
@@ -114,11 +119,34 @@ class Impasto(Gimp.PlugIn):
         procedure.add_string_argument(
             "server",
             "Server",
-            f"host:port; empty = the last address used, else $IMPASTO_SERVER, else {DEFAULT_ADDRESS}",
+            "host:port (plaintext) or https://host:port (TLS); empty = the last address used, "
+            f"else $IMPASTO_SERVER, else {DEFAULT_ADDRESS}",
             "",
             RW,
         )
-        procedure.add_string_argument("token", "Token", "The server's token, if it needs one", "", RW)
+        procedure.add_string_argument(
+            "token",
+            "Token",
+            "The server's token, if it needs one; in the dialog, empty = the one last used with this server",
+            "",
+            RW,
+        )
+        procedure.add_file_argument(
+            "tls-ca",
+            "TLS certificate",
+            "The certificate (PEM) of a self-signed https:// server; empty = the system's roots",
+            Gimp.FileChooserAction.OPEN,
+            True,
+            None,
+            RW,
+        )
+        procedure.add_boolean_argument(
+            "insecure",
+            "Send the token unencrypted (only on a network you trust)",
+            "Allow the token over plain host:port to another machine; without it that is refused",
+            False,
+            RW,
+        )
         procedure.add_layer_return_value("result-layer", "Result layer", "The new layer", True, RW)
         return procedure
 
@@ -137,10 +165,13 @@ def run(procedure, run_mode, image, drawables, config, data):
         )
     if run_mode == Gimp.RunMode.INTERACTIVE:
         GimpUi.init(PROCEDURE)
-        if not StyleDialog(procedure, config).run():
+        if not StyleDialog(procedure, config, layer).run():
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
     address = config.get_property("server").strip() or remembered_address()
+    token = config.get_property("token")
+    if not token and run_mode != Gimp.RunMode.NONINTERACTIVE:
+        token = remembered_token(address)  # Filters ▸ Repeat, or the dialog's empty field
     try:
         style, style_name = chosen_style(config)
         content = read_layer(layer)
@@ -151,7 +182,7 @@ def run(procedure, run_mode, image, drawables, config, data):
             preserve_colors=config.get_property("preserve-colors"),
             seed=config.get_property("seed"),
         )
-        with Client(address, token=config.get_property("token") or None) as client:
+        with connect(config, address, token) as client:
             job = client.stylize(content, [style], settings)
             if run_mode == Gimp.RunMode.INTERACTIVE:
                 finished = ProgressDialog(job, style_name).run()
@@ -161,7 +192,10 @@ def run(procedure, run_mode, image, drawables, config, data):
         return fail(procedure, str(error))
     if not finished:
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-    remember_address(client.address)
+    remember(client.address, token if run_mode != Gimp.RunMode.NONINTERACTIVE else None)
+    # GIMP saves the arguments as last values, globally and in the image (a persistent parasite, so
+    # inside XCF files): never the token. It stays in impasto.json (this user's only), per server.
+    config.set_property("token", "")
     if not (image.is_valid() and layer.is_valid()):
         return fail(procedure, "The image or layer was closed while Impasto worked; nothing was changed.")
     result = add_result_layer(image, layer, job.result, style_name)
@@ -170,6 +204,22 @@ def run(procedure, run_mode, image, drawables, config, data):
             GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),
             GObject.Value(Gimp.Layer, result),
         ]
+    )
+
+
+def connect(config, address, token, timeout=10.0):
+    """A Client for the config's TLS settings. Raises InsecureToken (a ValueError) where the token
+    would go in clear to another machine without `insecure`."""
+    ca = config.get_property("tls-ca")
+    ca_path = Path(ca.get_path()) if ca is not None and ca.get_path() else None
+    if ca_path is not None and not ca_path.is_file():
+        raise ValueError(f"the TLS certificate {ca_path} (tls-ca) cannot be read; choose the server's PEM")
+    return Client(
+        address,
+        token=token or None,
+        tls_ca=ca_path,
+        timeout=timeout,
+        insecure=config.get_property("insecure"),
     )
 
 
@@ -314,26 +364,58 @@ class ProgressDialog:
 
 
 def pixbuf_from_png(data):
-    from gi.repository import GdkPixbuf
-
     loader = GdkPixbuf.PixbufLoader.new_with_type("png")
     loader.write(data)
     loader.close()
     return loader.get_pixbuf()
 
 
+def pixbuf_from_rgba(image):
+    """A raw RGBA8 Image (what the server sends back) as a GdkPixbuf."""
+    width, height = image.width, image.height
+    return GdkPixbuf.Pixbuf.new_from_bytes(
+        GLib.Bytes.new(image.data), GdkPixbuf.Colorspace.RGB, True, 8, width, height, width * 4
+    )
+
+
+def fit(pixbuf, box):
+    """`pixbuf` scaled so that its long side is `box` px."""
+    scale = box / max(pixbuf.get_width(), pixbuf.get_height())
+    return pixbuf.scale_simple(
+        max(1, round(pixbuf.get_width() * scale)),
+        max(1, round(pixbuf.get_height() * scale)),
+        GdkPixbuf.InterpType.BILINEAR,
+    )
+
+
 # ---- dialog ------------------------------------------------------------------------------------
 
 
 class StyleDialog:
-    """GIMP's own procedure dialog, plus a preset list fetched from the server (with thumbnails)."""
+    """GIMP's own procedure dialog, plus: a preset list fetched from the server (with thumbnails), the
+    connection's state (address, devices, queue), what "0 = server default" means on that server
+    ("Auto (100)"), and a Preview button that runs a quick small job on the layer.
 
-    def __init__(self, procedure, config):
+    The server is asked for its presets and info when the dialog opens and on Connect (short calls,
+    3 s timeout); the preview job runs on a worker thread and reaches GTK through GLib.idle_add.
+    """
+
+    def __init__(self, procedure, config, layer):
         self.config = config
+        self.layer = layer
+        self.info = None
+        self.preview_generation = 0
+        self.preview_cancel = None  # threading.Event of the running preview
+        self.autopilot = [step for step in os.environ.get("IMPASTO_AUTOPILOT", "").split(",") if step]
+        self.autopiloting = bool(self.autopilot)
+        address = config.get_property("server").strip() or remembered_address()
+        if not config.get_property("token"):
+            config.set_property("token", remembered_token(address) or "")
         self.dialog = GimpUi.ProcedureDialog.new(procedure, config, "Impasto Style Transfer")
         self.dialog.fill(DIALOG_ARGUMENTS)
         area = self.dialog.get_content_area()
-        self.status = Gtk.Label(xalign=0, wrap=True, max_width_chars=60)
+
+        # The preset list and the connection's state, above GIMP's own widgets.
         self.presets = Gtk.ListStore(str, str, GObject.TYPE_OBJECT)
         self.combo = Gtk.ComboBox.new_with_model(self.presets)
         thumbnail, title = Gtk.CellRendererPixbuf(), Gtk.CellRendererText()
@@ -348,46 +430,263 @@ class StyleDialog:
         row.pack_start(Gtk.Label(label="Style preset"), False, False, 0)
         row.pack_start(self.combo, True, True, 0)
         row.pack_start(retry, False, False, 0)
+        self.status = Gtk.Label(xalign=0, wrap=True, max_width_chars=60, selectable=True)
         area.pack_start(row, False, False, 0)
         area.pack_start(self.status, False, False, 0)
         area.reorder_child(row, 0)
         area.reorder_child(self.status, 1)
 
+        # "Auto (N)" beside the two arguments whose 0 means the server's default.
+        self.auto = {}
+        for name in ("iterations", "size"):
+            label = Gtk.Label(xalign=0)
+            label.get_style_context().add_class("dim-label")
+            self._beside(name, label)
+            self.auto[name] = label
+            config.connect(f"notify::{name}", lambda *_: self._show_auto())
+        self._show_auto()
+        token_widget = self.dialog.get_widget("token", GObject.TYPE_NONE)
+        entry = token_widget.get_entry() if hasattr(token_widget, "get_entry") else None
+        if isinstance(entry, Gtk.Entry):
+            entry.set_visibility(False)  # a password: dots, not letters
+
+        # Preview: a quick small job on this layer.
+        self.preview_button = Gtk.Button.new_with_mnemonic("_Preview")
+        self.preview_button.connect("clicked", lambda *_: self.start_preview())
+        self.preview_stop = Gtk.Button(label="Stop")
+        self.preview_stop.set_sensitive(False)
+        self.preview_stop.connect("clicked", lambda *_: self.clear_preview("Preview stopped."))
+        self.preview_line = Gtk.Label(xalign=0, wrap=True, max_width_chars=50)
+        self.preview_image = Gtk.Image()
+        self.preview_image.set_size_request(PREVIEW_SIZE + 16, PREVIEW_SIZE)
+        buttons = Gtk.Box(spacing=6)
+        buttons.pack_start(self.preview_button, False, False, 0)
+        buttons.pack_start(self.preview_stop, False, False, 0)
+        preview = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6)
+        preview.pack_start(buttons, False, False, 0)
+        preview.pack_start(self.preview_line, False, False, 0)
+        preview.pack_start(self.preview_image, False, False, 0)
+        frame = Gtk.Frame(label="Preview (small and quick)")
+        preview.set_border_width(6)
+        frame.add(preview)
+        area.pack_start(frame, False, False, 0)
+        self.preview_line.set_text(f"A {PREVIEW_SIZE} px version with a quarter of the iterations.")
+        for name in ("style", "style-file", "strength"):
+            config.connect(f"notify::{name}", lambda *_: self.clear_preview())
+
+    def _beside(self, name, label):
+        """Puts `label` to the right of argument `name`'s widget (a GimpLabeled grid in GIMP 3.0 and 3.2)."""
+        widget = self.dialog.get_widget(name, GObject.TYPE_NONE)
+        if isinstance(widget, Gtk.Grid):
+            widget.attach(label, 3, 0, 1, 1)
+            label.set_margin_start(6)
+        else:
+            self.dialog.get_content_area().pack_start(label, False, False, 0)
+
     def run(self):
         self.dialog.show_all()
         self.load_presets()
+        if self.autopilot:
+            GLib.timeout_add(100, self._autopilot_next)
         ok = self.dialog.run()
+        self.clear_preview()
         self.dialog.destroy()
         return ok
 
+    # ---- the server's presets and state ---------------------------------------------------------
+
+    def address(self):
+        return self.config.get_property("server").strip() or remembered_address()
+
     def load_presets(self):
-        address = self.config.get_property("server").strip() or remembered_address()
+        address = self.address()
         self.presets.clear()
         try:
-            with Client(address, token=self.config.get_property("token") or None, timeout=3) as client:
+            with connect(self.config, address, self.config.get_property("token"), timeout=3) as client:
+                info = client.info()
                 presets = client.styles()
                 thumbnails = {p.id: _thumbnail_or_none(client, p.id) for p in presets}
         except (ServerError, ValueError) as error:
+            self.info = None
+            self._show_auto()
             self.status.set_markup(
                 f"<b>{GLib.markup_escape_text(str(error))}</b>\nYou can still choose a style "
                 "image file, fix the server address and press Connect."
             )
             return
+        self.info = info
+        self._show_auto()
         chosen = self.config.get_property("style")
         for preset in presets:
             self.presets.append([preset.id, preset.title, thumbnail_pixbuf(thumbnails[preset.id])])
             if preset.id == chosen:
                 self.combo.set_active(len(self.presets) - 1)
-        self.status.set_text(
-            f"{len(presets)} presets on {address}"
-            if presets
-            else f"The server at {address} has no presets; choose a style image file."
+        count = (
+            f"{len(presets)} presets" if presets else "No presets on this server: choose a style image file"
         )
+        self.status.set_markup(
+            f"<b>Connected</b> to {GLib.markup_escape_text(address)}: {count}.\n"
+            f"{GLib.markup_escape_text(describe_server(info))}"
+        )
+
+    def _show_auto(self):
+        info = self.info
+        defaults = {
+            "iterations": str(info.default_iterations) if info else "server default",
+            "size": f"{info.default_size} px" if info else "server default",
+        }
+        for name, label in self.auto.items():
+            auto = f"Auto ({defaults[name]})"
+            label.set_text(auto if self.config.get_property(name) == 0 else f"0 = {auto}")
 
     def _preset_chosen(self, combo):
         row = combo.get_active_iter()
         if row is not None:
             self.config.set_property("style", self.presets[row][0])
+
+    # ---- preview ----------------------------------------------------------------------------
+
+    def start_preview(self):
+        self.clear_preview()
+        try:
+            style, style_name = chosen_style(self.config)
+            settings, content = self._preview_job()
+        except (OSError, ValueError) as error:
+            self.preview_line.set_text(str(error))
+            self._autopilot_resume()
+            return
+        address, token = self.address(), self.config.get_property("token")
+        cancel = self.preview_cancel = threading.Event()
+        generation = self.preview_generation
+        self.preview_button.set_sensitive(False)
+        self.preview_stop.set_sensitive(True)
+        self.preview_line.set_text(f"Preview of {style_name}: sending…")
+        worker = threading.Thread(
+            target=self._preview_work,
+            args=(generation, cancel, address, token, content, style, settings),
+            daemon=True,
+        )
+        worker.start()
+
+    def _preview_job(self):
+        """The settings and (downscaled) layer of a quick job: at most PREVIEW_SIZE px, a quarter of the
+        iterations; the same style, strength, seed and colour choice."""
+        default_size = self.info.default_size if self.info else 0
+        default_iterations = self.info.default_iterations if self.info else 0
+        size = min(self.config.get_property("size") or default_size or PREVIEW_SIZE, PREVIEW_SIZE)
+        iterations = self.config.get_property("iterations") or default_iterations or 100
+        settings = Settings(
+            strength=self.config.get_property("strength"),
+            iterations=max(1, iterations // 4),
+            size=size,
+            preserve_colors=self.config.get_property("preserve-colors"),
+            seed=self.config.get_property("seed"),
+            preview_seconds=-1,
+        )
+        full = read_layer(self.layer)
+        pixbuf = pixbuf_from_rgba(full)
+        if max(full.width, full.height) > size:
+            pixbuf = fit(pixbuf, size)
+        width, height = pixbuf.get_width(), pixbuf.get_height()
+        data = pixbuf.get_pixels()
+        stride = pixbuf.get_rowstride()
+        if stride != width * 4:
+            data = b"".join(data[y * stride : y * stride + width * 4] for y in range(height))
+        return settings, Image(bytes(data), width, height)
+
+    def _preview_work(self, generation, cancel, address, token, content, style, settings):
+        """On a worker thread: no GTK here, only idle callbacks."""
+        try:
+            with connect(self.config, address, token) as client:
+                job = client.stylize(content, [style], settings)
+                watcher = threading.Thread(target=lambda: cancel.wait() and job.cancel(), daemon=True)
+                watcher.start()
+                for event in job.events():
+                    GLib.idle_add(self._preview_event, generation, event)
+                result = job.result
+            GLib.idle_add(self._preview_done, generation, result, None)
+        except (ServerError, OSError, ValueError) as error:
+            GLib.idle_add(self._preview_done, generation, None, error)
+        finally:
+            cancel.set()  # ends the watcher
+
+    def _preview_event(self, generation, event):
+        if generation == self.preview_generation:
+            text = describe(event)
+            if isinstance(event, Progress):
+                text = f"{event.fraction:.0%}: {text}"
+            if text:
+                self.preview_line.set_text(text)
+        return False
+
+    def _preview_done(self, generation, result, error):
+        if generation != self.preview_generation:
+            return False  # the settings changed meanwhile; clear_preview already said so
+        self.preview_button.set_sensitive(True)
+        self.preview_stop.set_sensitive(False)
+        self.preview_cancel = None
+        if error is not None:
+            stopped = getattr(error, "cancelled", False)
+            self.preview_line.set_text("Preview stopped." if stopped else str(error))
+        else:
+            self.preview_image.set_from_pixbuf(pixbuf_from_rgba(result))
+            size = f"{result.width}×{result.height} px"
+            self.preview_line.set_text(f"Preview at {size}. OK paints the whole layer.")
+            if self.autopiloting:
+                print("impasto-autopilot: preview shown", flush=True)
+        self._autopilot_resume()
+        return False
+
+    def clear_preview(self, text=None):
+        """Stops a running preview and clears the shown one (style, style file or strength changed)."""
+        self.preview_generation += 1
+        if self.preview_cancel is not None:
+            self.preview_cancel.set()
+            self.preview_cancel = None
+        self.preview_image.clear()
+        self.preview_button.set_sensitive(True)
+        self.preview_stop.set_sensitive(False)
+        self.preview_line.set_text(text or "Press Preview to see the style on a small copy of the layer.")
+
+    # ---- autopilot: IMPASTO_AUTOPILOT="sleep:3,preview,set:size=64,ok" presses the buttons (the test suite's
+    # screenshots and GUI tests use it; steps are printed on stdout) -----------------------------------
+
+    def _autopilot_next(self):
+        if not self.autopilot:
+            return False
+        step = self.autopilot.pop(0)
+        print(f"impasto-autopilot: {step}", flush=True)
+        if step.startswith("sleep:"):
+            GLib.timeout_add(int(float(step.split(":", 1)[1]) * 1000), self._autopilot_next)
+        elif step == "preview":
+            self.autopilot.insert(0, "wait")  # resumed by _preview_done
+            self.start_preview()
+        elif step.startswith("set:"):  # set:iterations=40
+            name, _, value = step[4:].partition("=")
+            kind = type(self.config.get_property(name))
+            self.config.set_property(name, value == "true" if kind is bool else kind(value))
+            GLib.idle_add(self._autopilot_next)
+        elif step == "ok":
+            self.dialog.response(Gtk.ResponseType.OK)
+        elif step == "cancel":
+            self.dialog.response(Gtk.ResponseType.CANCEL)
+        return False
+
+    def _autopilot_resume(self):
+        if self.autopilot and self.autopilot[0] == "wait":
+            self.autopilot.pop(0)
+            GLib.idle_add(self._autopilot_next)
+
+
+def describe_server(info):
+    """One line on where jobs run and how busy the server is."""
+    devices = info.devices or ()
+    if devices:
+        names = ", ".join(f"{d.kind}: {d.name} ({'busy' if d.busy else 'idle'})" for d in devices)
+    else:
+        names = f"{info.device_kind}: {info.device_name}"
+    waiting = f"{info.queue_length} job(s) waiting" if info.queue_length else "no jobs waiting"
+    return f"Runs on {names}; {waiting}, {info.running_jobs} running."
 
 
 def _thumbnail_or_none(client, preset_id):
@@ -400,38 +699,47 @@ def _thumbnail_or_none(client, preset_id):
 
 def thumbnail_pixbuf(png):
     pixbuf = pixbuf_from_png(png) if png else None
-    if pixbuf is None:
-        return None
-    scale = 64 / max(pixbuf.get_width(), pixbuf.get_height())
-    from gi.repository import GdkPixbuf
-
-    return pixbuf.scale_simple(
-        max(1, int(pixbuf.get_width() * scale)),
-        max(1, int(pixbuf.get_height() * scale)),
-        GdkPixbuf.InterpType.BILINEAR,
-    )
+    return fit(pixbuf, 64) if pixbuf is not None else None
 
 
-# ---- remembered server -------------------------------------------------------------------------
+# ---- remembered server and token ---------------------------------------------------------------
 
 
 def settings_file():
     return os.path.join(Gimp.directory(), "impasto.json")
 
 
-def remembered_address():
+def _saved():
     try:
         with open(settings_file()) as f:
-            saved = json.load(f).get("server")
+            saved = json.load(f)
+        return saved if isinstance(saved, dict) else {}
     except (OSError, ValueError):
-        saved = None
-    return saved or os.environ.get("IMPASTO_SERVER") or DEFAULT_ADDRESS
+        return {}
 
 
-def remember_address(address):
+def remembered_address():
+    return _saved().get("server") or os.environ.get("IMPASTO_SERVER") or DEFAULT_ADDRESS
+
+
+def remembered_token(address):
+    """The token last used with `address` from the dialog, or None."""
+    tokens = _saved().get("tokens")
+    return tokens.get(address) if isinstance(tokens, dict) else None
+
+
+def remember(address, token=None):
+    """The last address used; with a token, that token for this address (the file is this user's only)."""
+    saved = _saved()
+    saved["server"] = address
+    if token:
+        tokens = saved.get("tokens") if isinstance(saved.get("tokens"), dict) else {}
+        tokens[address] = token
+        saved["tokens"] = tokens
     try:
-        with open(settings_file(), "w") as f:
-            json.dump({"server": address}, f)
+        descriptor = os.open(settings_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            json.dump(saved, f)
     except OSError:
         pass  # remembering is a convenience; the run itself succeeded
 

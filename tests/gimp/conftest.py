@@ -205,7 +205,7 @@ def impasto(image, layer, **arguments):
     config.set_property("image", image)
     config.set_core_object_array("drawables", [layer])
     for name, value in arguments.items():
-        if name == "style-file":
+        if name in ("style-file", "tls-ca"):
             value = Gio.File.new_for_path(value)
         config.set_property(name, value)
     result = procedure.run(config)

@@ -6,6 +6,7 @@ Slow (a GIMP start is about 5 s): run alone with `pytest -m slow`. CI runs them.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import running_server
+from helpers import running_server, self_signed
 from impasto.client import Client
 
 pytestmark = pytest.mark.slow
@@ -24,6 +25,53 @@ QUICK = "size=48, iterations=3"
 def server(images: Path) -> Iterator[str]:
     with running_server("--styles-dir", str(images / "styles"), "--grace-seconds", "1") as address:
         yield address
+
+
+@pytest.fixture(scope="module")
+def tls_server(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A TLS server (self-signed certificate for localhost) that wants the token "s3cret":
+    (https:// address, certificate)."""
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    flags = [
+        "--styles-dir",
+        str(images / "styles"),
+        "--grace-seconds",
+        "1",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    ]
+    with running_server(*flags, token="s3cret") as address:
+        yield f"https://localhost:{address.rpartition(':')[2]}", cert
+
+
+def test_tls_server_with_token_and_the_token_refused_in_clear(gimp, tls_server, images: Path):
+    address, cert = tls_server
+    content = gimp.put(images / "content" / "coffee.png")
+    ca = gimp.put(cert)
+    out = gimp.run(f"""
+        image = load({content!r})
+        source = image.get_layers()[0]
+        tls = {{"server": {address!r}, "tls-ca": {ca!r}}}
+        status, layer = impasto(image, source, style="udnie", token="s3cret", **tls, {QUICK})
+        out["status"], out["name"] = status, layer.get_name() if status == "success" else str(layer)
+        status, message = impasto(image, source, style="udnie", token="wrong", **tls, {QUICK})
+        out["wrong"] = [status, str(message)]
+        status, message = impasto(image, source, style="udnie", token="s3cret", **{{"server": {address!r}}}, {QUICK})
+        out["untrusted"] = [status, str(message)]
+        status, message = impasto(image, source, style="udnie", token="s3cret", server="192.0.2.1:50051", {QUICK})
+        out["clear"] = [status, str(message)]
+        out["layers"] = len(image.get_layers())
+    """)
+    assert "exception" not in out, out.get("exception")
+    assert out["status"] == "success" and out["name"] == "Impasto: udnie", out
+    assert out["wrong"][0] == "execution-error" and "did not accept the token" in out["wrong"][1], out
+    # The system's roots do not know a self-signed certificate: a TLS error, not a hang.
+    assert out["untrusted"][0] == "execution-error" and "TLS" in out["untrusted"][1], out
+    # A token to another machine over plain host:port is refused before anything is sent.
+    assert out["clear"][0] == "execution-error" and "in clear to 192.0.2.1" in out["clear"][1], out
+    assert out["layers"] == 2
 
 
 def test_preset_and_style_file_make_new_layers_above_the_source(gimp, server: str, images: Path):
@@ -163,59 +211,107 @@ def test_killing_the_plug_in_leaves_no_job_on_the_server(gimp, server: str, imag
 
 
 GUI_SCRIPT = """
+import json
 import gi
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp, Gio
 image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path({content!r}))
 Gimp.Display.new(image)
 procedure = Gimp.get_pdb().lookup_procedure("python-fu-impasto")
-config = procedure.create_config()
-config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
-config.set_property("image", image)
-config.set_core_object_array("drawables", image.get_layers())
-config.set_property("server", {server!r})
-config.set_property("style", "starry-night")
-procedure.run(config)
+out = {{}}
+
+def run(mode):
+    config = procedure.create_config()
+    config.set_property("run-mode", mode)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [image.get_layers()[-1]])
+    config.set_property("server", {server!r})
+    config.set_property("tls-ca", Gio.File.new_for_path({ca!r}))
+    config.set_property("token", "s3cret")
+    config.set_property("style", "starry-night")
+    return int(procedure.run(config).index(0))
+
+out["interactive"] = run(Gimp.RunMode.INTERACTIVE) == int(Gimp.PDBStatusType.SUCCESS)
+out["parasites"] = {{name: bytes(image.get_parasite(name).get_data()).decode(errors="replace")
+                    for name in image.get_parasite_list() if "impasto" in name}}
+# Filters > Repeat: this image's last values (no token in them), the token remembered for the server.
+out["repeat"] = run(Gimp.RunMode.WITH_LAST_VALS) == int(Gimp.PDBStatusType.SUCCESS)
+out["layers"] = [layer.get_name() for layer in image.get_layers()]
+with open({result!r}, "w") as f:
+    json.dump(out, f)
 """
 
-# Waits for the dialog's window, lets it paint, then saves the screen as PNG.
+# Starts GIMP with the dialog's buttons pressed by IMPASTO_AUTOPILOT; saves the screen as PNG at
+# each stage: the dialog connected, the dialog with a preview, the progress window.
 SCREENSHOT = """#!/bin/sh
-{gimp} --no-splash --batch-interpreter=python-fu-eval -b "exec(open('{script}').read())" &
-for attempt in $(seq 1 180); do
-  if xwininfo -root -tree | grep -q '"Impasto Style Transfer"'; then
-    sleep 3
-    xwd -root -silent | xwdtopnm 2>/dev/null | pnmtopng > {png}
-    echo found
-    break
-  fi
-  sleep 1
-done
+IMPASTO_AUTOPILOT=sleep:3,preview,sleep:3,set:size=128,set:iterations=40,ok {gimp} --no-splash --batch-interpreter=python-fu-eval \\
+  -b "exec(open('{script}').read())" > {log} 2>&1 &
+shot() {{ xwd -root -silent | xwdtopnm 2>/dev/null | pnmtopng > "$1"; }}
+wait_for() {{ for i in $(seq 1 $2); do if sh -c "$1"; then return 0; fi; sleep 0.5; done; return 1; }}
+wait_for "grep -q 'impasto-autopilot: sleep:3' {log}" 360 && sleep 1.5 && shot {work}/dialog.png && echo dialog
+wait_for "grep -q 'preview shown' {log}" 240 && sleep 0.5 && shot {work}/preview.png && echo preview
+wait_for "xwininfo -root -tree | grep -q 'Impasto: starry-night'" 60 && sleep 3.5 && shot {work}/progress.png \\
+  && echo progress
+wait_for "test -s {result}" 600 && echo finished
 kill $! 2>/dev/null
 """
 
 
-def test_dialog_opens_under_xvfb(gimp, server: str, images: Path, tmp_path: Path):
-    """A GUI smoke test: the dialog appears, with the server's presets; a screenshot is kept."""
+def test_dialog_preview_progress_and_last_values_under_xvfb(gimp, tls_server, images: Path):
+    """The interactive dialog against a TLS server with a token: it connects (presets, "Auto (N)",
+    the server's state), Preview shows a small result, OK runs the job in the progress window; then
+    Filters ▸ Repeat runs again with the last values. Screenshots are kept in build/screenshots/."""
+    address, cert = tls_server
     content = gimp.put(images / "content" / "chelsea.png")
-    (gimp.work / "gui.py").write_text(GUI_SCRIPT.format(content=content, server=server))
-    png = gimp.work / "dialog.png"
+    ca = gimp.put(cert)
+    result = gimp.work / "gui.json"
+    result.unlink(missing_ok=True)
+    (gimp.work / "gui.py").write_text(
+        GUI_SCRIPT.format(content=content, server=address, ca=ca, result=gimp.inside(result))
+    )
     shell = gimp.work / "screenshot.sh"
     shell.write_text(
-        SCREENSHOT.format(gimp=gimp.gui, script=gimp.inside(gimp.work / "gui.py"), png=gimp.inside(png))
+        SCREENSHOT.format(
+            gimp=gimp.gui,
+            script=gimp.inside(gimp.work / "gui.py"),
+            work=gimp.inside(gimp.work),
+            log=gimp.inside(gimp.work / "gui.log"),
+            result=gimp.inside(result),
+        )
     )
     shell.chmod(0o755)
-    result = subprocess.run(
+    ran = subprocess.run(
         [*gimp.command(), "xvfb-run", "-a", "-s", "-screen 0 1280x900x24", gimp.inside(shell)],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,
     )
-    assert "found" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    log = (gimp.work / "gui.log").read_text(errors="replace") if (gimp.work / "gui.log").exists() else ""
+    said = ran.stdout + ran.stderr[-2000:] + log[-3000:]
+    assert "dialog" in ran.stdout and "preview" in ran.stdout and "finished" in ran.stdout, said
+    out = json.loads(result.read_text())
+    assert out["interactive"] and out["repeat"], (out, said)
+    assert out["layers"][:2] == ["Impasto: starry-night"] * 2, out
+
+    # Last values: GIMP's own, globally (.last) and in the image (a persistent parasite, so in XCF
+    # files) — with the server, style, TLS certificate and insecure choice, never the token.
+    last = "".join(path.read_text() for path in (gimp.config / "plug-in-settings").glob("*impasto*.last"))
+    assert address in last and ca in last and "insecure" in last and "starry-night" in last, last
+    assert out["parasites"] and all(address in text for text in out["parasites"].values()), out
+    assert "s3cret" not in last and not any("s3cret" in text for text in out["parasites"].values())
+    remembered = gimp.config / "impasto.json"
+    assert json.loads(remembered.read_text())["tokens"] == {address: "s3cret"}
+    assert remembered.stat().st_mode & 0o077 == 0, "impasto.json must be readable by its owner only"
+
     from PIL import Image
 
-    screenshot = Image.open(png)
-    assert screenshot.size == (1280, 900) and len(screenshot.convert("L").getcolors(65536)) > 50
     kept = Path(__file__).resolve().parents[2] / "build" / "screenshots"
     kept.mkdir(parents=True, exist_ok=True)
-    name = "impasto-dialog.png" if gimp.suite.id == "gimp-3.0" else f"impasto-dialog-{gimp.suite.id}.png"
-    screenshot.save(kept / name)  # for a look, and for docs/images/ when it changed
+    for stage in ("dialog", "preview", "progress"):
+        path = gimp.work / f"{stage}.png"
+        if not path.exists():
+            assert stage == "progress", f"no {stage} screenshot"
+            continue  # the job may end before its window is caught; the run itself was checked above
+        screenshot = Image.open(path)
+        assert screenshot.size == (1280, 900) and len(screenshot.convert("L").getcolors(65536)) > 50
+        screenshot.save(kept / f"impasto-{stage}-{gimp.suite.id}.png")  # for a look, and for docs/images/
