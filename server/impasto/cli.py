@@ -166,9 +166,6 @@ def _whole_number(minimum: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    if hasattr(signal, "SIGPIPE"):
-        # `impasto info | head -1`: a closed pipe ends the program quietly, as it does any Unix tool.
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
     from .client import ServerError
@@ -183,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the second Ctrl-C
         print("\nimpasto: aborted; the image in progress is not written", file=sys.stderr)
         return EXIT_CANCELLED
+    except BrokenPipeError:
+        # `impasto info | head -1`: the reader has all it wanted; end quietly, as a Unix tool does. (Not
+        # by restoring SIGPIPE's default, which would also kill the program on a dropped network socket.)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ServerError as error:
         print(f"impasto: {error}", file=sys.stderr)
         return EXIT_CANCELLED if error.cancelled else EXIT_FAILED
