@@ -5,6 +5,12 @@ its transients), measured through conv5_1 (docs/benchmarks.md; reference/perform
 2.5 KB in fp32 and 1.6 KB with bf16 convolutions, plus the optimiser's state. Time is pixels ×
 iterations × a seconds-per-pixel-iteration rate that starts from a per-device guess and is replaced
 by what this engine measured on its last jobs.
+
+A tiled scale (engine/tiled.py) needs one tile's working set (its input pixels, halo included, at the
+same cost per pixel) plus buffers of the whole image: the image, its gradient, the optimiser's state,
+the content's features at the content layers and the resized content (`FULL_BYTES_PER_PIXEL`).
+Its time is the whole image's times `Scale.cost_factor` (the halos and the extra pass without
+gradients).
 """
 
 from __future__ import annotations
@@ -44,6 +50,28 @@ def peak_bytes(height: int, width: int, precision: str, recipe: Recipe) -> int:
     return height * width * (PEAK_BYTES_PER_PIXEL[precision] + optimiser_bytes_per_pixel(recipe))
 
 
+def full_bytes_per_pixel(recipe: Recipe) -> int:
+    """Image-sized buffers of a tiled scale, per pixel: image, gradient buffer, the content at this
+    scale and at the working size, the previous scale's result resized (fp32 RGB each), the content
+    features (a stride-8 layer of 512 channels: 8 fp32 values a pixel, per content layer) and the
+    optimiser's state."""
+    return 12 * 5 + 32 * len(recipe.content_layers) + optimiser_bytes_per_pixel(recipe)
+
+
+def tiled_peak_bytes(height: int, width: int, tile_input_pixels: int, precision: str, recipe: Recipe) -> int:
+    return tile_input_pixels * PEAK_BYTES_PER_PIXEL[precision] + height * width * full_bytes_per_pixel(recipe)
+
+
+def largest_tile(
+    memory_bytes: int, height: int, width: int, halo: int, align: int, precision: str, recipe: Recipe
+) -> int:
+    """The largest tile interior side (a multiple of `align`) whose tiled scale fits `memory_bytes`;
+    `align` where none does (the estimate then says by how much it does not)."""
+    spare = memory_bytes - height * width * full_bytes_per_pixel(recipe)
+    side = int(math.sqrt(max(spare, 0) / PEAK_BYTES_PER_PIXEL[precision])) - 2 * halo
+    return max(align, side // align * align)
+
+
 def largest_long_side(memory_bytes: int, height: int, width: int, precision: str, recipe: Recipe) -> int:
     """The longest working side, for a picture of this shape, whose optimisation fits `memory_bytes`."""
     pixels = memory_bytes / peak_bytes(1, 1, precision, recipe)
@@ -56,12 +84,33 @@ def estimate(
     precision: str,
     recipe: Recipe,
     seconds_per_pixel_iteration: float,
+    tiles: list[int | None] | None = None,
+    style_tiles: list[int | None] | None = None,
+    cost_factors: list[float] | None = None,
 ) -> Estimate:
     """`scales`: ((height, width), iterations) for each scale of the job; `style_sizes`: each style
-    image's (height, width) at the finest scale, where it is largest."""
-    pixel_iterations = sum(h * w * iterations for (h, w), iterations in scales)
-    largest = max((size for size, _ in scales), key=lambda s: s[0] * s[1])
-    optimisation = peak_bytes(*largest, precision, recipe)
-    style_pass = max((h * w * STYLE_BYTES_PER_PIXEL[precision] for h, w in style_sizes), default=0)
+    image's (height, width) at the finest scale, where it is largest. For tiled scales, `tiles` gives
+    the pixels of the largest tile input of each scale (None: whole), `cost_factors` each scale's work
+    per iteration relative to a whole-image one, and `style_tiles` the pixels of the largest tile input
+    of each style image's pass (None: whole)."""
+    tiles = tiles or [None] * len(scales)
+    cost_factors = cost_factors or [1.0] * len(scales)
+    style_tiles = style_tiles or [None] * len(style_sizes)
+    pixel_iterations = sum(
+        h * w * iterations * factor for ((h, w), iterations), factor in zip(scales, cost_factors, strict=True)
+    )
+    optimisation = max(
+        peak_bytes(h, w, precision, recipe)
+        if tile is None
+        else tiled_peak_bytes(h, w, tile, precision, recipe)
+        for ((h, w), _), tile in zip(scales, tiles, strict=True)
+    )
+    style_pass = max(
+        (
+            (h * w if tile is None else tile) * STYLE_BYTES_PER_PIXEL[precision]
+            for (h, w), tile in zip(style_sizes, style_tiles, strict=True)
+        ),
+        default=0,
+    )
     # The style passes run before each scale's optimisation, with only the content's targets alive.
     return Estimate(pixel_iterations * seconds_per_pixel_iteration, max(optimisation, style_pass))

@@ -13,14 +13,22 @@ from typing import Literal
 
 import torch
 
-from .device import pick_precision
-from .estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION, Estimate, estimate
+from .device import free_memory_bytes, pick_precision
+from .estimate import (
+    FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION,
+    STYLE_BYTES_PER_PIXEL,
+    Estimate,
+    estimate,
+    largest_tile,
+    peak_bytes,
+)
 from .gram_cache import GramCache, image_digest
 from .imageops import fit_long_side, keep_content_colours, resize
 from .lbfgs import LBFGS
 from .losses import LossParts, Targets, gram, total_loss
 from .recipes import DEFAULT, Recipe
-from .vgg import VGGFeatures
+from .tiled import TiledScale, alignment, receptive_halo, tile_grid
+from .vgg import VGGFeatures, layer_names
 from .weights import WeightSet
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -36,9 +44,16 @@ class Style:
     weight: float = 1.0
 
 
+# A memory budget left to its default keeps this share of the free memory, and at least this much, free.
+BUDGET_MARGIN_SHARE = 0.1
+BUDGET_MARGIN_BYTES = 256 << 20
+
+
 @dataclass(frozen=True)
 class Options:
-    size: int = 384  # working long side in pixels
+    # Working long side in pixels, or "full": the content's own size (coarse to fine up to it, in tiles
+    # where a scale does not fit `memory_budget`).
+    size: int | Literal["full"] = 384
     iterations: int = 100  # at the working size; coarser scales run recipe.coarse_iterations of this
     strength: float = 1.0  # multiplies the style weight: 0 keeps the content, 2 doubles the style
     style_scale: float = 1.0  # style image long side relative to the working size
@@ -47,6 +62,15 @@ class Options:
     seed: int = 0
     preview_seconds: float | None = None
     recipe: Recipe = DEFAULT
+    # Bytes of device memory a job may use (tensors the engine allocates; not the model's weights).
+    # A scale that does not fit is optimised in tiles (engine/tiled.py). None: what the device has free
+    # now, less a margin.
+    memory_budget: int | None = None
+    # Forces tiles of this interior side (px, rounded up to 16) on every scale longer than it.
+    tile_size: int | None = None
+    # The tiles' halo in px; None: the deepest layer's receptive field (exact). Smaller is faster and
+    # approximate (engine/tiled.py states the error).
+    tile_halo: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,10 @@ class Progress:
     # Share of the job's work done: iterations weighted by their scale's pixels, so that it moves as
     # time does (a fine scale's iteration costs several coarse ones).
     fraction: float = 0.0
+    # On a tiled scale: the tile just done (1-based) of `tiles`, reported after each tile's gradient
+    # pass and again (tile == tiles) with the iteration; 0 and 0 on a scale optimised whole.
+    tile: int = 0
+    tiles: int = 0
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -85,6 +113,10 @@ def scale_sizes(height: int, width: int, long_side: int, recipe: Recipe) -> list
 class Scale:
     size: tuple[int, int]  # (height, width)
     iterations: int
+    tile: int | None = None  # interior side of its tiles in px; None: the whole image at once
+    tiles: int = 0
+    # Work per iteration relative to a whole-image iteration of this size (tiles' halos, two passes).
+    cost_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +125,7 @@ class Plan:
 
     scales: list[Scale]
     estimate: Estimate
+    memory_budget: int | None = None  # what the plan was made to fit
 
     @property
     def working_size(self) -> tuple[int, int]:
@@ -111,7 +144,8 @@ def schedule(height: int, width: int, options: Options) -> list[Scale]:
     finest scale costs as much as all coarser ones together (docs/benchmarks.md, time to quality).
     """
     recipe = options.recipe
-    sizes = scale_sizes(height, width, options.size, recipe)
+    long_side = max(height, width) if options.size == "full" else options.size
+    sizes = scale_sizes(height, width, long_side, recipe)
     coarse = max(1, round(options.iterations * recipe.coarse_iterations))
     return [Scale(size, coarse) for size in sizes[:-1]] + [Scale(sizes[-1], options.iterations)]
 
@@ -160,7 +194,8 @@ class Engine:
     ) -> Plan:
         """The scales of a job on a content of `content_size` (height, width), and its time and peak
         device memory, the style images' forward passes at their scaled sizes included."""
-        scales = schedule(*content_size, options)
+        budget = self.memory_budget(options)
+        scales = [self._tiling(scale, options, budget) for scale in schedule(*content_size, options)]
         largest_side = round(max(scales[-1].size) * options.style_scale)
         styles_scaled = [fit_long_side(*size, largest_side) for size in style_sizes]
         cost = estimate(
@@ -169,8 +204,76 @@ class Engine:
             self.precision,
             options.recipe,
             self.seconds_per_pixel_iteration,
+            tiles=[self._tile_input(scale, options) for scale in scales],
+            style_tiles=[self._style_tile_input(size, options, budget) for size in styles_scaled],
+            cost_factors=[scale.cost_factor for scale in scales],
         )
-        return Plan(scales, cost)
+        return Plan(scales, cost, budget)
+
+    def memory_budget(self, options: Options) -> int:
+        if options.memory_budget is not None:
+            return options.memory_budget
+        free = free_memory_bytes(self.device)
+        return max(0, free - max(int(free * BUDGET_MARGIN_SHARE), BUDGET_MARGIN_BYTES))
+
+    def _geometry(self, options: Options) -> tuple[list[str], int, int]:
+        """The network's layers up to the deepest tap, the tiles' alignment and their halo."""
+        names = layer_names()
+        names = names[: max(names.index(k) for k in options.recipe.layers) + 1]
+        halo = receptive_halo(names) if options.tile_halo is None else options.tile_halo
+        return names, alignment(names), halo
+
+    def _tiling(self, scale: Scale, options: Options, budget: int) -> Scale:
+        """`scale` as it will run: whole where it fits the budget, else in the largest tiles that do."""
+        h, w = scale.size
+        if options.tile_size is not None:
+            tile = options.tile_size if max(h, w) > options.tile_size else None
+        elif peak_bytes(h, w, self.precision, options.recipe) <= budget:
+            tile = None
+        else:
+            _, align, halo = self._geometry(options)
+            tile = largest_tile(budget, h, w, halo, align, self.precision, options.recipe)
+            tile = None if tile >= max(h, w) else tile
+        if tile is None:
+            return scale
+        _, align, halo = self._geometry(options)
+        grid = tile_grid(h, w, tile, halo, align)
+        # Pass 1 is a forward pass without gradients, about a third of a forward and backward pass.
+        factor = sum(t.input_pixels for t in grid) / (h * w) * 4 / 3
+        return Scale(scale.size, scale.iterations, tile, len(grid), factor)
+
+    def _tile_input(self, scale: Scale, options: Options) -> int | None:
+        """Pixels of the largest tile input of a tiled scale."""
+        if scale.tile is None:
+            return None
+        _, align, halo = self._geometry(options)
+        return max(t.input_pixels for t in tile_grid(*scale.size, scale.tile, halo, align))
+
+    def style_tile(self, size: tuple[int, int], options: Options, budget: int | None) -> int | None:
+        """Interior side of the tiles of a style image's Gram pass at `size`; None: whole."""
+        h, w = size
+        if budget is None or h * w * STYLE_BYTES_PER_PIXEL[self.precision] <= budget:
+            return None
+        _, align, halo = self._geometry(options)
+        side = int(math.sqrt(budget / STYLE_BYTES_PER_PIXEL[self.precision])) - 2 * halo
+        return max(align, side // align * align)
+
+    def _style_tile_input(self, size: tuple[int, int], options: Options, budget: int) -> int | None:
+        tile = self.style_tile(size, options, budget)
+        if tile is None:
+            return None
+        _, align, halo = self._geometry(options)
+        return max(t.input_pixels for t in tile_grid(*size, tile, halo, align))
+
+    def tiled_scale(self, net: VGGFeatures, size: tuple[int, int], tile: int, options: Options) -> TiledScale:
+        return TiledScale(
+            lambda image: self.features(net, image),
+            net.names,
+            size,
+            tile,
+            options.tile_halo,
+            self.gram_matmuls,
+        )
 
     def features(self, net: VGGFeatures, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return net(image.contiguous(memory_format=torch.channels_last))
@@ -219,7 +322,7 @@ class Engine:
         scales = plan.scales
         # Every later resize starts from the working size, not from a layer of many megapixels.
         content = resize(content.to(self.device, torch.float32), scales[-1].size)
-        run = _Run(self, net, content, styles, options, scales, on_progress, on_preview, cancel)
+        run = _Run(self, net, content, styles, options, plan, on_progress, on_preview, cancel)
         image = run.initial_image(scales[0].size)
         for index, scale in enumerate(scales):
             image = run.optimise_scale(index, resize(image, scale.size))
@@ -234,8 +337,11 @@ def check_options(options: Options, styles: Sequence[Style]) -> None:
     """Raises ValueError naming the first absurd option; cheap, so callers can check before queueing."""
     if not styles:
         raise ValueError("at least one style image is needed")
+    if isinstance(options.size, str) and options.size != "full":
+        raise ValueError(f"size must be a number of pixels or 'full', got {options.size!r}")
+    size = 16 if options.size == "full" else options.size  # "full": checked against the content later
     numbers = {
-        "size": options.size,
+        "size": size,
         "iterations": options.iterations,
         "strength": options.strength,
         "style_scale": options.style_scale,
@@ -243,7 +349,7 @@ def check_options(options: Options, styles: Sequence[Style]) -> None:
     for name, value in numbers.items():
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
-    if options.size < 16:
+    if size < 16:
         raise ValueError(f"size must be at least 16 px, got {options.size}")
     if sum(s.weight for s in styles) <= 0:
         raise ValueError("the style weights add up to 0; give at least one style a positive weight")
@@ -253,20 +359,28 @@ def check_options(options: Options, styles: Sequence[Style]) -> None:
         raise ValueError(f"preview_seconds must be ≥ 0, got {options.preview_seconds}")
     if not 0.01 <= options.style_scale <= 8:
         raise ValueError(f"style_scale must be between 0.01 and 8, got {options.style_scale}")
+    if options.memory_budget is not None and options.memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a number of bytes > 0, got {options.memory_budget}")
+    if options.tile_size is not None and options.tile_size < 16:
+        raise ValueError(f"tile_size must be at least 16 px, got {options.tile_size}")
+    if options.tile_halo is not None and options.tile_halo < 0:
+        raise ValueError(f"tile_halo must be ≥ 0 px, got {options.tile_halo}")
 
 
 class _Run:
     """One job's state across scales: targets, timing, callbacks."""
 
-    def __init__(self, engine, net, content, styles, options, scales, on_progress, on_preview, cancel):
+    def __init__(self, engine, net, content, styles, options, plan, on_progress, on_preview, cancel):
         self.engine, self.net, self.content, self.styles = engine, net, content, styles
-        self.options, self.recipe, self.scales = options, options.recipe, scales
+        self.options, self.recipe, self.scales, self.plan = options, options.recipe, plan.scales, plan
+        scales = plan.scales
         self.on_progress, self.on_preview, self.cancel = on_progress, on_preview, cancel
         self.start = time.monotonic()
         self.last_preview = -math.inf
         self.steps_done = 0
-        # An iteration costs about its scale's pixel count; used for the time-left estimate.
-        self.cost_total = sum(s.size[0] * s.size[1] * s.iterations for s in scales)
+        # An iteration costs about its scale's pixel count (times the tiles' overhead); used for the
+        # time-left estimate.
+        self.cost_total = sum(s.size[0] * s.size[1] * s.iterations * s.cost_factor for s in scales)
         self.cost_done = 0.0
         self.steps = sum(s.iterations for s in scales)
         self.losses = _LossReadout(engine.device)
@@ -287,14 +401,18 @@ class _Run:
             return noise.to(self.engine.device)
         return resize(self.content, size)
 
-    def targets(self, size: tuple[int, int]) -> Targets:
-        recipe = self.recipe
+    def targets(self, scale: Scale) -> Targets:
+        recipe, size = self.recipe, scale.size
         with torch.no_grad():
-            content = {
-                k: v.float()
-                for k, v in self.engine.features(self.net, resize(self.content, size)).items()
-                if k in recipe.content_layers
-            }
+            if scale.tile is None:
+                content = {
+                    k: v.float()
+                    for k, v in self.engine.features(self.net, resize(self.content, size)).items()
+                    if k in recipe.content_layers
+                }
+            else:
+                tiles = self.engine.tiled_scale(self.net, size, scale.tile, self.options)
+                content = tiles.feature_maps(resize(self.content, size), list(recipe.content_layers))
             total_weight = sum(s.weight for s in self.styles)
             grams = {k: 0.0 for k in recipe.style_layers}
             for style, digest in zip(self.styles, self.style_digests, strict=True):
@@ -325,21 +443,42 @@ class _Run:
             if cached is not None:
                 return {k: g.to(engine.device) for k, g in cached.items()}
         image = resize(style.image.to(engine.device, torch.float32), size)
+        tile = engine.style_tile(size, self.options, self.plan.memory_budget)
         with engine.gram_matmuls():
-            features = engine.features(self.net, image)
-            grams = {k: gram(features[k]) for k in recipe.style_layers}
+            if tile is None:
+                features = engine.features(self.net, image)
+                grams = {k: gram(features[k]) for k in recipe.style_layers}
+            else:
+                tiles = engine.tiled_scale(self.net, size, tile, self.options)
+                grams = tiles.grams(image, list(recipe.style_layers))
         if key is not None:
             cache.put(key, grams)
         return grams
 
     def optimise_scale(self, index: int, image: torch.Tensor) -> torch.Tensor:
-        targets = self.targets(tuple(image.shape[2:]))
+        scale = self.scales[index]
+        targets = self.targets(scale)
         image = image.detach().clone().contiguous().requires_grad_(True)
         optimizer = _make_optimizer(self.recipe, image)
         parts: list[LossParts] = []
+        tiles = (
+            None
+            if scale.tile is None
+            else self.engine.tiled_scale(self.net, scale.size, scale.tile, self.options)
+        )
+        iteration = 0
 
         def closure() -> torch.Tensor:
             image.grad = None
+            if tiles is not None:
+
+                def on_tile(tile: int, count: int, loss_parts: LossParts) -> None:
+                    if tile < count:
+                        self._report(index, image, iteration, loss_parts, (tile, count))
+
+                loss_parts, image.grad = tiles.loss_and_gradient(image, targets, on_tile, self.check_cancel)
+                parts.append(loss_parts)
+                return loss_parts.total
             with self.engine.gram_matmuls():
                 loss_parts = total_loss(image, self.engine.features(self.net, image), targets)
                 loss_parts.total.backward()
@@ -356,15 +495,33 @@ class _Run:
                 optimizer.step()
                 with torch.no_grad():
                     image.clamp_(0, 1)
-            self._report(index, image, iteration, parts[-1])
+            tiles_done = (scale.tiles, scale.tiles)
+            self._report(index, image, iteration, parts[-1], tiles_done if tiles is not None else None)
         return image.detach().clamp(0, 1)
 
-    def _report(self, index: int, image: torch.Tensor, iteration: int, parts: LossParts) -> None:
-        self.steps_done += 1
+    def _report(
+        self,
+        index: int,
+        image: torch.Tensor,
+        iteration: int,
+        parts: LossParts,
+        tile: tuple[int, int] | None = None,
+    ) -> None:
+        """Reports an iteration done, or with `tile` = (done, of) below the count, a tile of one."""
+        scale = self.scales[index]
         h, w = image.shape[2:]
-        self.cost_done += h * w
+        within = tile is not None and tile[0] < tile[1]
+        if within:
+            # Mid-iteration: the step under way, its share of work done so far; no preview.
+            cost_done = self.cost_done + h * w * scale.cost_factor * tile[0] / tile[1]
+        else:
+            self.steps_done += 1
+            self.cost_done += h * w * scale.cost_factor
+            cost_done = self.cost_done
+        if self.steps_done == self.steps:
+            cost_done = self.cost_total  # exactly 1 at the end, whatever the float sums of tiled costs
         elapsed = time.monotonic() - self.start
-        eta = elapsed * (self.cost_total - self.cost_done) / self.cost_done
+        eta = max(0.0, elapsed * (self.cost_total - cost_done) / cost_done)
         content_loss, style_loss, tv_loss = self.losses.read(parts)
         progress = Progress(
             scale=index + 1,
@@ -373,17 +530,21 @@ class _Run:
             width=w,
             iteration=iteration,
             iterations=self.scales[index].iterations,
-            step=self.steps_done,
+            step=self.steps_done + within,
             steps=self.steps,
             content_loss=content_loss,
             style_loss=style_loss,
             tv_loss=tv_loss,
             elapsed=elapsed,
             eta=eta,
-            fraction=self.cost_done / self.cost_total,
+            fraction=cost_done / self.cost_total,
+            tile=tile[0] if tile else 0,
+            tiles=tile[1] if tile else 0,
         )
         if self.on_progress is not None:
             self.on_progress(progress)
+        if within:
+            return
         preview_due = self.options.preview_seconds is not None and (
             elapsed - self.last_preview >= self.options.preview_seconds or progress.step == progress.steps
         )
