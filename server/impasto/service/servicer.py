@@ -108,7 +108,7 @@ class StyleTransferServicer:
         """`devices`: what each of the jobs layer's engines runs on, in the same order."""
         self.jobs, self.devices, self.transport = jobs, devices, transport
         self.closing = asyncio.Event()  # set when the server begins to shut down
-        self._stream_ended = asyncio.Condition()
+        self._streams_changed = asyncio.Event()
         self._streams: collections.Counter[str] = collections.Counter()  # per peer; loop thread only
         self._decoders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="impasto-decode")
 
@@ -173,23 +173,29 @@ class StyleTransferServicer:
     async def Stylize(self, requests, context: grpc.aio.ServicerContext) -> None:
         peer = context.peer()  # one connection: every user behind one tunnel or NAT is not one peer
         self._open_stream(peer)
-        try:
-            await self._stylize(context)
-        finally:
-            self._streams[peer] -= 1
-            if not self._streams[peer]:
-                del self._streams[peer]
-            async with self._stream_ended:
-                self._stream_ended.notify_all()
+        # Counted until the call has fully ended, its status sent: what `drain` waits for.
+        context.add_done_callback(lambda _: self._stream_done(peer))
+        await self._stylize(context)
+
+    def _stream_done(self, peer: str) -> None:
+        self._streams[peer] -= 1
+        if not self._streams[peer]:
+            del self._streams[peer]
+        self._streams_changed.set()
 
     async def drain(self, timeout: float) -> None:
         """Waits, up to `timeout`, until every Stylize call has ended: at shutdown each has been told its
         job's fate, and its status must reach the client before the connection closes."""
-        async with self._stream_ended:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._streams and loop.time() < deadline:
+            self._streams_changed.clear()
             try:
-                await asyncio.wait_for(self._stream_ended.wait_for(lambda: not self._streams), timeout)
+                await asyncio.wait_for(self._streams_changed.wait(), deadline - loop.time())
             except TimeoutError:
-                log.warning("%d Stylize calls still open at shutdown", sum(self._streams.values()))
+                break
+        if self._streams:
+            log.warning("%d Stylize calls still open at shutdown", sum(self._streams.values()))
 
     async def _stylize(self, context: grpc.aio.ServicerContext) -> None:
         upload = await self._receive(context)
