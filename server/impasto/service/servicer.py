@@ -183,9 +183,12 @@ class StyleTransferServicer:
             del self._streams[peer]
         self._streams_changed.set()
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, timeout: float) -> bool:
         """Waits, up to `timeout`, until every Stylize call has ended: at shutdown each has been told its
-        job's fate, and its status must reach the client before the connection closes."""
+        job's fate, and its status must reach the client before the connection closes. True if any
+        call was open."""
+        if not self._streams:
+            return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._streams and loop.time() < deadline:
@@ -196,6 +199,7 @@ class StyleTransferServicer:
                 break
         if self._streams:
             log.warning("%d Stylize calls still open at shutdown", sum(self._streams.values()))
+        return True
 
     async def _stylize(self, context: grpc.aio.ServicerContext) -> None:
         upload = await self._receive(context)
