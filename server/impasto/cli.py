@@ -79,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stylize.add_argument(
         "--size",
-        type=_whole_number(16),
-        help="working long side in px, or 'auto' (default: 384 on CPU, "
-        "768 on Apple MPS, 1024 on CUDA); the result is written at CONTENT's own size",
+        type=_whole_number(16, full=True),
+        help="working long side in px, 'full' (CONTENT's own size, in tiles where memory is short), "
+        "or 'auto' (default: 384 on CPU, 768 on Apple MPS, 1024 on CUDA); the result is written at "
+        "CONTENT's own size",
     )
     stylize.add_argument(
         "--iterations",
@@ -148,18 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _whole_number(minimum: int):
-    """An argparse type: a whole number ≥ `minimum`, or 'auto' (None: the default)."""
+def _whole_number(minimum: int, full: bool = False):
+    """An argparse type: a whole number ≥ `minimum`, or 'auto' (None: the default); with `full`, also
+    'full' (the size: the content's own)."""
 
-    def parse(text: str) -> int | None:
+    def parse(text: str) -> int | str | None:
         if text == "auto":
             return None
+        if full and text == "full":
+            return "full"
         try:
             value = int(text)
         except ValueError:
             value = None
         if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be a whole number ≥ {minimum}, or 'auto' (got {text!r})")
+            also = ", 'auto' or 'full'" if full else ", or 'auto'"
+            raise argparse.ArgumentTypeError(f"must be a whole number ≥ {minimum}{also} (got {text!r})")
         return value
 
     return parse
