@@ -416,3 +416,11 @@ def test_a_batch_spreads_over_servers_and_survives_one_stopping(images: Path, tm
     assert err.count(" wrote ") == 6, err  # once each
     assert f"via {second}" in err or "the other servers take its files" in err
     assert "the other servers take its files" in err
+
+
+def test_size_full_paints_at_the_contents_own_size(images: Path, tmp_path: Path):
+    out = tmp_path / "full.png"
+    content = images / "content" / "chelsea.png"
+    code = main(["stylize", str(content), "--style", "udnie", "-o", str(out), "--size", "full",
+                 "--iterations", "2", "--quiet"])  # fmt: skip
+    assert code == 0 and Image.open(out).size == Image.open(content).size

@@ -499,6 +499,7 @@ class _LocalRunner:
             max_styles=64,
             max_request_bytes=memory,
             max_inflight_bytes=memory,
+            full_size=True,
         )
         self.jobs = Jobs([engine], library, limits)
 

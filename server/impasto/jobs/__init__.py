@@ -93,7 +93,7 @@ class Jobs:
             styles, description = self._styles(request, uploads)
             content = pictures[0]
             job = Job(
-                content.rgb_fitting(options.size),
+                content.rgb if options.size == "full" else content.rgb_fitting(options.size),
                 styles,
                 options,
                 source=content,

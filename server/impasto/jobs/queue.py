@@ -223,7 +223,7 @@ class JobQueue:
             outcome = failure.kind.value
             job.end(Failed(failure))
         log.info(
-            "job id=%s pixels=%d size=%d style=%s device=%s seconds=%.2f outcome=%s",
+            "job id=%s pixels=%d size=%s style=%s device=%s seconds=%.2f outcome=%s",
             job.id,
             pixels,
             job.options.size,

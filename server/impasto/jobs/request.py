@@ -34,6 +34,9 @@ class Limits:
     max_request_bytes: int = 512 << 20  # announced image bytes of one request
     max_inflight_bytes: int = 4 << 30  # uploads and their decoded pixels, over all requests
     max_strength: float = 100.0
+    # Whether `size` may be "full" (the content's own size, tiled where memory is short): in-process
+    # only for now; the contract has no way to ask for it yet.
+    full_size: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Request:
     content: ImageSpec
     styles: tuple[StyleRef, ...]
     uploads: tuple[ImageSpec, ...] = ()
-    size: int | None = None  # working long side; None: the server's default
+    size: int | Literal["full"] | None = None  # working long side; None: the server's default
     iterations: int | None = None  # at the working size; None: the server's default
     strength: float = 1.0
     style_scale: float = 1.0
@@ -176,7 +179,10 @@ def _check_numbers(request: Request, limits: Limits) -> None:
         if not (math.isfinite(value) and low <= value <= high):
             raise JobError(kind, f"{name} must be between {low:g} and {high:g}, got {value}")
 
-    if request.size is not None:
+    if request.size == "full":
+        if not limits.full_size:
+            raise JobError(Kind.INVALID, "this server does not paint at the content's full size yet")
+    elif request.size is not None:
         within("size (the working long side in px)", request.size, MIN_SIZE, math.inf)
         if request.size > limits.max_size:
             raise JobError(
