@@ -577,6 +577,43 @@ _GRPC_WORDS = (
     "unavailable:",
 )
 _SERVER_FAILED = "the server failed; its log has details"
+_OTHER_RELEASE = "install the same impasto release on both sides"
+# status -> (the sentence around the server's own words, the sentence when it said nothing of its own)
+_SENTENCES = {
+    Status.CANCELLED: ("{at} cancelled the {what}: {said}", "cancelled"),
+    Status.UNAVAILABLE: (
+        "{at} is not available now: {said}",
+        "cannot reach an Impasto server at {address}; {hint}",
+    ),
+    Status.DEADLINE_EXCEEDED: (
+        "{at} gave up on the {what}: {said}",
+        "{at} did not answer in time; it may be busy or the network slow, so try again",
+    ),
+    Status.UNAUTHENTICATED: (
+        "{at} did not accept the token: {said}",
+        "{at} wants a token; give it with --token-file FILE or $IMPASTO_TOKEN",
+    ),
+    Status.RESOURCE_EXHAUSTED: (
+        "{at} cannot take the {what} now: {said}",
+        "a message from {address} was larger than this client accepts; " + _OTHER_RELEASE,
+    ),
+    Status.UNKNOWN: ("{at} failed: {said}; its log has details", "{at} failed; its log has details"),
+    Status.INTERNAL: ("{at} failed: {said}; its log has details", "{at} failed; its log has details"),
+    Status.UNIMPLEMENTED: (
+        "{at} does not offer this call: it runs another version of impasto-server, or is not one; "
+        + _OTHER_RELEASE,
+    )
+    * 2,
+    Status.PERMISSION_DENIED: (
+        "{at} does not allow this: {said}",
+        "{at} does not allow this: ask whoever runs it",
+    ),
+}
+# INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION and the rest
+_REFUSED = (
+    "{at} refused the {what}: {said}",
+    "{at} could not complete the {what}; try again, and see its log if it keeps failing",
+)
 
 
 def _said_by_server(details: str) -> str:
@@ -614,53 +651,12 @@ def _server_error(error: BaseException, address: str, what: str = "request") -> 
             f"cannot reach an Impasto server at {address}{_why_unreachable(error)}; {START_SERVER_HINT}",
             Status.UNAVAILABLE,
         )
-    code, details = error.status, (error.message or "").strip()
-    said = _said_by_server(details)
-    if code == Status.CANCELLED:
-        text = f"{at} cancelled the {what}: {said}" if said else "cancelled"
-    elif code == Status.UNAVAILABLE:
-        text = (
-            f"{at} is not available now: {said}"
-            if said
-            else f"cannot reach an Impasto server at {address}; {START_SERVER_HINT}"
-        )
-    elif code == Status.DEADLINE_EXCEEDED:
-        text = (
-            f"{at} gave up on the {what}: {said}"
-            if said
-            else f"{at} did not answer in time; it may be busy or the network slow, so try again"
-        )
-    elif code == Status.UNAUTHENTICATED:
-        text = (
-            f"{at} did not accept the token: {said}"
-            if said
-            else f"{at} wants a token; give it with --token-file FILE or $IMPASTO_TOKEN"
-        )
-    elif code == Status.RESOURCE_EXHAUSTED:
-        text = (
-            f"{at} cannot take the {what} now: {said}"
-            if said
-            else f"a message from {address} was larger than this client accepts; "
-            "install the same impasto release on both sides"
-        )
-    elif code in (Status.UNKNOWN, Status.INTERNAL):
-        text = (
-            f"{at} failed: {said}; its log has details"
-            if said and said != _SERVER_FAILED
-            else (f"{at} failed; its log has details")
-        )
-    elif code == Status.UNIMPLEMENTED:
-        text = (
-            f"{at} does not offer this call: it runs another version of impasto-server, or is not one; "
-            "install the same impasto release on both sides"
-        )
-    elif code == Status.PERMISSION_DENIED:
-        text = f"{at} does not allow this: {said or 'ask whoever runs it'}"
-    elif said:  # INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION and the rest
-        text = f"{at} refused the {what}: {said}"
-    else:
-        text = f"{at} could not complete the {what}; try again, and see its log if it keeps failing"
-    return ServerError(text, code)
+    said = _said_by_server((error.message or "").strip())
+    with_words, without = _SENTENCES.get(error.status, _REFUSED)
+    text = (with_words if said and said != _SERVER_FAILED else without).format(
+        at=f"the server at {address}", what=what, said=said, address=address, hint=START_SERVER_HINT
+    )
+    return ServerError(text, error.status)
 
 
 def _why_unreachable(error: BaseException) -> str:
