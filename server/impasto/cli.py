@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="convolution precision; losses are always fp32 (default: auto)",
     )
     local.add_argument(
+        "--memory-budget",
+        type=_whole_number(1 << 20),
+        metavar="BYTES",
+        help="memory a scale may use; larger ones run in tiles (default: free memory less a margin)",
+    )
+    local.add_argument(
         "--styles-dir", type=Path, default=DEFAULT_STYLES_DIR, help="where preset ids are looked up"
     )
     stylize.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -527,6 +533,7 @@ class _LocalRunner:
             optimizer=args.optimizer,
             init="noise" if args.init == "noise" else "content",
             init_upload=self.init_upload,
+            memory_budget=args.memory_budget,
             labels=(str(content), *self.labels),
         )
         upload = self.jobs.admit(request)
@@ -719,14 +726,21 @@ class _ProgressBar:
         from .engine import Progress
 
         if isinstance(event, Progress):
-            self.show(
-                event.fraction, event.eta, event.scale, event.scales, event.content_loss, event.style_loss
-            )
+            p = event
+            tile = f" tile {p.tile}/{p.tiles}" if p.tiles > 1 else ""
+            self.show(p.fraction, p.eta, p.scale, p.scales, p.content_loss, p.style_loss, tile)
 
     def show(
-        self, fraction: float, eta: float, scale: int, scales: int, content_loss: float, style_loss: float
+        self,
+        fraction: float,
+        eta: float,
+        scale: int,
+        scales: int,
+        content_loss: float,
+        style_loss: float,
+        tile: str = "",
     ) -> None:
-        self.bar.set_description(f"{self.label}scale {scale}/{scales}")
+        self.bar.set_description(f"{self.label}scale {scale}/{scales}{tile}")
         left = f"about {_duration(eta)} left, " if math.isfinite(eta) and eta > 0 else ""
         self.bar.set_postfix_str(f"{left}content {content_loss:.3g}, style {style_loss:.3g}", refresh=False)
         self.bar.update(fraction * 100 - self.bar.n)

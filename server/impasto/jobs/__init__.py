@@ -164,6 +164,7 @@ class Jobs:
             seed=request.seed,
             preview_seconds=request.preview_seconds,
             recipe=recipe,
+            memory_budget=request.memory_budget or self.limits.memory_budget,
         )
 
     def _styles(self, request: Request, uploads: list[Picture]) -> tuple[list[Style], str]:

@@ -37,6 +37,7 @@ class Limits:
     # Whether `size` may be "full" (the content's own size, tiled where memory is short): in-process
     # only for now; the contract has no way to ask for it yet.
     full_size: bool = False
+    memory_budget: int | None = None  # larger scales run in tiles; None: free memory less a margin
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Request:
     optimizer: Literal["lbfgs", "adam"] | None = None
     init: Literal["content", "noise"] = "content"
     init_upload: int | None = None  # start from this upload instead
+    memory_budget: int | None = None  # bytes a scale may use (else the server's); larger ones run in tiles
     labels: tuple[str, ...] = ()  # names of the images for messages (file names), content first
 
     @property
@@ -200,6 +202,8 @@ def _check_numbers(request: Request, limits: Limits) -> None:
         raise JobError(Kind.INVALID, f"unknown recipe {quoted(request.recipe)}; known: {', '.join(RECIPES)}")
     if request.optimizer not in (None, "lbfgs", "adam"):
         raise JobError(Kind.INVALID, f"unknown optimiser {quoted(str(request.optimizer))}: lbfgs or adam")
+    if request.memory_budget is not None and request.memory_budget < 1 << 20:
+        raise JobError(Kind.INVALID, f"a memory budget of {request.memory_budget} bytes is below 1 MiB")
     if request.init_upload is not None and not 0 <= request.init_upload < len(request.uploads):
         raise JobError(Kind.INVALID, f"init_upload {request.init_upload} is not an upload")
 

@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a quarter of RAM, at most 16 GiB)",
     )
     limits.add_argument(
+        "--memory-budget",
+        type=int,
+        metavar="BYTES",
+        help="device memory one job may use (default: what is free, less a margin)",
+    )
+    limits.add_argument(
         "--upload-timeout",
         type=float,
         default=30.0,
@@ -240,6 +246,7 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
         max_styles=args.max_styles,
         max_request_bytes=args.max_request_bytes,
         max_inflight_bytes=args.max_inflight_bytes or min(16 << 30, host_memory_bytes() // 4),
+        memory_budget=args.memory_budget,
     )
     transport = Transport(
         upload_timeout_seconds=args.upload_timeout,
