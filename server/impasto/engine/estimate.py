@@ -26,7 +26,7 @@ PEAK_BYTES_PER_PIXEL = {"fp32": 2500, "bf16": 1600}
 STYLE_BYTES_PER_PIXEL = {"fp32": 600, "bf16": 350}
 FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION = {
     ("cpu", "bf16"): 5.5e-6,  # measured on a 2-core Xeon with AMX
-    ("cpu", "fp32"): 1.3e-5,
+    ("cpu", "fp32"): 6.5e-6,  # measured on a 2-core Xeon (5.4–6.9; bench/eta.py, docs/benchmarks.md)
     ("cuda", "bf16"): 6e-9,  # ~1.5 ms at 512² on an H100-class GPU (target, not yet measured)
     ("cuda", "fp32"): 2.5e-8,
     ("mps", "fp32"): 1e-7,
