@@ -546,3 +546,13 @@ def test_one_queue_feeds_a_worker_per_device(images: Path):
         assert wait_until(lambda: idle(address), timeout=30)
         for client in [*clients, observer]:
             client.close()
+
+
+def test_full_size_over_the_network_paints_at_the_contents_own_size(server: str, images: Path):
+    content, _ = rgba(images / "content" / "chelsea.png")
+    events, result = run_job(
+        server, content, [StyleSpec(preset="udnie")], replace(FAST, full_size=True, iterations=2)
+    )
+    started = next(e for e in events if type(e).__name__ == "Started")
+    assert (started.working_width, started.working_height) == (content.width, content.height)
+    assert (result.width, result.height) == (content.width, content.height)

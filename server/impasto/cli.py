@@ -628,7 +628,8 @@ class _RemoteRunner:
         self.settings = Settings(
             strength=args.strength,
             iterations=args.iterations or 0,  # the contract's 0: the server's default
-            size=args.size or 0,
+            size=0 if args.size in (None, "full") else args.size,
+            full_size=args.size == "full",
             preserve_colors=args.preserve_colors,
             seed=args.seed,
             style_scale=args.style_scale,
@@ -659,7 +660,8 @@ class _RemoteRunner:
                     bar.note(f"queued: {event.position} job(s) ahead")
                 elif isinstance(event, Progress):
                     p = event
-                    bar.show(p.fraction, p.eta_seconds, p.scale, p.scales, p.content_loss, p.style_loss)
+                    tile = f" tile {p.tile}/{p.tiles}" if p.tiles > 1 else ""
+                    bar.show(p.fraction, p.eta_seconds, p.scale, p.scales, p.content_loss, p.style_loss, tile)
         finally:
             stop.jobs.discard(job)
         return job.result

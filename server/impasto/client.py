@@ -197,6 +197,8 @@ class Progress:
     tv_loss: float
     elapsed_seconds: float
     eta_seconds: float  # 0 while unknown
+    tile: int = 0  # on a scale painted in tiles: the tile just done, of `tiles`; else 0
+    tiles: int = 0
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,7 @@ class Settings:
     strength: float = 1.0
     iterations: int = 0  # 0: the server's default
     size: int = 0  # 0: the server's default
+    full_size: bool = False  # paint at the content's own size (tiled where memory is short); size ignored
     preserve_colors: bool = False
     seed: int = 0
     style_scale: float = 1.0
@@ -501,6 +504,8 @@ def _event(message: pb.StylizeEvent, kind: str) -> Event:
             p.tv_loss,
             p.elapsed_seconds,
             p.eta_seconds,
+            p.tile,
+            p.tiles,
         )
     p = message.preview
     return Preview(p.png, p.width, p.height, p.fraction)
@@ -527,6 +532,7 @@ def _requests(content: Image, styles: list[StyleSpec], settings: Settings) -> It
             seed=settings.seed,
             style_scale=settings.style_scale,
             preview_interval_seconds=settings.preview_seconds,
+            full_size=settings.full_size,
         )
     )
     for index, image in enumerate([content, *uploads]):

@@ -247,6 +247,7 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
         max_request_bytes=args.max_request_bytes,
         max_inflight_bytes=args.max_inflight_bytes or min(16 << 30, host_memory_bytes() // 4),
         memory_budget=args.memory_budget,
+        full_size=True,
     )
     transport = Transport(
         upload_timeout_seconds=args.upload_timeout,

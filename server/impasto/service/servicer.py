@@ -371,7 +371,7 @@ def _request(params: pb.StylizeParameters) -> Request:
             for choice in params.styles
         ),
         uploads=tuple(_image(header) for header in params.style_uploads),
-        size=params.size or None,
+        size="full" if params.full_size else (params.size or None),
         iterations=params.iterations or None,
         strength=params.strength if params.HasField("strength") else 1.0,
         style_scale=params.style_scale or 1.0,
@@ -393,6 +393,8 @@ def _progress(p: Progress) -> pb.Progress:
         tv_loss=p.tv_loss,
         elapsed_seconds=p.elapsed,
         eta_seconds=p.eta if math.isfinite(p.eta) else 0.0,
+        tile=p.tile,
+        tiles=p.tiles,
     )
 
 
