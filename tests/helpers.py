@@ -93,3 +93,18 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def start_long_job(client, content_file: Path):
+    """A job too long to finish on its own (size 64, 5000 iterations), once it is running: (job, events)."""
+    from impasto.client import Image, Progress, Settings, StyleSpec
+
+    job = client.stylize(
+        Image.from_file(content_file),
+        [StyleSpec(preset="udnie")],
+        Settings(size=64, iterations=5000, preview_seconds=-1),
+    )
+    events = job.events()
+    while not isinstance(next(events), Progress):
+        pass
+    return job, events

@@ -270,27 +270,6 @@ def test_unknown_preset_over_the_network_is_a_sentence(images: Path, tmp_path: P
     assert "[NOT_FOUND" not in err and "NOT_FOUND" not in err
 
 
-def test_ctrl_c_over_the_network_says_cancelled_in_words(images: Path, tmp_path: Path):
-    out = tmp_path / "out.png"
-    with running_server("--styles-dir", str(images / "styles")) as address:
-        code, stderr = interrupt_stylize(
-            str(images / "content" / "camera.png"),
-            "--style",
-            "udnie",
-            "-o",
-            str(out),
-            "--size",
-            "64",
-            "--iterations",
-            "5000",
-            "--server",
-            address,
-        )
-    assert code == EXIT_CANCELLED and "cancelled" in stderr and not out.exists()
-    for words in ("Locally cancelled", "[CANCELLED", "CANCELLED", "UNKNOWN", "Cancelling all calls"):
-        assert words not in stderr
-
-
 # ---- options and neighbours ------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import running_server, self_signed
+from helpers import running_server, self_signed, start_long_job
 
 # Runs first in the child interpreter: from here on, a compiled module outside the standard library
 # cannot be imported, exactly as if its wheel did not fit the interpreter.
@@ -113,19 +113,12 @@ def test_the_guard_really_forbids_compiled_modules():
 
 
 def test_of_several_servers_the_least_busy_that_answers(images: Path):
-    from impasto.client import Client, Image, Progress, Settings, StyleSpec
+    from impasto.client import Client
 
     with running_server("--styles-dir", str(images / "styles")) as busy, running_server() as free:
         down = "127.0.0.1:9"  # nothing listens there
         with Client(busy) as client:
-            job = client.stylize(
-                Image.from_file(images / "content" / "camera.png"),
-                [StyleSpec(preset="udnie")],
-                Settings(size=64, iterations=5000, preview_seconds=-1),
-            )
-            events = job.events()
-            while not isinstance(next(events), Progress):
-                pass
+            job, _ = start_long_job(client, images / "content" / "camera.png")
             with Client(f"{down},{busy},{free}") as chosen:
                 assert chosen.address == free
             job.cancel()

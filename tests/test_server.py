@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from grpclib.const import Status
-from helpers import interrupt_stylize, running_server, self_signed
+from helpers import interrupt_stylize, running_server, self_signed, start_long_job
 from impasto.client import Client, Image, Preview, Progress, Queued, ServerError, Settings, StyleSpec
 from impasto.engine import Engine
 from impasto.jobs import queue as job_queue
@@ -447,14 +447,7 @@ def test_sigterm_cancels_running_jobs_after_the_grace_period_and_exits_0(images:
     process, address = start_server_process("--styles-dir", str(images / "styles"), "--grace-seconds", "1")
     try:
         with Client(address) as client:
-            job = client.stylize(
-                Image.from_file(images / "content" / "camera.png"),
-                [StyleSpec(preset="udnie")],
-                Settings(size=64, iterations=5000, preview_seconds=-1),
-            )
-            events = job.events()
-            while not isinstance(next(events), Progress):
-                pass
+            _, events = start_long_job(client, images / "content" / "camera.png")
             process.terminate()
             with pytest.raises(ServerError) as caught:
                 list(events)
@@ -499,7 +492,7 @@ def test_cli_over_the_network(server: str, images: Path, tmp_path: Path, capsys)
 
 def test_ctrl_c_in_the_cli_cancels_the_job_on_the_server(server: str, images: Path, tmp_path: Path):
     out = tmp_path / "out.png"
-    code, _ = interrupt_stylize(
+    code, stderr = interrupt_stylize(
         str(images / "content" / "camera.png"),
         "--style",
         "udnie",
@@ -512,7 +505,9 @@ def test_ctrl_c_in_the_cli_cancels_the_job_on_the_server(server: str, images: Pa
         "--server",
         server,
     )
-    assert code == 130 and not out.exists()
+    assert code == 130 and "cancelled" in stderr and not out.exists()
+    for words in ("Locally cancelled", "CANCELLED", "UNKNOWN", "Cancelling all calls"):
+        assert words not in stderr  # a sentence, not gRPC's words
     assert wait_until(lambda: idle(server), timeout=30)
 
 
