@@ -28,7 +28,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MIRROR = os.environ.get("IMPASTO_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ["gimp", "python3-gi", "gir1.2-gimp-3.0", "gir1.2-gegl-0.4", "gir1.2-babl-0.1",
-            "xvfb", "xauth", "x11-apps", "x11-utils", "netpbm", "procps"]  # fmt: skip
+            "xvfb", "xauth", "x11-apps", "x11-utils", "netpbm", "procps", "xdotool"]  # fmt: skip
+# Added after the first roots were built: a cached root without them gets them on first use.
+LATER_PACKAGES = {"xdotool": "usr/bin/xdotool"}  # package: a file it installs
 SCRIPTS = Path("/usr/share/debootstrap/scripts")
 
 
@@ -71,6 +73,26 @@ def build_root(suite: Suite) -> None:
     partial.rename(suite.root)
 
 
+def add_later_packages(suite: Suite) -> None:
+    """Installs LATER_PACKAGES into a root built before they were listed (one pytest at a time)."""
+    missing = [name for name, path in LATER_PACKAGES.items() if not (suite.root / path).exists()]
+    if not missing or can_build() is not None:
+        return  # the tests that need them fail, naming what is missing
+    import fcntl
+
+    with open(suite.root.with_name(suite.root.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = [name for name in missing if not (suite.root / LATER_PACKAGES[name]).exists()]
+        if not missing:
+            return
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        apt = ["chroot", str(suite.root), "apt-get", "-q"]
+        with mounted_proc(suite.root):
+            for command in (["update"], ["install", "-y", "--no-install-recommends", *missing], ["clean"]):
+                # Offline, the tests that need them fail and say what is missing.
+                subprocess.run([*apt, *command], check=False, env=env, stdout=subprocess.DEVNULL)
+
+
 class mounted_proc:  # noqa: N801 - a context manager
     def __init__(self, root: Path):
         self.target = root / "proc"
@@ -103,6 +125,7 @@ def gimp_suite(request: pytest.FixtureRequest) -> Suite:
             pytest.skip(f"real-GIMP tests skipped: building the {suite.debian} root {reason}")
         build_root(suite)
         assert suite.binary("gimp-console"), f"no gimp-console-3.* in {suite.root}/usr/bin"
+    add_later_packages(suite)
     return suite
 
 

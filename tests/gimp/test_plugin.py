@@ -211,14 +211,34 @@ def test_killing_the_plug_in_leaves_no_job_on_the_server(gimp, server: str, imag
 
 
 GUI_SCRIPT = """
-import json
+import hashlib, json, subprocess, time
 import gi
 gi.require_version("Gimp", "3.0")
-from gi.repository import Gimp, Gio
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gimp, Gio, Gegl
 image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path({content!r}))
 Gimp.Display.new(image)
 procedure = Gimp.get_pdb().lookup_procedure("python-fu-impasto")
 out = {{}}
+
+def state():  # the layers' names and a digest of what the image shows
+    copy = image.duplicate()
+    flat = copy.flatten()
+    rect = Gegl.Rectangle.new(0, 0, flat.get_width(), flat.get_height())
+    data = bytes(flat.get_buffer().get(rect, 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.NONE))
+    copy.delete()
+    return [[layer.get_name() for layer in image.get_layers()], hashlib.sha256(data).hexdigest()]
+
+# Edit ▸ Undo as a user does it: Ctrl+Z (X test events) in the image's window, found by the size in its
+# title. No PDB procedure undoes (GIMP 3.0 and 3.2 have only undo groups, freeze, thaw, enable, disable).
+def press_undo():
+    size = f"{{image.get_width()}}x{{image.get_height()}}"
+    found = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", size], capture_output=True, text=True)
+    windows = found.stdout.split()
+    if windows:
+        subprocess.run(["xdotool", "windowfocus", windows[0]], capture_output=True)
+    pressed = subprocess.run(["xdotool", "key", "ctrl+z"], capture_output=True, text=True)
+    return {{"windows": windows, "key": pressed.returncode, "said": found.stderr + pressed.stderr}}
 
 def run(mode):
     config = procedure.create_config()
@@ -231,9 +251,17 @@ def run(mode):
     config.set_property("style", "starry-night")
     return int(procedure.run(config).index(0))
 
+before = state()
 out["interactive"] = run(Gimp.RunMode.INTERACTIVE) == int(Gimp.PDBStatusType.SUCCESS)
 out["parasites"] = {{name: bytes(image.get_parasite(name).get_data()).decode(errors="replace")
                     for name in image.get_parasite_list() if "impasto" in name}}
+# One Undo takes the whole result away: the image is as it was before the run.
+after = state()
+out["undo"] = {{"before": before, "after": after, "press": press_undo()}}
+deadline = time.monotonic() + 10
+while len(image.get_layers()) != len(before[0]) and time.monotonic() < deadline:
+    time.sleep(0.1)  # with two undo steps, the first undoes only part, and this waits in vain
+out["undo"]["undone"] = state()
 # Filters > Repeat: this image's last values (no token in them), the token remembered for the server.
 out["repeat"] = run(Gimp.RunMode.WITH_LAST_VALS) == int(Gimp.PDBStatusType.SUCCESS)
 out["layers"] = [layer.get_name() for layer in image.get_layers()]
@@ -257,10 +285,12 @@ kill $! 2>/dev/null
 """
 
 
-def test_dialog_preview_progress_and_last_values_under_xvfb(gimp, tls_server, images: Path):
+def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_server, images: Path):
     """The interactive dialog against a TLS server with a token: it connects (presets, "Auto (N)",
-    the server's state), Preview shows a small result, OK runs the job in the progress window; then
-    Filters ▸ Repeat runs again with the last values. Screenshots are kept in build/screenshots/."""
+    the server's state), Preview shows a small result, OK runs the job in the progress window; one
+    Ctrl+Z in the image window takes the result away; then Filters ▸ Repeat runs again with the last
+    values. Screenshots are kept in build/screenshots/."""
+    assert (gimp.root / "usr/bin/xdotool").exists(), f"no xdotool in {gimp.root} (conftest installs it)"
     address, cert = tls_server
     content = gimp.put(images / "content" / "chelsea.png")
     ca = gimp.put(cert)
@@ -291,7 +321,13 @@ def test_dialog_preview_progress_and_last_values_under_xvfb(gimp, tls_server, im
     assert "dialog" in ran.stdout and "preview" in ran.stdout and "finished" in ran.stdout, said
     out = json.loads(result.read_text())
     assert out["interactive"] and out["repeat"], (out, said)
-    assert all(name.startswith("Impasto: starry-night") for name in out["layers"][:2]), out  # "… #1"
+    # One Ctrl+Z after the run: the new layer and everything else the plug-in did are gone.
+    undo = out["undo"]
+    assert undo["after"][0] == ["Impasto: starry-night", *undo["before"][0]], undo
+    assert undo["after"][1] != undo["before"][1], undo  # the result showed
+    assert undo["undone"] == undo["before"], undo
+    # Filters ▸ Repeat then paints again on the source.
+    assert out["layers"] == ["Impasto: starry-night", *undo["before"][0]], out
 
     # Last values: GIMP's own, globally (.last) and in the image (a persistent parasite, so in XCF
     # files) — with the server, style, TLS certificate and insecure choice, never the token.
