@@ -403,3 +403,14 @@ def test_size_full_paints_at_the_contents_own_size(images: Path, tmp_path: Path)
     code = main(["stylize", str(content), "--style", "udnie", "-o", str(out), "--size", "full",
                  "--iterations", "2", "--quiet"])  # fmt: skip
     assert code == 0 and Image.open(out).size == Image.open(content).size
+
+
+def test_the_bar_shows_a_time_left_before_the_first_iteration(images: Path, tmp_path: Path, capsys):
+    """The plan's estimate is on screen while the targets are computed, not a bar that looks stuck."""
+    out = tmp_path / "out.png"
+    content, style = images / "content" / "chelsea.png", images / "styles" / "starry-night.jpg"
+    assert main(["stylize", str(content), "--style", str(style), "-o", str(out), *TINY]) == 0
+    shown = capsys.readouterr().err
+    preparing, first_scale = shown.find("preparing 32×21"), shown.find("scale 1/")
+    assert 0 <= preparing < first_scale, shown
+    assert "left" in shown[preparing:first_scale], shown

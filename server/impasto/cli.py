@@ -642,7 +642,7 @@ class _RemoteRunner:
         """One job; its result Image, or a ServerError (CANCELLED once `stop` is set)."""
         from dataclasses import replace
 
-        from .client import Image, Progress, Queued
+        from .client import Image, Progress, Queued, Started
 
         try:
             image = Image.from_file(content)
@@ -658,6 +658,8 @@ class _RemoteRunner:
                 self.styles = [replace(style, save_as="") for style in self.styles]
                 if isinstance(event, Queued) and event.position > 0:
                     bar.note(f"queued: {event.position} job(s) ahead")
+                elif isinstance(event, Started):
+                    bar.started(event.estimated_seconds, event.working_width, event.working_height)
                 elif isinstance(event, Progress):
                     p = event
                     tile = f" tile {p.tile}/{p.tiles}" if p.tiles > 1 else ""
@@ -726,11 +728,22 @@ class _ProgressBar:
     def event(self, event) -> None:
         """An in-process job's event."""
         from .engine import Progress
+        from .jobs import Started
 
-        if isinstance(event, Progress):
+        if isinstance(event, Started):
+            self.started(event.plan.estimate.seconds, *reversed(event.plan.working_size))
+        elif isinstance(event, Progress):
             p = event
             tile = f" tile {p.tile}/{p.tiles}" if p.tiles > 1 else ""
             self.show(p.fraction, p.eta, p.scale, p.scales, p.content_loss, p.style_loss, tile)
+
+    def started(self, estimate: float, width: int, height: int) -> None:
+        # The plan's estimate, shown before the first iteration: the style's and content's targets
+        # take seconds on a CPU, and a bar without a time left then looks stuck.
+        self.bar.set_description(f"{self.label}preparing {width}×{height}")
+        if math.isfinite(estimate) and estimate > 0:
+            self.bar.set_postfix_str(f"about {_duration(estimate)} left", refresh=False)
+        self.bar.refresh()
 
     def show(
         self,
