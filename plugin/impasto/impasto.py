@@ -34,6 +34,7 @@ from impasto.client import (  # noqa: E402
     Settings,
     Started,
     StyleSpec,
+    addresses,
 )
 
 PROCEDURE = "python-fu-impasto"
@@ -44,6 +45,7 @@ DIALOG_ARGUMENTS = [
     "strength",
     "iterations",
     "size",
+    "full-size",
     "preserve-colors",
     "seed",
     "server",
@@ -113,14 +115,23 @@ class Impasto(Gimp.PlugIn):
             RW,
         )
         procedure.add_boolean_argument(
+            "full-size",
+            "Full size (the layer's own resolution; slower)",
+            "Paint at the layer's own size (with a selection: its bounding box at its own size), in tiles "
+            "where the server's memory is short; the working size is then ignored",
+            False,
+            RW,
+        )
+        procedure.add_boolean_argument(
             "preserve-colors", "Preserve colors", "Keep the picture's colours", False, RW
         )
         procedure.add_int_argument("seed", "Seed", "Same seed, same result", 0, 2**31 - 1, 0, RW)
         procedure.add_string_argument(
             "server",
             "Server",
-            "host:port (plaintext) or https://host:port (TLS); empty = the last address used, "
-            f"else $IMPASTO_SERVER, else {DEFAULT_ADDRESS}",
+            "host:port (plaintext) or https://host:port (TLS), or several separated by commas (the "
+            "least busy that answers); empty = the last address used, else $IMPASTO_SERVER, else "
+            f"{DEFAULT_ADDRESS}",
             "",
             RW,
         )
@@ -163,10 +174,13 @@ def run(procedure, run_mode, image, drawables, config, data):
             procedure,
             "Impasto works on RGB and grayscale images; convert this one with Image ▸ Mode ▸ RGB first.",
         )
+    autopilot = []  # the dialog's autopilot steps left for the progress window
     if run_mode == Gimp.RunMode.INTERACTIVE:
         GimpUi.init(PROCEDURE)
-        if not StyleDialog(procedure, config, layer).run():
+        dialog = StyleDialog(procedure, config, layer)
+        if not dialog.run():
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        autopilot = dialog.autopilot
 
     address = config.get_property("server").strip() or remembered_address()
     token = config.get_property("token")
@@ -174,31 +188,34 @@ def run(procedure, run_mode, image, drawables, config, data):
         token = remembered_token(address)  # Filters ▸ Repeat, or the dialog's empty field
     try:
         style, style_name = chosen_style(config)
-        content = read_layer(layer)
+        full_size = config.get_property("full-size")
+        box = painted_box(image, layer, full_size)
+        content = read_layer(layer, box)
         settings = Settings(
             strength=config.get_property("strength"),
             iterations=config.get_property("iterations"),
             size=config.get_property("size"),
+            full_size=full_size,
             preserve_colors=config.get_property("preserve-colors"),
             seed=config.get_property("seed"),
         )
         with connect(config, address, token) as client:
             job = client.stylize(content, [style], settings)
             if run_mode == Gimp.RunMode.INTERACTIVE:
-                finished = ProgressDialog(job, style_name).run()
+                finished = ProgressDialog(job, style_name, autopilot).run()
             else:
                 finished = follow_in_status_bar(job, style_name)
     except (ServerError, OSError, ValueError) as error:
         return fail(procedure, str(error))
     if not finished:
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-    remember(client.address, token if run_mode != Gimp.RunMode.NONINTERACTIVE else None)
+    remember(address, token if run_mode != Gimp.RunMode.NONINTERACTIVE else None)
     # GIMP saves the arguments as last values, globally and in the image (a persistent parasite, so
     # inside XCF files): never the token. It stays in impasto.json (this user's only), per server.
     config.set_property("token", "")
     if not (image.is_valid() and layer.is_valid()):
         return fail(procedure, "The image or layer was closed while Impasto worked; nothing was changed.")
-    result = add_result_layer(image, layer, job.result, style_name)
+    result = add_result_layer(image, layer, box, job.result, style_name)
     return Gimp.ValueArray.new_from_values(
         [
             GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),
@@ -239,16 +256,29 @@ def chosen_style(config):
     return StyleSpec(preset=preset), preset
 
 
-def read_layer(layer):
-    width, height = layer.get_width(), layer.get_height()
-    rect = Gegl.Rectangle.new(0, 0, width, height)
+def painted_box(image, layer, full_size):
+    """The part of the layer that is sent, (x, y, width, height) in layer coordinates: the whole layer,
+    or at full size with a selection, the selection's bounding box (painted at its own size)."""
+    if full_size and not Gimp.Selection.is_empty(image):
+        ok, x, y, width, height = layer.mask_intersect()
+        if not ok or width < 1 or height < 1:
+            raise ValueError("The selection does not touch this layer; select part of it, or select none.")
+        return x, y, width, height
+    return 0, 0, layer.get_width(), layer.get_height()
+
+
+def read_layer(layer, box=None):
+    x, y, width, height = box or (0, 0, layer.get_width(), layer.get_height())
+    rect = Gegl.Rectangle.new(x, y, width, height)
     data = layer.get_buffer().get(rect, 1.0, PIXELS, Gegl.AbyssPolicy.NONE)
     return Image(bytes(data), width, height)
 
 
-def add_result_layer(image, source, result, style_name):
-    """A new layer directly above the source, same size and offsets, masked by the selection."""
-    if result.encoded or (result.width, result.height) != (source.get_width(), source.get_height()):
+def add_result_layer(image, source, box, result, style_name):
+    """A new layer directly above the source over the painted box (the whole layer, or a selection's
+    bounding box), masked by the selection: one undo step."""
+    box_x, box_y, width, height = box
+    if result.encoded or (result.width, result.height) != (width, height):
         raise ValueError("the server sent a result that does not fit the layer")
     image.undo_group_start()
     try:
@@ -262,7 +292,7 @@ def add_result_layer(image, source, result, style_name):
         )
         image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
         _, x, y = source.get_offsets()
-        layer.set_offsets(x, y)
+        layer.set_offsets(x + box_x, y + box_y)
         buffer = layer.get_buffer()
         buffer.set(Gegl.Rectangle.new(0, 0, result.width, result.height), PIXELS, result.data)
         buffer.flush()
@@ -290,7 +320,8 @@ def describe(event):
     if isinstance(event, Progress):
         p = event
         left = f", about {p.eta_seconds:.0f} s left" if p.eta_seconds > 0 else ""
-        return f"Scale {p.scale} of {p.scales}, iteration {p.iteration} of {p.iterations}{left}"
+        tile = f", tile {p.tile} of {p.tiles}" if p.tiles else ""
+        return f"Scale {p.scale} of {p.scales}{tile}, iteration {p.iteration} of {p.iterations}{left}"
     return None
 
 
@@ -311,16 +342,18 @@ class ProgressDialog:
     """Stage, fraction, time left, the latest preview and a Cancel button that cancels the server job.
 
     The stream is read on a worker thread; every GTK and libgimp call happens on the main thread
-    through GLib.idle_add.
+    through GLib.idle_add. `autopilot`: the steps the dialog's autopilot left; "cancel-progress"
+    presses Cancel once the job's first progress arrives.
     """
 
-    def __init__(self, job, style_name):
+    def __init__(self, job, style_name, autopilot=()):
         self.job = job
         self.error = None
         self.finished = False
+        self.autopilot = list(autopilot)
         self.dialog = Gtk.Dialog(title=f"Impasto: {style_name}", modal=True)
-        self.dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
-        self.dialog.connect("response", lambda *_: self.job.cancel())
+        self.cancel_button = self.dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+        self.dialog.connect("response", lambda *_: self._cancel())
         box = self.dialog.get_content_area()
         box.set_spacing(8)
         box.set_border_width(12)
@@ -351,13 +384,24 @@ class ProgressDialog:
             self.error = error
         GLib.idle_add(self.loop.quit)
 
+    def _cancel(self):
+        """Cancel (or the window closed): the server stops the job; the window goes when it has."""
+        self.cancel_button.set_sensitive(False)
+        self.stage.set_text("Cancelling…")
+        self.job.cancel()
+
     def _show(self, event):
+        if not self.cancel_button.get_sensitive():
+            return False  # cancelling: the stage says so
         text = describe(event)
         if text:
             self.stage.set_text(text)
         if isinstance(event, Progress):
             self.bar.set_fraction(event.fraction)
             Gimp.progress_update(event.fraction)
+            if self.autopilot and self.autopilot[0] == "cancel-progress":
+                print(f"impasto-autopilot: {self.autopilot.pop(0)}", flush=True)
+                self.cancel_button.clicked()
         if isinstance(event, Preview):
             self.preview.set_from_pixbuf(pixbuf_from_png(event.png))
         return False
@@ -444,6 +488,9 @@ class StyleDialog:
             self._beside(name, label)
             self.auto[name] = label
             config.connect(f"notify::{name}", lambda *_: self._show_auto())
+        # Full size: the working size means nothing then. (ServerInfo does not say whether a server
+        # paints at full size; one that cannot says so when the job is sent.)
+        config.connect("notify::full-size", lambda *_: self._show_auto())
         self._show_auto()
         token_widget = self.dialog.get_widget("token", GObject.TYPE_NONE)
         entry = token_widget.get_entry() if hasattr(token_widget, "get_entry") else None
@@ -503,13 +550,14 @@ class StyleDialog:
         self.presets.clear()
         try:
             with connect(self.config, address, self.config.get_property("token"), timeout=3) as client:
+                chosen_server = client.address  # of several: the least busy that answered
                 info = client.info()
                 presets = client.styles()
                 thumbnails = {p.id: _thumbnail_or_none(client, p.id) for p in presets}
         except (ServerError, ValueError) as error:
             self.info = None
             self._show_auto()
-            self.status.set_markup(
+            self._set_status(
                 f"<b>{GLib.markup_escape_text(str(error))}</b>\nYou can still choose a style "
                 "image file, fix the server address and press Connect."
             )
@@ -524,10 +572,17 @@ class StyleDialog:
         count = (
             f"{len(presets)} presets" if presets else "No presets on this server: choose a style image file"
         )
-        self.status.set_markup(
-            f"<b>Connected</b> to {GLib.markup_escape_text(address)}: {count}.\n"
+        servers = addresses(address)
+        which = f" (the least busy of {len(servers)} servers)" if len(servers) > 1 else ""
+        self._set_status(
+            f"<b>Connected</b> to {GLib.markup_escape_text(chosen_server)}{which}: {count}.\n"
             f"{GLib.markup_escape_text(describe_server(info))}"
         )
+
+    def _set_status(self, markup):
+        self.status.set_markup(markup)
+        if self.autopiloting:
+            print(f"impasto-autopilot: status: {self.status.get_text()}", flush=True)
 
     def _show_auto(self):
         info = self.info
@@ -538,6 +593,12 @@ class StyleDialog:
         for name, label in self.auto.items():
             auto = f"Auto ({defaults[name]})"
             label.set_text(auto if self.config.get_property(name) == 0 else f"0 = {auto}")
+        full_size = self.config.get_property("full-size")
+        size = self.dialog.get_widget("size", GObject.TYPE_NONE)
+        if size is not None:
+            size.set_sensitive(not full_size)
+        if full_size:
+            self.auto["size"].set_text("The layer's own size")
 
     def _preset_chosen(self, combo):
         row = combo.get_active_iter()
@@ -649,7 +710,8 @@ class StyleDialog:
         self.preview_line.set_text(text or "Press Preview to see the style on a small copy of the layer.")
 
     # ---- autopilot: IMPASTO_AUTOPILOT="sleep:3,preview,set:size=64,ok" presses the buttons (the test suite's
-    # screenshots and GUI tests use it; steps are printed on stdout) -----------------------------------
+    # screenshots and GUI tests use it; steps are printed on stdout). Steps after "ok" are the progress
+    # window's: "cancel-progress" presses its Cancel once the job's progress shows. -------------------
 
     def _autopilot_next(self):
         if not self.autopilot:

@@ -7,6 +7,7 @@ Slow (a GIMP start is about 5 s): run alone with `pytest -m slow`. CI runs them.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import running_server, self_signed
 from impasto.client import Client
+from wire import job_lines, outcome
 
 pytestmark = pytest.mark.slow
 QUICK = "size=48, iterations=3"
@@ -135,6 +137,41 @@ def test_selection_limits_the_result(gimp, server: str, images: Path):
     assert out["status"] == "success" and out["has_mask"]
     assert out["outside"] == 0, "pixels outside the selection changed"
     assert out["inside"] > 120 * 90 * 0.5
+
+
+def test_full_size_paints_the_layer_or_the_selection_box_at_its_own_size(
+    gimp, server: str, images: Path, caplog
+):
+    """full-size: the layer at its own size (size ignored), or with a selection its bounding box, in a
+    layer over that box; the server field takes several servers (one of them down here)."""
+    caplog.set_level(logging.INFO, logger="impasto.jobs")
+    content = gimp.put(images / "content" / "chelsea.png")
+    servers = f"127.0.0.1:9,{server}"
+    out = gimp.run(f"""
+        image = load({content!r})
+        image.scale(96, 64)
+        source = image.get_layers()[0]
+        quick = dict(style="udnie", size=48, iterations=3)
+        status, full = impasto(image, source, server={servers!r}, **{{"full-size": True}}, **quick)
+        out["full"] = [status, full.get_width(), full.get_height(), *full.get_offsets()[1:]]
+        status, small = impasto(image, source, server={servers!r}, **quick)
+        out["small"] = [status, small.get_width(), small.get_height()]
+        out["differ"] = sum(a != b for a, b in zip(pixels(full), pixels(small)))
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 10, 8, 40, 30)
+        status, box = impasto(image, source, server={servers!r}, **{{"full-size": True}}, **quick)
+        out["box"] = [status, box.get_width(), box.get_height(), *box.get_offsets()[1:], box.get_mask() is not None]
+        out["layers"] = len(image.get_layers())
+    """)
+    assert "exception" not in out, out.get("exception")
+    assert out["full"] == ["success", 96, 64, 0, 0], out
+    assert out["small"] == ["success", 96, 64], out
+    assert out["differ"] > 96 * 64, out  # painted at 96×64, not at 48×32 and scaled up
+    assert out["box"] == ["success", 40, 30, 10, 8, True], out
+    assert out["layers"] == 4
+    # The job log's pixels are the working size's: 96×64 and 40×30 at full size, else 48×32.
+    lines = job_lines(caplog.records)
+    sizes = [(line.split(" pixels=")[1].split()[0], line.split(" size=")[1].split()[0]) for line in lines]
+    assert sizes == [("6144", "full"), ("1536", "48"), ("1200", "full")], lines
 
 
 def test_server_down_is_an_execution_error_naming_the_address(gimp, images: Path):
@@ -351,3 +388,82 @@ def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_serve
         screenshot = Image.open(path)
         assert screenshot.size == (1280, 900) and len(screenshot.convert("L").getcolors(65536)) > 50
         screenshot.save(kept / f"impasto-{stage}-{gimp.suite.id}.png")  # for a look, and for docs/images/
+
+
+CANCEL_SCRIPT = """
+import json
+import gi
+gi.require_version("Gimp", "3.0")
+from gi.repository import Gimp, Gio
+image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path({content!r}))
+Gimp.Display.new(image)
+procedure = Gimp.get_pdb().lookup_procedure("python-fu-impasto")
+out = {{"before": [layer.get_name() for layer in image.get_layers()]}}
+config = procedure.create_config()
+config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+config.set_property("image", image)
+config.set_core_object_array("drawables", [image.get_layers()[-1]])
+config.set_property("server", {server!r})
+config.set_property("style", "udnie")
+result = procedure.run(config)
+out["status"] = int(result.index(0))
+out["statuses"] = {{int(Gimp.PDBStatusType.CANCEL): "cancel", int(Gimp.PDBStatusType.SUCCESS): "success",
+                   int(Gimp.PDBStatusType.EXECUTION_ERROR): "execution-error"}}
+out["after"] = [layer.get_name() for layer in image.get_layers()]
+with open({result!r}, "w") as f:
+    json.dump(out, f)
+"""
+
+GUI = """#!/bin/sh
+IMPASTO_AUTOPILOT={autopilot} {gimp} --no-splash --batch-interpreter=python-fu-eval \\
+  -b "exec(open('{script}').read())" > {log} 2>&1 &
+for i in $(seq 1 1200); do test -s {result} && break; sleep 0.5; done
+kill $! 2>/dev/null
+"""
+
+
+def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str, images: Path, caplog):
+    """Dialog (with two servers, one of them down) → OK → the progress window shows the job's
+    progress → its Cancel: the server logs the job as cancelled, GIMP's run returns CANCEL (no error
+    message) and the image keeps its layers."""
+    caplog.set_level(logging.INFO, logger="impasto.jobs")
+    content = gimp.put(images / "content" / "coffee.png")
+    result = gimp.work / "cancel.json"
+    result.unlink(missing_ok=True)
+    servers = f"127.0.0.1:9,{server}"
+    (gimp.work / "cancel.py").write_text(
+        CANCEL_SCRIPT.format(content=content, server=servers, result=gimp.inside(result))
+    )
+    shell = gimp.work / "cancel.sh"
+    shell.write_text(
+        GUI.format(
+            autopilot="sleep:1,set:size=64,set:iterations=5000,ok,cancel-progress",
+            gimp=gimp.gui,
+            script=gimp.inside(gimp.work / "cancel.py"),
+            log=gimp.inside(gimp.work / "cancel.log"),
+            result=gimp.inside(result),
+        )
+    )
+    shell.chmod(0o755)
+    started = len(job_lines(caplog.records))
+    ran = subprocess.run(
+        [*gimp.command(), "xvfb-run", "-a", "-s", "-screen 0 1280x900x24", gimp.inside(shell)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    log_file = gimp.work / "cancel.log"
+    log = log_file.read_text(errors="replace") if log_file.exists() else ""
+    said = ran.stdout + ran.stderr[-2000:] + log[-3000:]
+    assert result.exists(), said
+    out = json.loads(result.read_text())
+    assert out["statuses"].get(str(out["status"])) == "cancel", (out, said)
+    assert out["after"] == out["before"], out
+    # The dialog connected to the server that answers, of the two; the progress window's Cancel was pressed.
+    assert f"status: Connected to {server} (the least busy of 2 servers)" in log, said
+    assert "impasto-autopilot: cancel-progress" in log, said
+    deadline = time.monotonic() + 10
+    while not job_lines(caplog.records)[started:] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = job_lines(caplog.records)[started:]
+    assert [outcome(line) for line in lines] == ["cancelled"], lines
