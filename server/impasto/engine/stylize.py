@@ -26,6 +26,7 @@ from .gram_cache import GramCache, image_digest
 from .imageops import fit_long_side, keep_content_colours, resize
 from .lbfgs import LBFGS
 from .losses import LossParts, Targets, gram, total_loss
+from .memory import fix_malloc_mmap_threshold
 from .recipes import DEFAULT, Recipe
 from .tiled import TiledScale, alignment, receptive_halo, tile_grid
 from .vgg import VGGFeatures, layer_names
@@ -320,6 +321,10 @@ class Engine:
         if plan is None:
             plan = self.plan(tuple(content.shape[2:]), [tuple(s.image.shape[2:]) for s in styles], options)
         scales = plan.scales
+        if self.device.type == "cpu" and any(scale.tile is not None for scale in scales):
+            # Tiles churn large blocks that glibc's heap would keep: the process's memory would outgrow
+            # the budget (engine/memory.py has the measurements, and why not always).
+            fix_malloc_mmap_threshold()
         # Every later resize starts from the working size, not from a layer of many megapixels.
         content = resize(content.to(self.device, torch.float32), scales[-1].size)
         run = _Run(self, net, content, styles, options, plan, on_progress, on_preview, cancel)
