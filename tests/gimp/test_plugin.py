@@ -247,6 +247,13 @@ def test_killing_the_plug_in_leaves_no_job_on_the_server(gimp, server: str, imag
         gimp_process.wait()
 
 
+def forget_last_values(gimp) -> None:
+    """An interactive run starts from GIMP's last values (the .last file) over what the script set:
+    each GUI test starts without another's."""
+    for path in (gimp.config / "plug-in-settings").glob("*impasto*.last"):
+        path.unlink()
+
+
 GUI_SCRIPT = """
 import hashlib, json, subprocess, time
 import gi
@@ -328,6 +335,7 @@ def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_serve
     Ctrl+Z in the image window takes the result away; then Filters ▸ Repeat runs again with the last
     values. Screenshots are kept in build/screenshots/."""
     assert (gimp.root / "usr/bin/xdotool").exists(), f"no xdotool in {gimp.root} (conftest installs it)"
+    forget_last_values(gimp)
     address, cert = tls_server
     content = gimp.put(images / "content" / "chelsea.png")
     ca = gimp.put(cert)
@@ -427,6 +435,7 @@ def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str
     progress → its Cancel: the server logs the job as cancelled, GIMP's run returns CANCEL (no error
     message) and the image keeps its layers."""
     caplog.set_level(logging.INFO, logger="impasto.jobs")
+    forget_last_values(gimp)
     content = gimp.put(images / "content" / "coffee.png")
     result = gimp.work / "cancel.json"
     result.unlink(missing_ok=True)
@@ -466,4 +475,4 @@ def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str
     while not job_lines(caplog.records)[started:] and time.monotonic() < deadline:
         time.sleep(0.1)
     lines = job_lines(caplog.records)[started:]
-    assert [outcome(line) for line in lines] == ["cancelled"], lines
+    assert [outcome(line) for line in lines] == ["cancelled"] and " style=udnie " in lines[0], lines
