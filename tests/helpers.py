@@ -8,7 +8,9 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
+import impasto.jobs
 import torch
 from impasto.service.main import build_parser, start
 
@@ -29,18 +31,26 @@ def gradient_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return (0.8 * base + 0.2 * torch.rand(1, 3, height, width, generator=generator)).clamp(0, 1)
 
 
-def start_server(*flags: str, token: str | None = None) -> tuple[str, Callable[[], None]]:
+def start_server(
+    *flags: str, token: str | None = None, full_size: bool = True
+) -> tuple[str, Callable[[], None]]:
     """An impasto-server in this process on an ephemeral loopback port: (address, shutdown).
-    `shutdown()` is what SIGTERM does; it returns once the server has stopped."""
+    `shutdown()` is what SIGTERM does; it returns once the server has stopped. `full_size=False`: its
+    jobs Limits refuse full size and its ServerInfo says so, as an older server's does by leaving it out."""
     args = build_parser().parse_args(["--port", "0", "--device", "cpu", *flags])
-    port, shutdown = start(args, token)
+    if full_size:
+        port, shutdown = start(args, token)
+    else:
+        limits = impasto.jobs.Limits
+        with mock.patch.object(impasto.jobs, "Limits", lambda **kw: limits(**{**kw, "full_size": False})):
+            port, shutdown = start(args, token)
     return f"127.0.0.1:{port}", shutdown
 
 
 @contextmanager
-def running_server(*flags: str, token: str | None = None) -> Iterator[str]:
+def running_server(*flags: str, token: str | None = None, full_size: bool = True) -> Iterator[str]:
     """An impasto-server in this process on an ephemeral loopback port; yields its address."""
-    address, shutdown = start_server(*flags, token=token)
+    address, shutdown = start_server(*flags, token=token, full_size=full_size)
     try:
         yield address
     finally:

@@ -74,13 +74,33 @@ def status_of(
     return caught.value
 
 
-def test_info(server: str):
+def test_info(server: str, capsys: pytest.CaptureFixture[str]):
+    from impasto.cli import main
+
     with Client(server) as client:
         info = client.info()
     assert info.device_kind == "cpu" and info.device_memory_bytes > 0
     assert info.weights == "vgg19-original"
     assert info.max_pixels > 24_000_000 and info.max_queue == 8
     assert info.default_size == 384 and info.protocol_version == pb.PROTOCOL_VERSION_CURRENT
+    assert info.full_size
+    assert main(["info", "--server", server]) == 0 and "full size: yes" in capsys.readouterr().out
+
+
+def test_info_says_when_the_server_cannot_paint_at_full_size(
+    images: Path, capsys: pytest.CaptureFixture[str]
+):
+    """Limits.full_size follows the jobs layer's: False, and a full-size job is refused, not ignored."""
+    from impasto.cli import main
+
+    with running_server("--styles-dir", str(images / "styles"), full_size=False) as address:
+        with Client(address) as client:
+            assert not client.info().full_size
+        assert main(["info", "--server", address]) == 0
+        assert "full size: no" in capsys.readouterr().out
+        content, _ = rgba(images / "content" / "chelsea.png")
+        refused = status_of(address, content, [StyleSpec(preset="udnie")], replace(FAST, full_size=True))
+    assert refused.code == Status.INVALID_ARGUMENT and "full size" in str(refused), refused
 
 
 def test_health_service_says_serving(server: str):

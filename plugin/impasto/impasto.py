@@ -54,6 +54,7 @@ DIALOG_ARGUMENTS = [
     "insecure",
 ]
 PREVIEW_SIZE = 160  # the Preview button's working long side, at most
+FULL_SIZE_UNAVAILABLE = "This server cannot paint at full size (an older impasto-server)"
 
 
 class Impasto(Gimp.PlugIn):
@@ -200,6 +201,9 @@ def run(procedure, run_mode, image, drawables, config, data):
             seed=config.get_property("seed"),
         )
         with connect(config, address, token) as client:
+            if full_size and not client.info().full_size:
+                # An older server would ignore full_size and paint at its working size.
+                raise ValueError(cannot_paint_full_size(client.address))
             job = client.stylize(content, [style], settings)
             if run_mode == Gimp.RunMode.INTERACTIVE:
                 finished = ProgressDialog(job, style_name, autopilot).run()
@@ -237,6 +241,13 @@ def connect(config, address, token, timeout=10.0):
         tls_ca=ca_path,
         timeout=timeout,
         insecure=config.get_property("insecure"),
+    )
+
+
+def cannot_paint_full_size(address):
+    return (
+        f"The server at {address} cannot paint at the layer's full size; update impasto-server or untick "
+        "Full size."
     )
 
 
@@ -488,8 +499,10 @@ class StyleDialog:
             self._beside(name, label)
             self.auto[name] = label
             config.connect(f"notify::{name}", lambda *_: self._show_auto())
-        # Full size: the working size means nothing then. (ServerInfo does not say whether a server
-        # paints at full size; one that cannot says so when the job is sent.)
+        # Full size: the working size means nothing then; a server that cannot paint at full size (its
+        # info says so) greys the box out.
+        full_size = self.dialog.get_widget("full-size", GObject.TYPE_NONE)
+        self.full_size_tooltip = full_size.get_tooltip_text() if full_size is not None else None
         config.connect("notify::full-size", lambda *_: self._show_auto())
         self._show_auto()
         token_widget = self.dialog.get_widget("token", GObject.TYPE_NONE)
@@ -593,6 +606,14 @@ class StyleDialog:
         for name, label in self.auto.items():
             auto = f"Auto ({defaults[name]})"
             label.set_text(auto if self.config.get_property(name) == 0 else f"0 = {auto}")
+        able = info is None or info.full_size  # unknown until connected: the job's run checks then
+        box = self.dialog.get_widget("full-size", GObject.TYPE_NONE)
+        if box is not None:
+            box.set_sensitive(able)
+            box.set_tooltip_text(self.full_size_tooltip if able else FULL_SIZE_UNAVAILABLE)
+        if not able and self.config.get_property("full-size"):
+            self.config.set_property("full-size", False)  # notifies: _show_auto again, with it unticked
+            return
         full_size = self.config.get_property("full-size")
         size = self.dialog.get_widget("size", GObject.TYPE_NONE)
         if size is not None:
@@ -748,7 +769,8 @@ def describe_server(info):
     else:
         names = f"{info.device_kind}: {info.device_name}"
     waiting = f"{info.queue_length} job(s) waiting" if info.queue_length else "no jobs waiting"
-    return f"Runs on {names}; {waiting}, {info.running_jobs} running."
+    full_size = "" if info.full_size else " It cannot paint at full size (an older impasto-server)."
+    return f"Runs on {names}; {waiting}, {info.running_jobs} running.{full_size}"
 
 
 def _thumbnail_or_none(client, preset_id):

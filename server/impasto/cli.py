@@ -599,6 +599,7 @@ def _remote_info(args: argparse.Namespace) -> int:
             f"limits:    {info.max_pixels:,} pixels per image, {info.max_size} px working size, "
             f"{info.max_queue} jobs queued"
         )
+        print(f"full size: {'yes' if info.full_size else 'no (update impasto-server for --size full)'}")
         print(f"now:       {info.running_jobs} running, {info.queue_length} waiting")
     return 0
 

@@ -147,6 +147,7 @@ class Info:
     max_iterations: int
     max_styles: int
     max_strength: float
+    full_size: bool  # honours Settings.full_size; False from an older server, which ignores it
     queue_length: int
     running_jobs: int
     devices: tuple[Device, ...]  # one worker each
@@ -335,6 +336,7 @@ class Client:
             max_iterations=limits.max_iterations,
             max_styles=limits.max_styles,
             max_strength=limits.max_strength,
+            full_size=limits.full_size,
             queue_length=reply.queue_length,
             running_jobs=reply.running_jobs,
             devices=tuple(

@@ -30,6 +30,13 @@ def server(images: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def server_without_full_size(images: Path) -> Iterator[str]:
+    """A server whose ServerInfo says it cannot paint at full size, as an older one's does."""
+    with running_server("--styles-dir", str(images / "styles"), full_size=False) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
 def tls_server(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A TLS server (self-signed certificate for localhost) that wants the token "s3cret":
     (https:// address, certificate)."""
@@ -140,10 +147,11 @@ def test_selection_limits_the_result(gimp, server: str, images: Path):
 
 
 def test_full_size_paints_the_layer_or_the_selection_box_at_its_own_size(
-    gimp, server: str, images: Path, caplog
+    gimp, server: str, server_without_full_size: str, images: Path, caplog
 ):
     """full-size: the layer at its own size (size ignored), or with a selection its bounding box, in a
-    layer over that box; the server field takes several servers (one of them down here)."""
+    layer over that box; the server field takes several servers (one of them down here). A server that
+    cannot paint at full size is refused before any job, not left to ignore the request."""
     caplog.set_level(logging.INFO, logger="impasto.jobs")
     content = gimp.put(images / "content" / "chelsea.png")
     servers = f"127.0.0.1:9,{server}"
@@ -160,6 +168,8 @@ def test_full_size_paints_the_layer_or_the_selection_box_at_its_own_size(
         image.select_rectangle(Gimp.ChannelOps.REPLACE, 10, 8, 40, 30)
         status, box = impasto(image, source, server={servers!r}, **{{"full-size": True}}, **quick)
         out["box"] = [status, box.get_width(), box.get_height(), *box.get_offsets()[1:], box.get_mask() is not None]
+        status, message = impasto(image, source, server={server_without_full_size!r}, **{{"full-size": True}}, **quick)
+        out["unable"] = [status, str(message)]
         out["layers"] = len(image.get_layers())
     """)
     assert "exception" not in out, out.get("exception")
@@ -167,8 +177,11 @@ def test_full_size_paints_the_layer_or_the_selection_box_at_its_own_size(
     assert out["small"] == ["success", 96, 64], out
     assert out["differ"] > 96 * 64, out  # painted at 96×64, not at 48×32 and scaled up
     assert out["box"] == ["success", 40, 30, 10, 8, True], out
+    assert out["unable"][0] == "execution-error", out
+    assert f"server at {server_without_full_size} cannot paint at the layer's full size" in out["unable"][1]
     assert out["layers"] == 4
-    # The job log's pixels are the working size's: 96×64 and 40×30 at full size, else 48×32.
+    # The job log's pixels are the working size's: 96×64 and 40×30 at full size, else 48×32. The server
+    # without full size got no job.
     lines = job_lines(caplog.records)
     sizes = [(line.split(" pixels=")[1].split()[0], line.split(" size=")[1].split()[0]) for line in lines]
     assert sizes == [("6144", "full"), ("1536", "48"), ("1200", "full")], lines

@@ -34,8 +34,8 @@ class Limits:
     max_request_bytes: int = 512 << 20  # announced image bytes of one request
     max_inflight_bytes: int = 4 << 30  # uploads and their decoded pixels, over all requests
     max_strength: float = 100.0
-    # Whether `size` may be "full" (the content's own size, tiled where memory is short): in-process
-    # only for now; the contract has no way to ask for it yet.
+    # Whether `size` may be "full" (the content's own size, tiled where memory is short); ServerInfo's
+    # Limits.full_size tells clients.
     full_size: bool = False
     memory_budget: int | None = None  # larger scales run in tiles; None: free memory less a margin
 

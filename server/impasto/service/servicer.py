@@ -132,6 +132,7 @@ class StyleTransferServicer:
                 min_upload_bytes_per_second=transport.min_upload_bytes_per_second,
                 max_streams_per_client=transport.max_streams_per_client,
                 max_strength=limits.max_strength,
+                full_size=limits.full_size,
             ),
             default_size=limits.default_size,
             default_iterations=limits.default_iterations,
