@@ -88,7 +88,7 @@ def test_info(server: str, capsys: pytest.CaptureFixture[str]):
 
 
 def test_info_says_when_the_server_cannot_paint_at_full_size(
-    images: Path, capsys: pytest.CaptureFixture[str]
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
     """Limits.full_size follows the jobs layer's: False, and a full-size job is refused, not ignored."""
     from impasto.cli import main
@@ -100,7 +100,17 @@ def test_info_says_when_the_server_cannot_paint_at_full_size(
         assert "full size: no" in capsys.readouterr().out
         content, _ = rgba(images / "content" / "chelsea.png")
         refused = status_of(address, content, [StyleSpec(preset="udnie")], replace(FAST, full_size=True))
+        # The CLI asks before it sends: a server older than full_size would ignore it, not refuse it.
+        out = tmp_path / "out.png"
+        chelsea = str(images / "content" / "chelsea.png")
+        code = main(
+            ["stylize", chelsea, "--style", "udnie", "--size", "full", "--server", address, "-o", str(out)]
+        )
     assert refused.code == Status.INVALID_ARGUMENT and "full size" in str(refused), refused
+    assert code == 1 and not out.exists()
+    assert (
+        f"the server at {address} cannot paint at full size; update impasto-server" in capsys.readouterr().err
+    )
 
 
 def test_health_service_says_serving(server: str):

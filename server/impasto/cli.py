@@ -638,6 +638,12 @@ class _RemoteRunner:
         )
         self.client = _client(args)
         self.where = f" via {self.client.address}"
+        # An older server ignores full_size and would paint at its working size without a word.
+        if args.size == "full" and not self.client.info().full_size:
+            raise ValueError(
+                f"the server at {self.client.address} cannot paint at full size; "
+                "update impasto-server, or leave out --size full"
+            )
 
     def run(self, content: Path, bar: _ProgressBar, stop: _Stop):
         """One job; its result Image, or a ServerError (CANCELLED once `stop` is set)."""
