@@ -9,8 +9,8 @@ by what this engine measured on its last jobs.
 A tiled scale (engine/tiled.py) needs one tile's working set (its input pixels, halo included, at the
 same cost per pixel) plus buffers of the whole image: the image, its gradient, the optimiser's state,
 the content's features at the content layers and the resized content (`FULL_BYTES_PER_PIXEL`).
-Its time is the whole image's times `Scale.cost_factor` (the halos and the extra pass without
-gradients).
+Its time is the whole image's times `Scale.cost_factor` (`tiled_cost_factor`: the halos and the extra
+pass without gradients).
 """
 
 from __future__ import annotations
@@ -37,6 +37,26 @@ FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION = {
 class Estimate:
     seconds: float
     peak_bytes: int
+
+
+# Shares of an iteration's work per pixel (reference/performance.md, section 2: 1.549 MFLOP per pixel):
+# VGG19's forward pass through conv5_1 (0.722); its backward pass to the input costs as much again, the
+# weights being frozen; the Gram matrices with their backward pass are the rest (0.104).
+FORWARD_SHARE = 0.722 / 1.549
+GRAM_SHARE = 0.104 / 1.549
+
+
+def tiled_cost_factor(input_pixels: int, pixels: int) -> float:
+    """Work of a tiled iteration relative to a whole-image one, for tiles of `input_pixels` in all (halos
+    included) over an image of `pixels`. Pass 1 runs every tile's input forward without gradients and
+    pass 2 forward and backward: the network's work grows with the inputs, once more for the forward
+    pass. The Gram terms cover the interiors only, the image once, as in a whole iteration.
+
+    Measured (bench/tiled.py --threads 1, 512×384, fp32 on a 2-core Xeon): 3.04× for 4 tiles of 256 px
+    (this gives 2.95×), 6.01× for 12 tiles of 128 px (6.01×). Taking the pass without gradients for a
+    third of a forward and backward pass, as before, gave 2.75× and 5.67×."""
+    vgg = 1 - GRAM_SHARE
+    return input_pixels / pixels * (vgg + FORWARD_SHARE) + GRAM_SHARE
 
 
 def optimiser_bytes_per_pixel(recipe: Recipe) -> int:

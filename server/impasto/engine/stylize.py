@@ -21,6 +21,7 @@ from .estimate import (
     estimate,
     largest_tile,
     peak_bytes,
+    tiled_cost_factor,
 )
 from .gram_cache import GramCache, image_digest
 from .imageops import fit_long_side, keep_content_colours, resize
@@ -239,8 +240,7 @@ class Engine:
             return scale
         _, align, halo = self._geometry(options)
         grid = tile_grid(h, w, tile, halo, align)
-        # Pass 1 is a forward pass without gradients, about a third of a forward and backward pass.
-        factor = sum(t.input_pixels for t in grid) / (h * w) * 4 / 3
+        factor = tiled_cost_factor(sum(t.input_pixels for t in grid), h * w)
         return Scale(scale.size, scale.iterations, tile, len(grid), factor)
 
     def _tile_input(self, scale: Scale, options: Options) -> int | None:
