@@ -1,4 +1,5 @@
-"""GPU numbers in one prepared run: ms per iteration, a converged 1024² job, peak memory per size.
+"""GPU numbers in one prepared run: ms per iteration, a converged 1024² job, peak memory per size,
+full-size jobs of 12 and 24 Mpx.
 
 Runs the real engine loop (Engine.stylize, the product's own path, progress callback included) on a
 square crop of chelsea with starry-night:
@@ -8,12 +9,21 @@ square crop of chelsea with starry-night:
    iterations between, measured with device events; median over --repeats.
 2. A whole default job at 1024 px (coarse to fine, --job-iterations at full size): wall seconds.
 3. Peak device memory for a few iterations at each --memory-sizes (default 512 … 4096).
+4. Full-size jobs (`Options(size="full")`, chelsea scaled up to each --full-sizes, default 4000×3000
+   and 6000×4000): coarse to fine up to the content's own size with the default recipe,
+   --full-iterations at full size (half that on each coarser scale), the default memory budget (the
+   device's free memory less a margin: on an 80–141 GB GPU that holds 24 Mpx whole, ~1.6 KB a pixel in
+   bf16), then the largest size again under --tiled-budget-gib (8) so that its fine scales run in
+   tiles. For each: the plan (scales, tiles), the estimated and the measured time (wall; each scale's
+   by device events, its targets included), and the peak device memory (torch.cuda.max_memory_allocated,
+   reset before each job) against the plan's estimate and budget.
 
-On a CPU (--device cpu) it measures the same things with the wall clock, so the script can be
-checked without a GPU: `python bench/gpu.py --device cpu --iter-sizes 32 --memory-sizes 32 48
---job-size 48 --iterations 4 --job-iterations 2 --repeats 1`.
+On a CPU (--device cpu) it measures the same things with the wall clock; --smoke shrinks every case
+(the full-size ones to 48×32 and 64×32 in forced 32 px tiles, then 64×32 under a 2 MiB budget) and
+runs one thread, so that a CPU checks the script end to end in seconds:
+`python bench/gpu.py --device cpu --smoke` (tests/test_bench.py).
 
-    python bench/gpu.py                    # on the GPU machine, about 2–4 minutes
+    python bench/gpu.py                    # on an H100/H200-class GPU: a few minutes (< 10)
 """
 
 from __future__ import annotations
@@ -26,9 +36,16 @@ import time
 
 import torch
 from impasto.engine import DEFAULT, Engine, Options, Style, load_original_vgg19, pick_device
+from impasto.engine.imageops import resize
 from impasto.engine.recipes import with_optimizer
 from impasto.images import load_picture
 from sample_images import IMAGES
+
+GIB = 2**30
+
+
+def gib(size: int) -> str:
+    return f"{size / GIB:.2f} GiB" if size >= GIB // 10 else f"{size / 2**20:.1f} MiB"
 
 
 class Clock:
@@ -86,6 +103,87 @@ def peak_memory(engine: Engine, content, style, size: int) -> str:
     return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
 
 
+def full_size_job(
+    engine: Engine,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    size: tuple[int, int],
+    iterations: int,
+    budget: int | None,
+    tile: int | None,
+    clock: Clock,
+) -> dict[str, str]:
+    """One job at `size` (height, width) at its own size; prints its plan and scales, returns a row."""
+    device = engine.device
+    h, w = size
+    content = resize(content, size)
+    options = Options(size="full", iterations=iterations, memory_budget=budget, tile_size=tile)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    plan = engine.plan(size, [tuple(style.shape[2:])], options)
+    rate = engine.seconds_per_pixel_iteration
+    tiled = [s for s in plan.scales if s.tile is not None]
+    print(f"### {w}×{h} ({h * w / 1e6:.2f} Mpx) at its own size, {iterations} iteration(s) at full size\n")
+    print(
+        f"budget {gib(plan.memory_budget)} ({'given' if budget else 'default: free less margin'}); "
+        f"{len(plan.scales)} scales, {len(tiled)} in tiles; estimate {plan.estimate.seconds:.1f} s at "
+        f"{rate * 1e9:.2f} ns per pixel-iteration (learned from the job before), "
+        f"peak {gib(plan.estimate.peak_bytes)}\n",
+        flush=True,
+    )
+    ends: dict[int, object] = {}
+
+    def on_progress(p) -> None:
+        if p.tile == p.tiles and p.iteration == p.iterations:  # a scale done
+            ends[p.scale] = clock.now()
+            print(f"  scale {p.scale}/{p.scales} ({p.width}×{p.height}) done", file=sys.stderr, flush=True)
+
+    start_event = clock.now()
+    start = time.perf_counter()
+    try:
+        engine.stylize(content, [Style(style)], options, plan=plan, on_progress=on_progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    except torch.cuda.OutOfMemoryError:
+        print("out of memory\n")
+        return {"case": f"{w}×{h}", "measured": "out of memory"}
+    wall = time.perf_counter() - start
+    print("| scale | size | tiles (interior px) | cost × | iterations | seconds (targets included) |")
+    print("|---:|---|---|---:|---:|---:|")
+    previous = start_event
+    for index, scale in enumerate(plan.scales, 1):
+        seconds = clock.seconds(previous, ends[index])
+        previous = ends[index]
+        tiles = f"{scale.tiles} ({scale.tile})" if scale.tile else "whole"
+        sh, sw = scale.size
+        cost, its = scale.cost_factor, scale.iterations
+        print(f"| {index} | {sw}×{sh} | {tiles} | {cost:.2f} | {its} | {seconds:.2f} |")
+    estimated = plan.estimate.seconds
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    peak_text = gib(peak) if peak is not None else "n/a (CPU)"
+    print(
+        f"\nwall {wall:.2f} s (estimated {estimated:.2f} s, ×{wall / estimated:.2f}); "
+        f"peak allocated {peak_text} (estimated {gib(plan.estimate.peak_bytes)}, "
+        f"budget {gib(plan.memory_budget)})\n",
+        flush=True,
+    )
+    return {
+        "case": f"{w}×{h}",
+        "budget": gib(plan.memory_budget),
+        "tiles": ", ".join(f"{s.tiles}×{s.tile}" for s in tiled) or "none",
+        "estimated": f"{plan.estimate.seconds:.1f} s",
+        "measured": f"{wall:.1f} s",
+        "peak": f"{peak_text} / {gib(plan.estimate.peak_bytes)}",
+    }
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' → (height, width)."""
+    width, height = (int(part) for part in text.lower().split("x"))
+    return height, width
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
@@ -97,7 +195,25 @@ def main() -> int:
     parser.add_argument("--job-size", type=int, default=1024)
     parser.add_argument("--job-iterations", type=int, default=100)
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
+    parser.add_argument(
+        "--full-sizes", type=parse_size, nargs="*", default=[(3000, 4000), (4000, 6000)], metavar="WxH"
+    )
+    parser.add_argument("--full-iterations", type=int, default=10, help="at full size; coarser: half")
+    parser.add_argument(
+        "--tiled-budget-gib", type=float, default=8.0, help="the largest full size again under it (0: not)"
+    )
+    parser.add_argument("--full-tile", type=int, help="forces tiles of this side (--smoke's)")
+    parser.add_argument("--smoke", action="store_true", help="every case tiny: checks the script on a CPU")
     args = parser.parse_args()
+    if args.smoke:
+        args.iter_sizes, args.iterations, args.warmup, args.repeats = [32], 4, 1, 1
+        args.job_size, args.job_iterations, args.memory_sizes = 48, 2, [32]
+        args.full_sizes, args.full_iterations, args.full_tile = [(32, 48), (32, 64)], 1, 32
+        args.tiled_budget_gib = 2 / 1024
+        # A check, not a measurement: on a shared CPU two threads wait a time slice for each other at
+        # every operation (bench/tiled.py --threads), and tiles make many small ones.
+        torch.set_num_threads(1)
+    sys.stdout.reconfigure(line_buffering=True)  # each line out at once: the tables are the progress
     device = pick_device(args.device)
     engine = Engine(load_original_vgg19(), device, args.precision)
     clock = Clock(device)
@@ -133,6 +249,23 @@ def main() -> int:
     print("|---:|---|")
     for size in args.memory_sizes:
         print(f"| {size}² | {peak_memory(engine, content, style, size)} |")
+
+    if args.full_sizes:
+        print("\n## Full size\n", flush=True)
+        picture = load_picture(IMAGES / "content" / "chelsea.png").rgb
+        cases = [(size, None, args.full_tile) for size in args.full_sizes]
+        if args.tiled_budget_gib > 0:
+            largest = max(args.full_sizes, key=lambda size: size[0] * size[1])
+            cases.append((largest, int(args.tiled_budget_gib * GIB), None))
+        rows = [
+            full_size_job(engine, picture, style, size, args.full_iterations, budget, tile, clock)
+            for size, budget, tile in cases
+        ]
+        print("| case | budget | tiled scales (tiles × px) | estimated | measured | peak allocated / est. |")
+        print("|---|---:|---|---:|---:|---|")
+        for row in rows:
+            keys = ("case", "budget", "tiles", "estimated", "measured", "peak")
+            print("| " + " | ".join(row.get(key, "") for key in keys) + " |")
     return 0
 
 

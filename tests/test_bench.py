@@ -10,30 +10,15 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def test_gpu_benchmark_runs_on_the_cpu_at_a_tiny_size():
-    command = [
-        sys.executable,
-        str(BENCH / "gpu.py"),
-        "--device",
-        "cpu",
-        "--iter-sizes",
-        "32",
-        "--memory-sizes",
-        "32",
-        "--job-size",
-        "48",
-        "--iterations",
-        "4",
-        "--warmup",
-        "1",
-        "--job-iterations",
-        "2",
-        "--repeats",
-        "1",
-    ]
+    command = [sys.executable, str(BENCH / "gpu.py"), "--device", "cpu", "--smoke"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "| 32² | L-BFGS |" in result.stdout and "| 32² | Adam |" in result.stdout
     assert "Whole default job at 48 px" in result.stdout
+    # The full-size jobs, shrunk: in forced tiles, then the largest in the tiles a small budget makes.
+    rows = [line.split(" | ")[:3] for line in result.stdout.splitlines() if line.startswith("| 64×32 |")]
+    assert [row[2] for row in rows] == ["2×32", "8×16"], result.stdout
+    assert "| 48×32 | " in result.stdout and "out of memory" not in result.stdout
 
 
 def test_eta_benchmark_runs_at_a_tiny_size():
