@@ -10,11 +10,12 @@ docs/benchmarks.md) measured the process's peak resident memory +1825 MiB with g
 tiled job against its budget with nothing set outside the process.
 
 A fixed threshold is not free: every large block is mapped afresh, and its pages fault and are zeroed
-again on first touch. A whole 256×192 job (fp32, 2-core CPU, 3 runs each way, other jobs running) took
-8× the page faults (108k against 11–17k an iteration) and 0.07–0.1 s more system time an iteration,
-5–10 % of its CPU time; its best wall times were 0.87–1.17 s an iteration against 0.79–0.88 s. So the
-engine fixes the threshold only when a job on the CPU runs a scale in tiles (Engine.stylize), and from
-then on for the whole process: glibc cannot go back to its moving threshold.
+again on first touch. A whole 256×192 job (fp32, 8 iterations, 3 runs each way alternating, 2-core Xeon
+with other jobs running) took 8× the page faults (108k against 8–12k an iteration); with one thread
+0.74–0.86 s an iteration against 0.63–0.67 s (+20–28 %, 1.6 s of system time in the job against
+0.1–0.2 s); with two threads, whose timing the other load blurred, 5–10 % more CPU time. So the engine
+fixes the threshold only when a job on the CPU runs a scale in tiles (Engine.stylize), and from then on
+for the whole process: glibc cannot go back to its moving threshold.
 """
 
 from __future__ import annotations
