@@ -414,3 +414,8 @@ def test_the_bar_shows_a_time_left_before_the_first_iteration(images: Path, tmp_
     preparing, first_scale = shown.find("preparing 32×21"), shown.find("scale 1/")
     assert 0 <= preparing < first_scale, shown
     assert "left" in shown[preparing:first_scale], shown
+
+
+def test_local_info_prints_the_defaults_a_job_gets(capsys):
+    assert main(["info", "--local"]) == 0
+    assert "defaults:  384 px long side, 40 iterations" in capsys.readouterr().out

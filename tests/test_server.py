@@ -83,6 +83,7 @@ def test_info(server: str, capsys: pytest.CaptureFixture[str]):
     assert info.weights == "vgg19-original"
     assert info.max_pixels > 24_000_000 and info.max_queue == 8
     assert info.default_size == 384 and info.protocol_version == pb.PROTOCOL_VERSION_CURRENT
+    assert info.default_iterations == 40  # a CPU's (engine/device.py): a 12-megapixel photo in a minute
     assert info.full_size
     assert main(["info", "--server", server]) == 0 and "full size: yes" in capsys.readouterr().out
 

@@ -97,7 +97,7 @@ class Impasto(Gimp.PlugIn):
         procedure.add_double_argument(
             "strength",
             "Strength",
-            "Style versus content: 0 keeps the picture, 2 doubles the style",
+            "Style versus content: 0 keeps the picture, 0.25 paints gently, 2 lets the style take over",
             0.0,
             10.0,
             1.0,

@@ -1,6 +1,6 @@
 """Impasto's style-transfer engine: plain PyTorch, no gRPC, no files beyond weights."""
 
-from .device import DeviceInfo, default_size, describe, pick_device
+from .device import DeviceInfo, default_iterations, default_size, describe, pick_device
 from .recipes import DEFAULT, RECIPES, SEED, Recipe
 from .stylize import Cancelled, Engine, Options, Plan, Progress, Style
 from .weights import WeightsError, WeightSet, load_original_vgg19
@@ -19,6 +19,7 @@ __all__ = [
     "Style",
     "WeightSet",
     "WeightsError",
+    "default_iterations",
     "default_size",
     "describe",
     "load_original_vgg19",

@@ -46,6 +46,16 @@ def default_size(device: torch.device) -> int:
     return {"cuda": 1024, "mps": 768}.get(device.type, 384)
 
 
+def default_iterations(device: torch.device) -> int:
+    """Iterations at the working size. On a CPU the fewest that reach the picture's final look: past
+    them the distances to the targets barely move while the time grows (docs/benchmarks.md, "The
+    default CPU job"); a GPU has time to spare for the last few per cent."""
+    return 100 if device.type in ("cuda", "mps") else CPU_ITERATIONS
+
+
+CPU_ITERATIONS = 40
+
+
 def cpu_has_bf16() -> bool:
     # bf16 convolutions beat fp32 only on CPUs with AMX's bf16 tiles (2.3–2.8× on a Xeon with AMX). With
     # AVX512-BF16 alone they are about 1.5× *slower* than fp32 (9.6–10.7 against 5.4–6.9 µs per

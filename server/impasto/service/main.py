@@ -227,7 +227,7 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
     the running job gets --grace-seconds to finish; it returns once the server has stopped.
     """
     # Engine imports pull in torch; kept here so that `--help` answers at once.
-    from ..engine import default_size, describe
+    from ..engine import default_iterations, default_size, describe
     from ..engine.device import host_memory_bytes, max_working_size
     from ..engine.loading import load_engines
     from ..jobs import Jobs, Limits
@@ -242,6 +242,7 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
         max_pixels=args.max_pixels or min(MAX_UPLOAD_PIXELS, host_memory_bytes() // HOST_BYTES_PER_PIXEL),
         max_size=args.max_size or max_working_size(device, engine.precision),
         default_size=default_size(engine.device),
+        default_iterations=default_iterations(engine.device),
         max_queue=args.max_queue,
         max_styles=args.max_styles,
         max_request_bytes=args.max_request_bytes,
