@@ -75,6 +75,20 @@ def test_progress_is_monotonic_with_a_finite_estimate(engine: Engine):
     assert seen[-1].eta == 0
 
 
+def test_time_left_starts_from_the_plan_and_ends_at_zero(engine: Engine):
+    """Before a tenth of the work the time left leans on the plan's estimate, not on a rate that the
+    targets' set-up inflates; a plan saying 1000 s shows as about that at the first iteration."""
+    options = replace(FAST, size=184, iterations=40)
+    plan = engine.plan(tuple(CONTENT.shape[2:]), [tuple(STYLE.shape[2:])], options)
+    plan = replace(plan, estimate=replace(plan.estimate, seconds=1000.0))
+    seen = []
+    engine.stylize(CONTENT, [Style(STYLE)], options, on_progress=seen.append, plan=plan)
+    assert seen[0].fraction < 0.1 and 900 < seen[0].eta < 1000, seen[0]
+    late = [p for p in seen if p.fraction >= 0.1]
+    assert late and all(p.eta < 100 for p in late)  # its own rate: seconds, not the plan's 1000
+    assert seen[-1].eta == 0
+
+
 def test_previews_arrive_at_the_chosen_interval(engine: Engine):
     previews = []
     engine.stylize(

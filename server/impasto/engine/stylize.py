@@ -526,7 +526,7 @@ class _Run:
         if self.steps_done == self.steps:
             cost_done = self.cost_total  # exactly 1 at the end, whatever the float sums of tiled costs
         elapsed = time.monotonic() - self.start
-        eta = max(0.0, elapsed * (self.cost_total - cost_done) / cost_done)
+        eta = self._time_left(elapsed, cost_done)
         content_loss, style_loss, tv_loss = self.losses.read(parts)
         progress = Progress(
             scale=index + 1,
@@ -559,6 +559,24 @@ class _Run:
             if self.options.preserve_colors:
                 preview = keep_content_colours(preview, self.content)
             self.on_preview(preview.cpu(), progress)
+
+    def _time_left(self, elapsed: float, cost_done: float) -> float:
+        """The plan's estimate at first, handing over to the rate this job shows as its work gets done.
+
+        The rate alone is wild in the first seconds: the elapsed time then holds the targets' forward
+        passes and the first iteration's set-up, so after one iteration of a 40-second CPU job it said
+        2:11 (docs/benchmarks.md). The plan's rate was learned from the last job on this device.
+        """
+        observed = elapsed * (self.cost_total - cost_done) / cost_done
+        planned = max(0.0, self.plan.estimate.seconds - elapsed)
+        trust = min(1.0, cost_done / (TRUST_OBSERVED_AFTER * self.cost_total))
+        if not math.isfinite(planned):
+            trust = 1.0
+        return max(0.0, trust * observed + (1 - trust) * planned)
+
+
+# Share of a job's work after which its time left is its own rate alone (before: blended with the plan).
+TRUST_OBSERVED_AFTER = 0.1
 
 
 class _LossReadout:
