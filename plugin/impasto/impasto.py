@@ -449,7 +449,7 @@ def fit(pixbuf, box):
 class StyleDialog:
     """GIMP's own procedure dialog, plus: a preset list fetched from the server (with thumbnails), the
     connection's state (address, devices, queue), what "0 = server default" means on that server
-    ("Auto (100)"), and a Preview button that runs a quick small job on the layer.
+    ("Auto (40)"), and a Preview button that runs a quick small job on the layer.
 
     The server is asked for its presets and info when the dialog opens and on Connect (short calls,
     3 s timeout); the preview job runs on a worker thread and reaches GTK through GLib.idle_add.
