@@ -181,7 +181,7 @@ def test_plan_tiles_only_what_does_not_fit(engine: Engine):
 
 _MEMORY_PROBE = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     from dataclasses import replace
     import torch
     from impasto.engine import DEFAULT, Engine, Options, Style, load_original_vgg19

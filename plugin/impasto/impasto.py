@@ -183,7 +183,7 @@ def run(procedure, run_mode, image, drawables, config, data):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         autopilot = dialog.autopilot
 
-    address = config.get_property("server").strip() or remembered_address()
+    address = server_address(config)
     token = config.get_property("token")
     if not token and run_mode != Gimp.RunMode.NONINTERACTIVE:
         token = remembered_token(address)  # Filters ▸ Repeat, or the dialog's empty field
@@ -463,9 +463,6 @@ class StyleDialog:
         self.preview_cancel = None  # threading.Event of the running preview
         self.autopilot = [step for step in os.environ.get("IMPASTO_AUTOPILOT", "").split(",") if step]
         self.autopiloting = bool(self.autopilot)
-        address = config.get_property("server").strip() or remembered_address()
-        if not config.get_property("token"):
-            config.set_property("token", remembered_token(address) or "")
         self.dialog = GimpUi.ProcedureDialog.new(procedure, config, "Impasto Style Transfer")
         self.dialog.fill(DIALOG_ARGUMENTS)
         area = self.dialog.get_content_area()
@@ -556,13 +553,13 @@ class StyleDialog:
     # ---- the server's presets and state ---------------------------------------------------------
 
     def address(self):
-        return self.config.get_property("server").strip() or remembered_address()
+        return server_address(self.config)
 
     def load_presets(self):
         address = self.address()
         self.presets.clear()
         try:
-            with connect(self.config, address, self.config.get_property("token"), timeout=3) as client:
+            with connect(self.config, address, token_for(self.config, address), timeout=3) as client:
                 chosen_server = client.address  # of several: the least busy that answered
                 info = client.info()
                 presets = client.styles()
@@ -637,7 +634,8 @@ class StyleDialog:
             self.preview_line.set_text(str(error))
             self._autopilot_resume()
             return
-        address, token = self.address(), self.config.get_property("token")
+        address = self.address()
+        token = token_for(self.config, address)
         cancel = self.preview_cancel = threading.Event()
         generation = self.preview_generation
         self.preview_button.set_sensitive(False)
@@ -804,6 +802,16 @@ def _saved():
 
 def remembered_address():
     return _saved().get("server") or os.environ.get("IMPASTO_SERVER") or DEFAULT_ADDRESS
+
+
+def server_address(config) -> str:
+    """The server field as typed, else the last address used."""
+    return config.get_property("server").strip() or remembered_address()
+
+
+def token_for(config, address: str) -> str | None:
+    """The token field, else the token remembered for this address (never another server's)."""
+    return config.get_property("token") or remembered_token(address)
 
 
 def remembered_token(address):

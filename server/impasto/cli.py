@@ -682,8 +682,16 @@ class _RemoteRunner:
                     bar.started(event.estimated_seconds, event.working_width, event.working_height)
                 elif isinstance(event, Progress):
                     p = event
-                    tile = f" tile {p.tile}/{p.tiles}" if p.tiles > 1 else ""
-                    bar.show(p.fraction, p.eta_seconds, p.scale, p.scales, p.content_loss, p.style_loss, tile)
+                    bar.show(
+                        p.fraction,
+                        p.eta_seconds,
+                        p.scale,
+                        p.scales,
+                        p.content_loss,
+                        p.style_loss,
+                        p.tile,
+                        p.tiles,
+                    )
         finally:
             stop.jobs.discard(job)
         return job.result
@@ -754,8 +762,7 @@ class _ProgressBar:
             self.started(event.plan.estimate.seconds, *reversed(event.plan.working_size))
         elif isinstance(event, Progress):
             p = event
-            tile = f" tile {p.tile}/{p.tiles}" if p.tiles > 1 else ""
-            self.show(p.fraction, p.eta, p.scale, p.scales, p.content_loss, p.style_loss, tile)
+            self.show(p.fraction, p.eta, p.scale, p.scales, p.content_loss, p.style_loss, p.tile, p.tiles)
 
     def started(self, estimate: float, width: int, height: int) -> None:
         # The plan's estimate, shown before the first iteration: the style's and content's targets
@@ -773,9 +780,11 @@ class _ProgressBar:
         scales: int,
         content_loss: float,
         style_loss: float,
-        tile: str = "",
+        tile: int = 0,
+        tiles: int = 0,
     ) -> None:
-        self.bar.set_description(f"{self.label}scale {scale}/{scales}{tile}")
+        on_tile = f" tile {tile}/{tiles}" if tiles > 1 else ""
+        self.bar.set_description(f"{self.label}scale {scale}/{scales}{on_tile}")
         left = f"about {_duration(eta)} left, " if math.isfinite(eta) and eta > 0 else ""
         self.bar.set_postfix_str(f"{left}content {content_loss:.3g}, style {style_loss:.3g}", refresh=False)
         self.bar.update(fraction * 100 - self.bar.n)

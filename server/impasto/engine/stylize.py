@@ -206,8 +206,11 @@ class Engine:
             self.precision,
             options.recipe,
             self.seconds_per_pixel_iteration,
-            tiles=[self._tile_input(scale, options) for scale in scales],
-            style_tiles=[self._style_tile_input(size, options, budget) for size in styles_scaled],
+            tiles=[self._largest_input(scale.size, scale.tile, options) for scale in scales],
+            style_tiles=[
+                self._largest_input(size, self.style_tile(size, options, budget), options)
+                for size in styles_scaled
+            ],
             cost_factors=[scale.cost_factor for scale in scales],
         )
         return Plan(scales, cost, budget)
@@ -218,12 +221,12 @@ class Engine:
         free = free_memory_bytes(self.device)
         return max(0, free - max(int(free * BUDGET_MARGIN_SHARE), BUDGET_MARGIN_BYTES))
 
-    def _geometry(self, options: Options) -> tuple[list[str], int, int]:
-        """The network's layers up to the deepest tap, the tiles' alignment and their halo."""
+    def _geometry(self, options: Options) -> tuple[int, int]:
+        """The tiles' alignment and their halo, for the network's layers up to the deepest tap."""
         names = layer_names()
         names = names[: max(names.index(k) for k in options.recipe.layers) + 1]
         halo = receptive_halo(names) if options.tile_halo is None else options.tile_halo
-        return names, alignment(names), halo
+        return alignment(names), halo
 
     def _tiling(self, scale: Scale, options: Options, budget: int) -> Scale:
         """`scale` as it will run: whole where it fits the budget, else in the largest tiles that do."""
@@ -233,38 +236,32 @@ class Engine:
         elif peak_bytes(h, w, self.precision, options.recipe) <= budget:
             tile = None
         else:
-            _, align, halo = self._geometry(options)
+            align, halo = self._geometry(options)
             tile = largest_tile(budget, h, w, halo, align, self.precision, options.recipe)
             tile = None if tile >= max(h, w) else tile
         if tile is None:
             return scale
-        _, align, halo = self._geometry(options)
+        align, halo = self._geometry(options)
         grid = tile_grid(h, w, tile, halo, align)
         factor = tiled_cost_factor(sum(t.input_pixels for t in grid), h * w)
         return Scale(scale.size, scale.iterations, tile, len(grid), factor)
 
-    def _tile_input(self, scale: Scale, options: Options) -> int | None:
-        """Pixels of the largest tile input of a tiled scale."""
-        if scale.tile is None:
+    def _largest_input(self, size: tuple[int, int], tile: int | None, options: Options) -> int | None:
+        """Pixels of the largest tile input, halo included, of a picture of `size` in tiles of `tile`;
+        None: whole."""
+        if tile is None:
             return None
-        _, align, halo = self._geometry(options)
-        return max(t.input_pixels for t in tile_grid(*scale.size, scale.tile, halo, align))
+        align, halo = self._geometry(options)
+        return max(t.input_pixels for t in tile_grid(*size, tile, halo, align))
 
     def style_tile(self, size: tuple[int, int], options: Options, budget: int | None) -> int | None:
         """Interior side of the tiles of a style image's Gram pass at `size`; None: whole."""
         h, w = size
         if budget is None or h * w * STYLE_BYTES_PER_PIXEL[self.precision] <= budget:
             return None
-        _, align, halo = self._geometry(options)
+        align, halo = self._geometry(options)
         side = int(math.sqrt(budget / STYLE_BYTES_PER_PIXEL[self.precision])) - 2 * halo
         return max(align, side // align * align)
-
-    def _style_tile_input(self, size: tuple[int, int], options: Options, budget: int) -> int | None:
-        tile = self.style_tile(size, options, budget)
-        if tile is None:
-            return None
-        _, align, halo = self._geometry(options)
-        return max(t.input_pixels for t in tile_grid(*size, tile, halo, align))
 
     def tiled_scale(self, net: VGGFeatures, size: tuple[int, int], tile: int, options: Options) -> TiledScale:
         return TiledScale(
@@ -406,17 +403,17 @@ class _Run:
             return noise.to(self.engine.device)
         return resize(self.content, size)
 
-    def targets(self, scale: Scale) -> Targets:
+    def targets(self, scale: Scale, tiles: TiledScale | None = None) -> Targets:
+        """The scale's targets; a tiled scale (`tiles`) takes its content features tile by tile."""
         recipe, size = self.recipe, scale.size
         with torch.no_grad():
-            if scale.tile is None:
+            if tiles is None:
                 content = {
                     k: v.float()
                     for k, v in self.engine.features(self.net, resize(self.content, size)).items()
                     if k in recipe.content_layers
                 }
             else:
-                tiles = self.engine.tiled_scale(self.net, size, scale.tile, self.options)
                 content = tiles.feature_maps(resize(self.content, size), list(recipe.content_layers))
             total_weight = sum(s.weight for s in self.styles)
             grams = {k: 0.0 for k in recipe.style_layers}
@@ -462,15 +459,15 @@ class _Run:
 
     def optimise_scale(self, index: int, image: torch.Tensor) -> torch.Tensor:
         scale = self.scales[index]
-        targets = self.targets(scale)
-        image = image.detach().clone().contiguous().requires_grad_(True)
-        optimizer = _make_optimizer(self.recipe, image)
-        parts: list[LossParts] = []
         tiles = (
             None
             if scale.tile is None
             else self.engine.tiled_scale(self.net, scale.size, scale.tile, self.options)
         )
+        targets = self.targets(scale, tiles)
+        image = image.detach().clone().contiguous().requires_grad_(True)
+        optimizer = _make_optimizer(self.recipe, image)
+        parts: list[LossParts] = []
         iteration = 0
 
         def closure() -> torch.Tensor:

@@ -61,10 +61,6 @@ class Tile:
     x1: int
 
     @property
-    def interior_pixels(self) -> int:
-        return (self.iy1 - self.iy0) * (self.ix1 - self.ix0)
-
-    @property
     def input_pixels(self) -> int:
         return (self.y1 - self.y0) * (self.x1 - self.x0)
 
