@@ -163,7 +163,7 @@ build_plugin() {
   stage="$here/build/plugin/impasto"
   local wheels="$here/build/wheels/plugin"
   say "Building the plug-in ($stage)"
-  rm -rf "$stage" "$wheels" && mkdir -p "$stage/vendor/impasto/v1" "$wheels"
+  rm -rf "$stage" "$wheels" && mkdir -p "$stage/vendor/impasto/v1" "$stage/vendor/impasto/protocol" "$wheels"
   # The newest releases that run on Python 3.10, the oldest a GIMP 3 ships; protobuf at the venv's own
   # version, the one the stubs are generated for (protos/README.md).
   local requirements
@@ -176,6 +176,7 @@ build_plugin() {
     "$venv/bin/python" -m zipfile -e "$wheel" "$stage/vendor"
   done
   cp "$here/server/impasto/__init__.py" "$here/server/impasto/client.py" "$stage/vendor/impasto/"
+  cp "$here/server/impasto/protocol/"*.py "$stage/vendor/impasto/protocol/"
   cp "$here/server/impasto/v1/__init__.py" "$here/server/impasto/v1/impasto_pb2.py" "$stage/vendor/impasto/v1/"
   install -m 755 "$here/plugin/impasto/impasto.py" "$stage/impasto.py"
   local compiled

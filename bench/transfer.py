@@ -29,12 +29,14 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from impasto.client import Client, Image, Progress, Queued, Settings, StyleSpec, _requests
+from impasto.client import Client
+from impasto.protocol import NO_PREVIEWS, Image, Progress, Queued, Settings, StyleChoice
+from impasto.protocol.wire import request_messages
 from impasto.v1 import impasto_pb2_grpc
 from PIL import Image as PILImage
 from sample_images import IMAGES
 
-TINY = Settings(size=16, iterations=1, preview_seconds=-1)
+TINY = Settings(size=16, iterations=1, preview_seconds=NO_PREVIEWS)
 
 
 def start_server(styles: Path) -> tuple[subprocess.Popen, str]:
@@ -68,13 +70,14 @@ def grpcio_call(address: str, content: Image) -> dict[str, float]:
     with grpc.insecure_channel(address, options=options) as channel:
         stub = impasto_pb2_grpc.StyleTransferStub(channel)
         started = time.perf_counter()
-        return timed(stub.Stylize(_requests(content, [StyleSpec(preset="udnie")], TINY)), started)
+        requests = request_messages(content, [StyleChoice(preset_id="udnie")], [], TINY)
+        return timed(stub.Stylize(requests), started)
 
 
 def client_call(address: str, content: Image) -> dict[str, float]:
     with Client(address) as client:
         started = time.perf_counter()
-        job = client.stylize(content, [StyleSpec(preset="udnie")], TINY)
+        job = client.stylize(content, [StyleChoice(preset_id="udnie")], TINY)
         return timed(job.events(), started)
 
 
@@ -84,7 +87,7 @@ def png_call(address: str, pixels: np.ndarray) -> dict[str, float]:
         started = time.perf_counter()
         buffer = io.BytesIO()
         PILImage.fromarray(pixels, "RGBA").save(buffer, "PNG", compress_level=1)
-        job = client.stylize(Image(buffer.getvalue(), encoded=True), [StyleSpec(preset="udnie")], TINY)
+        job = client.stylize(Image(buffer.getvalue(), encoded=True), [StyleChoice(preset_id="udnie")], TINY)
         return timed(job.events(), started)
 
 
@@ -93,7 +96,9 @@ def first_progress(address: str) -> float:
     with Client(address) as client:
         started = time.perf_counter()
         job = client.stylize(
-            content, [StyleSpec(preset="udnie")], Settings(size=64, iterations=5, preview_seconds=-1)
+            content,
+            [StyleChoice(preset_id="udnie")],
+            Settings(size=64, iterations=5, preview_seconds=NO_PREVIEWS),
         )
         for event in job.events():
             if isinstance(event, Progress):

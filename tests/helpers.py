@@ -7,10 +7,11 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
-import impasto.jobs
+import impasto.service.main
 import torch
 from impasto.service.main import build_parser, start
 
@@ -41,8 +42,11 @@ def start_server(
     if full_size:
         port, shutdown = start(args, token)
     else:
-        limits = impasto.jobs.Limits
-        with mock.patch.object(impasto.jobs, "Limits", lambda **kw: limits(**{**kw, "full_size": False})):
+        limits_from = impasto.service.main.limits_from
+        older = mock.patch.object(
+            impasto.service.main, "limits_from", lambda *a: replace(limits_from(*a), full_size=False)
+        )
+        with older:
             port, shutdown = start(args, token)
     return f"127.0.0.1:{port}", shutdown
 
@@ -107,12 +111,12 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 
 def start_long_job(client, content_file: Path):
     """A job too long to finish on its own (size 64, 5000 iterations), once it is running: (job, events)."""
-    from impasto.client import Image, Progress, Settings, StyleSpec
+    from impasto.protocol import NO_PREVIEWS, Image, Progress, Settings, StyleChoice
 
     job = client.stylize(
         Image.from_file(content_file),
-        [StyleSpec(preset="udnie")],
-        Settings(size=64, iterations=5000, preview_seconds=-1),
+        [StyleChoice(preset_id="udnie")],
+        Settings(size=64, iterations=5000, preview_seconds=NO_PREVIEWS),
     )
     events = job.events()
     while not isinstance(next(events), Progress):

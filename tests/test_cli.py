@@ -13,11 +13,11 @@ import impasto.engine.loading
 import numpy as np
 import pytest
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 from helpers import interrupt_stylize, running_server
 from impasto.cli import EXIT_CANCELLED, EXIT_FAILED, build_parser, main
-from impasto.client import START_SERVER_HINT, ServerError, _server_error
 from impasto.jobs import Jobs
+from impasto.protocol import Kind, from_status
+from impasto.protocol.errors import CLIENT_KINDS
 from impasto.service.main import main as server_main
 from PIL import Image
 
@@ -228,29 +228,34 @@ GRPC_DETAILS = {  # what gRPC itself writes, never to be shown
 }
 
 
-@pytest.mark.parametrize("code", [c for c in Status if c != Status.OK], ids=lambda c: c.name)
-def test_every_status_is_a_sentence_without_grpc_words(code: Status):
-    details = GRPC_DETAILS.get(code, "")
-    error = _server_error(GRPCError(code, details), "gpu:50051")
-    text = str(error)
-    assert error.code == code and text and "[" not in text
-    assert code.name not in text and (not details or details not in text)
-    assert "Cancelling all calls" not in str(_server_error(GRPCError(code, "Cancelling all calls"), "h:1"))
+@pytest.mark.parametrize("status", [s.name for s in Status if s != Status.OK])
+def test_a_status_without_the_servers_kind_is_a_sentence_without_grpcs_words(status: str):
+    """gRPC, the network or a proxy ended the call (no kind in the trailers): its words never show."""
+    details = GRPC_DETAILS.get(Status[status], "Cancelling all calls")
+    error = from_status(status, details, None, "gpu:50051")
+    text = error.sentence("cli")
+    assert text and "[" not in text and status not in text and details not in text
 
 
-def test_status_sentences_keep_the_servers_words():
-    said = "no style preset 'x' on this server; `impasto styles` lists the presets"
-    error = _server_error(GRPCError(Status.NOT_FOUND, said), "gpu:50051", "job")
-    assert str(error) == f"the server at gpu:50051 refused the job: {said}"
-    assert (
-        str(_server_error(GRPCError(Status.CANCELLED, GRPC_DETAILS[Status.CANCELLED]), "h:1")) == "cancelled"
-    )
-    unreachable = str(_server_error(GRPCError(Status.UNAVAILABLE, GRPC_DETAILS[Status.UNAVAILABLE]), "h:1"))
-    assert (
-        unreachable.startswith("cannot reach an Impasto server at h:1") and START_SERVER_HINT in unreachable
-    )
-    failed = _server_error(GRPCError(Status.INTERNAL, "the server failed; its log has details"), "h:1")
-    assert str(failed) == "the server at h:1 failed; its log has details" and isinstance(failed, ServerError)
+@pytest.mark.parametrize("kind", [k for k in Kind if k not in CLIENT_KINDS], ids=lambda k: k.name)
+def test_the_servers_kind_and_words_make_the_sentence(kind: Kind):
+    said = "the job queue is full (8 waiting); try again when a job has finished"
+    error = from_status(kind.status, said, kind.name.lower(), "gpu:50051")
+    assert error.kind is kind and said in str(error)
+    # A kind that does not go with the status was not the server's (a proxy rewrote the status).
+    other = next(k for k in Kind if k.status != kind.status)
+    assert said not in str(from_status(other.status, said, kind.name.lower(), "h:1"))
+
+
+def test_sentences_say_what_to_do_in_the_readers_words():
+    error = from_status("NOT_FOUND", "no style preset 'x' on this server", "not_found", "gpu:50051")
+    assert str(error) == "the server at gpu:50051 refused the job: no style preset 'x' on this server"
+    assert "impasto styles" in error.sentence("cli") and "--" not in error.sentence("gimp")
+    unreachable = from_status("UNAVAILABLE", GRPC_DETAILS[Status.UNAVAILABLE], None, "h:1")
+    assert unreachable.sentence("cli").startswith("cannot reach an Impasto server at h:1")
+    assert "impasto-server" in unreachable.sentence("cli") and "Server field" in unreachable.sentence("gimp")
+    failed = from_status("INTERNAL", "job 1a2b failed (TypeError)", "bug", "h:1")
+    assert str(failed) == "the server at h:1 failed: job 1a2b failed (TypeError); its log has details"
 
 
 def test_unknown_preset_over_the_network_is_a_sentence(images: Path, tmp_path: Path, capsys):

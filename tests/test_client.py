@@ -31,22 +31,23 @@ importlib.machinery.ExtensionFileLoader.create_module = _guarded
 
 CLIENT_RUN = """
 import json
-from impasto.client import Client, Image, Progress, ServerError, Settings, StyleSpec
+from impasto.client import Client
+from impasto.protocol import NO_PREVIEWS, Image, ImpastoError, Progress, Settings, StyleChoice
 address, ca, token, content = sys.argv[1:5]
-quick = Settings(size=32, iterations=2, preview_seconds=-1)
+quick = Settings(size=32, iterations=2, preview_seconds=NO_PREVIEWS)
 out = {}
 with Client(address, tls_ca=ca, token=token) as client:
     info = client.info()
-    out["info"] = [info.weights, info.device_kind]
+    out["info"] = [info.weights, info.device.kind]
     presets = client.styles()
     out["presets"] = len(presets)
     out["thumbnail"] = client.thumbnail("udnie")[:8].hex()
-    job = client.stylize(Image.from_file(content), [StyleSpec(preset="udnie")], quick)
+    job = client.stylize(Image.from_file(content), [StyleChoice(preset_id="udnie")], quick)
     out["events"] = sorted({type(event).__name__ for event in job.events()})
     out["result"] = [job.result.width, job.result.height, job.result.encoded]
-    upload = StyleSpec(image=Image.from_file(content))
-    long_job = Settings(size=64, iterations=5000, preview_seconds=-1)
-    job = client.stylize(Image.from_file(content), [upload], long_job)
+    long_job = Settings(size=64, iterations=5000, preview_seconds=NO_PREVIEWS)
+    image = Image.from_file(content)
+    job = client.stylize(image, [StyleChoice(upload=0)], long_job, [image])
     events = job.events()
     for event in events:
         if isinstance(event, Progress):
@@ -55,7 +56,7 @@ with Client(address, tls_ca=ca, token=token) as client:
     try:
         list(events)
         out["cancelled"] = False
-    except ServerError as error:
+    except ImpastoError as error:
         out["cancelled"] = error.cancelled
     import time
     deadline = time.monotonic() + 30  # the server stops the job within an iteration of noticing
@@ -65,7 +66,7 @@ with Client(address, tls_ca=ca, token=token) as client:
 try:
     with Client(address, tls_ca=ca, token="wrong") as client:
         client.info()
-except ServerError as error:
+except ImpastoError as error:
     out["wrong_token"] = str(error)
 out["compiled"] = sorted(
     name for name, module in sys.modules.items()
@@ -99,10 +100,10 @@ def test_the_whole_client_runs_with_compiled_imports_forbidden(tls_server, image
     assert out["compiled"] == [] and not out["grpc_imported"]
     assert out["info"] == ["vgg19-original", "cpu"] and out["presets"] >= 10
     assert out["thumbnail"] == "89504e470d0a1a0a"  # a PNG
-    assert out["events"] == ["Progress", "Queued", "Started"]
+    assert out["events"] == ["Progress", "Queued", "Result", "Started"]
     assert out["result"][2] is True and out["result"][:2] == [256, 256]
     assert out["cancelled"] is True and out["idle"] == 0
-    assert "wrong token" in out["wrong_token"]
+    assert "did not accept the token" in out["wrong_token"]
 
 
 def test_the_guard_really_forbids_compiled_modules():

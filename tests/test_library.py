@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from grpclib.const import Status
 from helpers import gradient_image, running_server
 from impasto.catalogue import fetch, load_catalogue
-from impasto.client import Client, Image, ServerError, Settings, StyleSpec
+from impasto.client import Client
 from impasto.engine import Engine, Options, Style
 from impasto.engine.gram_cache import GramCache
 from impasto.library import (
@@ -30,10 +29,11 @@ from impasto.library import (
     check_id,
     slug,
 )
+from impasto.protocol import NO_PREVIEWS, Image, ImpastoError, Kind, Settings, StyleChoice
 from impasto.service.main import styles_main
 from PIL import Image as PILImage
 
-FAST = Settings(size=48, iterations=3, preview_seconds=-1)
+FAST = Settings(size=48, iterations=3, preview_seconds=NO_PREVIEWS)
 
 
 @pytest.fixture
@@ -131,11 +131,11 @@ def test_thumbnails_are_small_and_cached_on_disk(library: StyleLibrary, tmp_path
 
 
 def test_a_preset_file_replaced_on_disk_is_read_again(library: StyleLibrary, images: Path):
-    before = library.load("udnie")
-    assert library.load("udnie").size == before.size
+    before = library.load(library.find("udnie"))
+    assert library.load(library.find("udnie")).size == before.size
     shutil.copyfile(images / "styles" / "the-scream.jpg", library.find("udnie").path)
-    after = library.load("udnie")
-    assert after.size != before.size and after.size == library.load("the-scream").size
+    after = library.load(library.find("udnie"))
+    assert after.size != before.size and after.size == library.load(library.find("the-scream")).size
 
 
 def test_grpc_listing_new_files_saved_styles_and_unknown_ids(
@@ -168,21 +168,25 @@ def test_grpc_listing_new_files_saved_styles_and_unknown_ids(
 
         content = Image.from_file(images / "content" / "camera.png")
         upload = Image.from_file(images / "styles" / "composition-vii.jpg")
-        job = client.stylize(content, [StyleSpec(image=upload, save_as="Kandinsky VII")], FAST)
+        job = client.stylize(content, [StyleChoice(upload=0, save_as_preset="Kandinsky VII")], FAST, [upload])
         list(job.events())
-        job = client.stylize(content, [StyleSpec(preset="kandinsky-vii")], FAST)
+        job = client.stylize(content, [StyleChoice(preset_id="kandinsky-vii")], FAST)
         list(job.events())
         assert job.result is not None
 
-        for spec, code in [
-            (StyleSpec(image=upload, save_as="kandinsky-vii"), Status.ALREADY_EXISTS),
-            (StyleSpec(image=upload, save_as="???"), Status.INVALID_ARGUMENT),
-            (StyleSpec(preset="no-such-style"), Status.NOT_FOUND),
-            (StyleSpec(preset="../styles/udnie"), Status.INVALID_ARGUMENT),
+        for spec, kind in [
+            (StyleChoice(upload=0, save_as_preset="kandinsky-vii"), Kind.ALREADY_EXISTS),
+            (StyleChoice(upload=0, save_as_preset="???"), Kind.INVALID),
+            (StyleChoice(preset_id="no-such-style"), Kind.NOT_FOUND),
+            (StyleChoice(preset_id="../styles/udnie"), Kind.INVALID),
         ]:
-            with pytest.raises(ServerError) as caught:
-                list(client.stylize(content, [spec], FAST).events())
-            assert caught.value.code == code, (spec, caught.value)
+            with pytest.raises(ImpastoError) as caught:
+                list(
+                    client.stylize(
+                        content, [spec], FAST, [upload] if spec.upload is not None else []
+                    ).events()
+                )
+            assert caught.value.kind is kind, (spec, caught.value)
 
 
 def test_catalogue_has_at_least_12_public_domain_paintings():
@@ -262,7 +266,7 @@ def test_the_user_folder_adds_and_overrides_and_is_the_only_one_written(tmp_path
         ("the-scream", True, "The Scream"),
         ("udnie", True, "Built-in Udnie"),
     ]
-    assert library.load("udnie").size == (256, 256)
+    assert library.load(library.find("udnie")).size == (256, 256)
 
     with pytest.raises(StyleExists):  # a built-in's id is taken
         library.save("Udnie", (images / "styles" / "water-lilies.jpg").read_bytes())
@@ -270,7 +274,11 @@ def test_the_user_folder_adds_and_overrides_and_is_the_only_one_written(tmp_path
     assert saved.path.parent == (tmp_path / "mine").resolve() and not saved.builtin
     shutil.copy(images / "styles" / "starry-night.jpg", tmp_path / "mine" / "udnie.jpg")  # an override
     udnie = library.find("udnie")
-    assert not udnie.builtin and udnie.title == "Udnie" and library.load("udnie").size == (203, 256)
+    assert (
+        not udnie.builtin
+        and udnie.title == "Udnie"
+        and library.load(library.find("udnie")).size == (203, 256)
+    )
     assert [p.id for p in library.presets()] == ["lilies", "the-scream", "udnie"]
     report = dict(library.import_folder(images / "styles"))
     assert report["udnie.jpg"].startswith("skipped") and report["the-scream.jpg"].startswith("skipped")
@@ -293,7 +301,9 @@ def test_bmp_and_gif_presets(tmp_path: Path, images: Path):
     painting.convert("P").save(folder / "animated.gif")
     library = StyleLibrary(folder, cache_dir=tmp_path / "cache", builtin_folder=None)
     assert [p.id for p in library.presets()] == ["animated", "bitmap"]
-    assert library.load("bitmap").size == library.load("animated").size == (256, 256)
+    assert (
+        library.load(library.find("bitmap")).size == library.load(library.find("animated")).size == (256, 256)
+    )
     saved = library.save("Copy", (folder / "animated.gif").read_bytes())
     assert saved.path.suffix == ".gif"
 
@@ -318,7 +328,7 @@ def test_a_broken_file_is_named_logged_once_and_left_out(tmp_path: Path, images:
 
     with caplog.at_level(logging.WARNING, logger="impasto.library"):
         with pytest.raises(BrokenPreset) as caught:
-            library.load("half-copied")
+            library.load(library.find("half-copied"))
         message = str(caught.value)
         assert "half-copied" in message and str(tmp_path) not in message and "/" not in message
         with pytest.raises(BrokenPreset, match="also-half") as caught:
@@ -326,17 +336,17 @@ def test_a_broken_file_is_named_logged_once_and_left_out(tmp_path: Path, images:
         assert str(tmp_path) not in str(caught.value)
         assert [p.id for p in library.presets()] == ["udnie"]  # left out from now on
         with pytest.raises(BrokenPreset, match="half-copied") as again:  # and named when asked for
-            library.load("half-copied")
+            library.load(library.find("half-copied"))
         assert str(tmp_path) not in str(again.value)
         with pytest.raises(KeyError):
-            library.load("never-was")
-        assert library.load("udnie").size == (256, 256)  # the rest works
+            library.load(library.find("never-was"))
+        assert library.load(library.find("udnie")).size == (256, 256)  # the rest works
         assert library.thumbnail(library.find("udnie")).startswith(b"\x89PNG")
     warnings = [r for r in caplog.records if r.name == "impasto.library"]
     assert len(warnings) == 2 and "half-copied" in warnings[0].getMessage()
 
     shutil.copyfile(images / "styles" / "the-scream.jpg", folder / "half-copied.jpg")  # copying finished
-    assert library.load("half-copied").size == (256, 201)
+    assert library.load(library.find("half-copied")).size == (256, 201)
     assert [p.id for p in library.presets()] == ["half-copied", "udnie"]
     assert isinstance(caught.value, ValueError)  # an ImageError: what the service already maps
 
@@ -378,7 +388,7 @@ def test_metadata_strings_are_bounded(tmp_path: Path, images: Path):
     library = StyleLibrary(folder, cache_dir=tmp_path / "cache", builtin_folder=None)
     udnie = library.find("udnie")
     assert len(udnie.title) <= 200 and len(udnie.artist) <= 200 and len(udnie.source_url) <= 500
-    assert udnie.year == "" and udnie.licence == "line one line two" and udnie.strength == 0
+    assert udnie.year == "" and udnie.licence == "line one line two" and udnie.recommended_strength == 0
     assert library.find("huge").title == "Huge"  # a metadata file that large is not read
 
 

@@ -19,16 +19,25 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from grpclib.const import Status
 from helpers import interrupt_stylize, running_server, self_signed, start_long_job
-from impasto.client import Client, Image, Preview, Progress, Queued, ServerError, Settings, StyleSpec
+from impasto.client import Client
 from impasto.engine import Engine
 from impasto.jobs import queue as job_queue
+from impasto.protocol import (
+    NO_PREVIEWS,
+    Image,
+    ImpastoError,
+    Preview,
+    Progress,
+    Queued,
+    Settings,
+    StyleChoice,
+)
 from impasto.v1 import impasto_pb2 as pb
 from impasto.v1 import impasto_pb2_grpc
 from PIL import Image as PILImage
 
-FAST = Settings(size=48, iterations=4, preview_seconds=-1)
+FAST = Settings(size=48, iterations=4, preview_seconds=NO_PREVIEWS)
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +68,24 @@ def idle(address: str) -> bool:
     return info.running_jobs == 0 and info.queue_length == 0
 
 
-def run_job(address: str, content: Image, styles: list[StyleSpec], settings: Settings = FAST, **client_args):
+def run_job(
+    address: str,
+    content: Image,
+    styles: list[StyleChoice],
+    settings: Settings = FAST,
+    uploads: list[Image] = (),
+    **client_args,
+):
     with Client(address, **client_args) as client:
-        job = client.stylize(content, styles, settings)
+        job = client.stylize(content, styles, settings, uploads)
         events = list(job.events())
     return events, job.result
 
 
 def status_of(
-    address: str, content: Image, styles: list[StyleSpec], settings: Settings = FAST
-) -> ServerError:
-    with pytest.raises(ServerError) as caught:
+    address: str, content: Image, styles: list[StyleChoice], settings: Settings = FAST
+) -> ImpastoError:
+    with pytest.raises(ImpastoError) as caught:
         run_job(address, content, styles, settings)
     return caught.value
 
@@ -79,12 +95,12 @@ def test_info(server: str, capsys: pytest.CaptureFixture[str]):
 
     with Client(server) as client:
         info = client.info()
-    assert info.device_kind == "cpu" and info.device_memory_bytes > 0
+    assert info.device.kind == "cpu" and info.device.memory_bytes > 0
     assert info.weights == "vgg19-original"
-    assert info.max_pixels > 24_000_000 and info.max_queue == 8
+    assert info.limits.max_pixels > 24_000_000 and info.limits.max_queue == 8
     assert info.default_size == 384 and info.protocol_version == pb.PROTOCOL_VERSION_CURRENT
     assert info.default_iterations == 40  # a CPU's (engine/device.py): a 12-megapixel photo in a minute
-    assert info.full_size
+    assert info.limits.full_size
     assert main(["info", "--server", server]) == 0 and "full size: yes" in capsys.readouterr().out
 
 
@@ -96,21 +112,22 @@ def test_info_says_when_the_server_cannot_paint_at_full_size(
 
     with running_server("--styles-dir", str(images / "styles"), full_size=False) as address:
         with Client(address) as client:
-            assert not client.info().full_size
+            assert not client.info().limits.full_size
         assert main(["info", "--server", address]) == 0
         assert "full size: no" in capsys.readouterr().out
         content, _ = rgba(images / "content" / "chelsea.png")
-        refused = status_of(address, content, [StyleSpec(preset="udnie")], replace(FAST, full_size=True))
+        refused = status_of(address, content, [StyleChoice(preset_id="udnie")], replace(FAST, full_size=True))
         # The CLI asks before it sends: a server older than full_size would ignore it, not refuse it.
         out = tmp_path / "out.png"
         chelsea = str(images / "content" / "chelsea.png")
         code = main(
             ["stylize", chelsea, "--style", "udnie", "--size", "full", "--server", address, "-o", str(out)]
         )
-    assert refused.code == Status.INVALID_ARGUMENT and "full size" in str(refused), refused
+    assert refused.kind.status == "INVALID_ARGUMENT" and "full size" in str(refused), refused
     assert code == 1 and not out.exists()
     assert (
-        f"the server at {address} cannot paint at full size; update impasto-server" in capsys.readouterr().err
+        f"the server at {address} is not compatible with this client: it cannot paint at the content's full "
+        "size (an older impasto-server); update it" in capsys.readouterr().err
     )
 
 
@@ -138,7 +155,7 @@ def test_stylize_end_to_end(server: str, images: Path):
     events, result = run_job(
         server,
         content,
-        [StyleSpec(preset="starry-night")],
+        [StyleChoice(preset_id="starry-night")],
         Settings(size=64, iterations=6, preview_seconds=0.05),
     )
     kinds = [type(e).__name__.lower() for e in events]
@@ -161,7 +178,9 @@ def test_stylize_end_to_end(server: str, images: Path):
 def test_progress_reaches_the_client_a_few_times_a_second_and_at_the_end(server: str, images: Path):
     content, _ = rgba(images / "content" / "camera.png")
     started = time.monotonic()
-    events, _ = run_job(server, content, [StyleSpec(preset="udnie")], replace(FAST, size=24, iterations=300))
+    events, _ = run_job(
+        server, content, [StyleChoice(preset_id="udnie")], replace(FAST, size=24, iterations=300)
+    )
     seconds = time.monotonic() - started
     progress = [e for e in events if isinstance(e, Progress)]
     assert progress[-1].fraction == 1.0 and progress[-1].iteration == 300
@@ -172,7 +191,8 @@ def test_progress_reaches_the_client_a_few_times_a_second_and_at_the_end(server:
 def test_uploaded_style_and_encoded_content(server: str, images: Path):
     content = Image.from_file(images / "content" / "coffee.png")
     style = Image.from_file(images / "styles" / "udnie.jpg")
-    _, result = run_job(server, content, [StyleSpec(image=style, weight=0.5), StyleSpec(preset="the-scream")])
+    styles = [StyleChoice(upload=0, weight=0.5), StyleChoice(preset_id="the-scream")]
+    _, result = run_job(server, content, styles, uploads=[style])
     assert (
         result.encoded
         and PILImage.open(io.BytesIO(result.data)).size
@@ -184,14 +204,16 @@ def cancel_after_first_progress(address: str, content: Image) -> float:
     """Starts a long job, cancels it at its first progress event; returns seconds until the worker is free."""
     with Client(address) as client:
         job = client.stylize(
-            content, [StyleSpec(preset="udnie")], Settings(size=64, iterations=5000, preview_seconds=-1)
+            content,
+            [StyleChoice(preset_id="udnie")],
+            Settings(size=64, iterations=5000, preview_seconds=NO_PREVIEWS),
         )
-        with pytest.raises(ServerError) as caught:
+        with pytest.raises(ImpastoError) as caught:
             for event in job.events():
                 if isinstance(event, Progress):
                     job.cancel()
                     cancelled = time.monotonic()
-        assert caught.value.code == Status.CANCELLED
+        assert caught.value.kind.status == "CANCELLED"
     assert wait_until(lambda: idle(address), timeout=30)
     return time.monotonic() - cancelled
 
@@ -200,16 +222,17 @@ def test_cancel_frees_the_worker(server: str, images: Path):
     """Within an iteration (docs/benchmarks.md measures it); the bound here is generous for busy machines."""
     content, _ = rgba(images / "content" / "camera.png")
     assert cancel_after_first_progress(server, content) < 10
-    _, result = run_job(server, content, [StyleSpec(preset="udnie")])
+    _, result = run_job(server, content, [StyleChoice(preset_id="udnie")])
     assert result.width == content.width
 
 
 CLIENT_THAT_DIES = """
 import sys
-from impasto.client import Client, Image, Progress, Settings, StyleSpec
+from impasto.client import Client
+from impasto.protocol import NO_PREVIEWS, Image, Progress, Settings, StyleChoice
 data = open(sys.argv[2], "rb").read()
-job = Client(sys.argv[1]).stylize(Image(data, encoded=True), [StyleSpec(preset="udnie")],
-                                  Settings(size=64, iterations=5000, preview_seconds=-1))
+job = Client(sys.argv[1]).stylize(Image(data, encoded=True), [StyleChoice(preset_id="udnie")],
+                                  Settings(size=64, iterations=5000, preview_seconds=NO_PREVIEWS))
 for event in job.events():
     if isinstance(event, Progress):
         print("running", flush=True)
@@ -232,7 +255,7 @@ def test_dropped_connection_cancels_the_job(server: str, images: Path):
     assert wait_until(lambda: idle(server), timeout=30), "the job outlived its client"
     assert time.monotonic() - killed < 10
     content, _ = rgba(images / "content" / "camera.png")
-    _, result = run_job(server, content, [StyleSpec(preset="udnie")])
+    _, result = run_job(server, content, [StyleChoice(preset_id="udnie")])
     assert result.height == content.height
 
 
@@ -243,7 +266,7 @@ def test_four_concurrent_clients_all_complete(server: str, images: Path):
 
     def one(index: int) -> None:
         try:
-            results[index] = run_job(server, content, [StyleSpec(preset="water-lilies")])[1]
+            results[index] = run_job(server, content, [StyleChoice(preset_id="water-lilies")])[1]
         except BaseException as error:  # noqa: BLE001 - reported by the assertion below
             errors.append(error)
 
@@ -258,19 +281,19 @@ def test_four_concurrent_clients_all_complete(server: str, images: Path):
 
 def test_full_queue_is_refused_with_the_limit(images: Path):
     content, _ = rgba(images / "content" / "camera.png")
-    long_job = Settings(size=64, iterations=5000, preview_seconds=-1)
+    long_job = Settings(size=64, iterations=5000, preview_seconds=NO_PREVIEWS)
     with (
         running_server("--styles-dir", str(images / "styles"), "--max-queue", "1") as address,
         Client(address) as first,
         Client(address) as second,
     ):
-        running = first.stylize(content, [StyleSpec(preset="udnie")], long_job)
+        running = first.stylize(content, [StyleChoice(preset_id="udnie")], long_job)
         running_events = running.events()
         assert isinstance(next(running_events), Queued)
-        waiting = second.stylize(content, [StyleSpec(preset="udnie")], long_job)
+        waiting = second.stylize(content, [StyleChoice(preset_id="udnie")], long_job)
         assert next(waiting.events()).position == 1
-        error = status_of(address, content, [StyleSpec(preset="udnie")])
-        assert error.code == Status.RESOURCE_EXHAUSTED and "1 waiting" in str(error)
+        error = status_of(address, content, [StyleChoice(preset_id="udnie")])
+        assert error.kind.status == "RESOURCE_EXHAUSTED" and "1 waiting" in str(error)
         running.cancel()
         waiting.cancel()
 
@@ -279,11 +302,11 @@ def test_a_job_too_big_for_free_memory_is_refused_with_a_size_that_fits(images: 
     content, _ = rgba(images / "content" / "camera.png")
     monkeypatch.setattr(job_queue, "free_memory_bytes", lambda device: 1 << 20)
     with running_server("--styles-dir", str(images / "styles")) as address:
-        error = status_of(address, content, [StyleSpec(preset="udnie")], replace(FAST, size=64))
-        assert error.code == Status.RESOURCE_EXHAUSTED and "0.0 GiB are free" in str(error)
+        error = status_of(address, content, [StyleChoice(preset_id="udnie")], replace(FAST, size=64))
+        assert error.kind.status == "RESOURCE_EXHAUSTED" and "0.0 GiB are free" in str(error)
         fits = int(re.search(r"at most (\d+) px", str(error))[1])
         assert 16 <= fits < 64
-        _, result = run_job(address, content, [StyleSpec(preset="udnie")], replace(FAST, size=fits))
+        _, result = run_job(address, content, [StyleChoice(preset_id="udnie")], replace(FAST, size=fits))
         assert (result.width, result.height) == (content.width, content.height)
 
 
@@ -294,10 +317,10 @@ def test_running_out_of_device_memory_mid_job_is_resource_exhausted(images: Path
     content, _ = rgba(images / "content" / "camera.png")
     with running_server("--styles-dir", str(images / "styles")) as address:
         monkeypatch.setattr(Engine, "stylize", out_of_memory)
-        error = status_of(address, content, [StyleSpec(preset="udnie")])
-        assert error.code == Status.RESOURCE_EXHAUSTED and "smaller working size" in str(error)
+        error = status_of(address, content, [StyleChoice(preset_id="udnie")])
+        assert error.kind.status == "RESOURCE_EXHAUSTED" and "smaller working size" in str(error)
         monkeypatch.undo()
-        _, result = run_job(address, content, [StyleSpec(preset="udnie")])
+        _, result = run_job(address, content, [StyleChoice(preset_id="udnie")])
         assert result.width == content.width
 
 
@@ -313,7 +336,7 @@ def png_header_claiming(width: int, height: int) -> bytes:
 )
 def test_odd_images_are_stylised_at_their_own_size(server: str, images: Path, name: str):
     path = images / "odd" / name
-    _, result = run_job(server, Image.from_file(path), [StyleSpec(preset="udnie")])
+    _, result = run_job(server, Image.from_file(path), [StyleChoice(preset_id="udnie")])
     assert PILImage.open(io.BytesIO(result.data)).size == PILImage.open(path).size
 
 
@@ -339,7 +362,7 @@ BAD_REQUESTS = {
     "path traversal": ("ok", {"preset": "../styles/udnie"}, "INVALID_ARGUMENT", "not a preset id"),
     "negative strength": ("ok", {"strength": -1.0}, "INVALID_ARGUMENT", "strength"),
     "NaN strength": ("ok", {"strength": math.nan}, "INVALID_ARGUMENT", "strength"),
-    "NaN style scale": ("ok", {"style_scale": math.nan}, "INVALID_ARGUMENT", "style_scale"),
+    "NaN style scale": ("ok", {"style_scale": math.nan}, "INVALID_ARGUMENT", "style scale"),
     "huge working size": ("ok", {"size": 1_000_000}, "RESOURCE_EXHAUSTED", "limit"),
     "absurd iterations": ("ok", {"iterations": 4_000_000_000}, "INVALID_ARGUMENT", "iterations"),
 }
@@ -354,10 +377,10 @@ def test_bad_requests_get_a_precise_status_and_the_server_carries_on(server: str
         content = good
     elif content == "truncated":
         content = Image(good.data[: len(good.data) // 2], encoded=True)
-    style = StyleSpec(preset=change.pop("preset", "udnie"))
+    style = StyleChoice(preset_id=change.pop("preset", "udnie"))
     settings = Settings(**{**FAST.__dict__, **change})
     error = status_of(server, content, [style], settings)
-    assert error.code.name == code, error
+    assert error.kind.status == code, error
     assert message in str(error)
     with Client(server) as client:
         assert client.info().running_jobs == 0  # still answering, nothing left running
@@ -401,8 +424,8 @@ def test_a_24_megapixel_layer_round_trips(server: str):
     _, result = run_job(
         server,
         Image(pixels.tobytes(), width, height),
-        [StyleSpec(preset="udnie")],
-        Settings(size=32, iterations=1, preview_seconds=-1),
+        [StyleChoice(preset_id="udnie")],
+        Settings(size=32, iterations=1, preview_seconds=NO_PREVIEWS),
     )
     out = np.frombuffer(result.data, np.uint8).reshape(height, width, 4)
     assert np.array_equal(out[:, :, 3], pixels[:, :, 3])
@@ -410,18 +433,21 @@ def test_a_24_megapixel_layer_round_trips(server: str):
 
 def test_token_is_required_and_checked(images: Path):
     with running_server("--styles-dir", str(images / "styles"), token="s3cret") as address:
-        for token, expected in [(None, "missing token"), ("guess", "wrong token")]:
-            with Client(address, token=token or "") as client, pytest.raises(ServerError) as caught:
+        for token, expected in [
+            (None, "no token was sent"),
+            ("guess", "the token sent is not this server's"),
+        ]:
+            with Client(address, token=token or "") as client, pytest.raises(ImpastoError) as caught:
                 client.info()
-            assert caught.value.code == Status.UNAUTHENTICATED and expected in str(caught.value)
-            with pytest.raises(ServerError) as caught:
+            assert caught.value.kind.status == "UNAUTHENTICATED" and expected in str(caught.value)
+            with pytest.raises(ImpastoError) as caught:
                 run_job(
                     address,
                     Image.from_file(images / "content" / "camera.png"),
-                    [StyleSpec(preset="udnie")],
+                    [StyleChoice(preset_id="udnie")],
                     token=token or "",
                 )
-            assert caught.value.code == Status.UNAUTHENTICATED
+            assert caught.value.kind.status == "UNAUTHENTICATED"
         with Client(address, token="s3cret") as client:
             assert client.info().weights == "vgg19-original"
 
@@ -448,18 +474,18 @@ def test_tls_round_trip(tmp_path: Path, images: Path):
         _, result = run_job(
             f"localhost:{port}",
             Image.from_file(images / "content" / "camera.png"),
-            [StyleSpec(preset="udnie")],
+            [StyleChoice(preset_id="udnie")],
             tls_ca=cert,
         )
         assert result.width == PILImage.open(images / "content" / "camera.png").width
-        with Client(f"localhost:{port}", timeout=3) as plaintext, pytest.raises(ServerError):
+        with Client(f"localhost:{port}", timeout=3) as plaintext, pytest.raises(ImpastoError):
             plaintext.info()
 
 
 def test_unreachable_server_names_the_address_and_the_fix():
-    with Client("127.0.0.1:9", timeout=3) as client, pytest.raises(ServerError) as caught:
+    with Client("127.0.0.1:9", timeout=3) as client, pytest.raises(ImpastoError) as caught:
         client.info()
-    assert "127.0.0.1:9" in str(caught.value) and "impasto-server" in str(caught.value)
+    assert "127.0.0.1:9" in str(caught.value) and "impasto-server" in caught.value.sentence("cli")
 
 
 def start_server_process(*flags: str) -> tuple[subprocess.Popen, str]:
@@ -480,9 +506,9 @@ def test_sigterm_cancels_running_jobs_after_the_grace_period_and_exits_0(images:
         with Client(address) as client:
             _, events = start_long_job(client, images / "content" / "camera.png")
             process.terminate()
-            with pytest.raises(ServerError) as caught:
+            with pytest.raises(ImpastoError) as caught:
                 list(events)
-            assert caught.value.code == Status.UNAVAILABLE and "shutting down" in str(caught.value)
+            assert caught.value.kind.status == "UNAVAILABLE" and "shutting down" in str(caught.value)
         assert process.wait(timeout=30) == 0
         log = process.stderr.read()
         assert "outcome=unavailable" in log and "stopped" in log
@@ -549,10 +575,10 @@ def test_one_queue_feeds_a_worker_per_device(images: Path):
     with running_server("--styles-dir", str(images / "styles"), "--device", "cpu,cpu") as address:
         clients = [Client(address) for _ in range(4)]
         observer = clients.pop()
-        assert [(d.kind, d.busy) for d in observer.info().devices] == [("cpu", False), ("cpu", False)]
+        assert [(d.device.kind, d.busy) for d in observer.info().devices] == [("cpu", False), ("cpu", False)]
         jobs, streams = [], []
         for client in clients:
-            jobs.append(client.stylize(content, [StyleSpec(preset="udnie")], long_job))
+            jobs.append(client.stylize(content, [StyleChoice(preset_id="udnie")], long_job))
             streams.append(jobs[-1].events())
             first = next(streams[-1])
             assert isinstance(first, Queued)
@@ -577,7 +603,7 @@ def test_one_queue_feeds_a_worker_per_device(images: Path):
 def test_full_size_over_the_network_paints_at_the_contents_own_size(server: str, images: Path):
     content, _ = rgba(images / "content" / "chelsea.png")
     events, result = run_job(
-        server, content, [StyleSpec(preset="udnie")], replace(FAST, full_size=True, iterations=2)
+        server, content, [StyleChoice(preset_id="udnie")], replace(FAST, full_size=True, iterations=2)
     )
     started = next(e for e in events if type(e).__name__ == "Started")
     assert (started.working_width, started.working_height) == (content.width, content.height)

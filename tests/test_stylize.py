@@ -129,8 +129,8 @@ def test_strength_moves_the_result_towards_the_style(engine: Engine):
     [
         ({"strength": -1}, "strength"),
         ({"iterations": math.nan}, "iterations"),
-        ({"size": 4}, "size"),
-        ({"style_scale": 100}, "style_scale"),
+        ({"size": 4}, "working size"),
+        ({"style_scale": 100}, "style scale"),
     ],
 )
 def test_absurd_options_are_refused(engine: Engine, change, message):

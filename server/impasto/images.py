@@ -20,13 +20,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .engine.imageops import fit_long_side, resize, resize_8bit
+from .protocol import Limits
+from .protocol.formats import FORMAT_NAMES, PILLOW_FORMATS, looks_like_image
 
-DEFAULT_MAX_PIXELS = 100_000_000
-# The only formats ever decoded: Pillow's other plug-ins (EPS runs Ghostscript, and many parse rarely used
-# formats) are never offered a client's bytes.
-SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
-SUPPORTED_NAMES = "PNG, JPEG, WebP, TIFF, BMP or GIF"
-_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
+DEFAULT_MAX_PIXELS = Limits.max_pixels
 
 
 class ImageError(ValueError):
@@ -95,8 +92,8 @@ def decode_picture(
     hold memory for them, or refuse)."""
     if not data:
         raise ImageError(f"{name} is empty (0 bytes)")
-    with _decoding(name, data):
-        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    with decoding(name, data):
+        image = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
         width, height = image.size
         if width * height > max_pixels:
             raise TooLarge(
@@ -105,7 +102,7 @@ def decode_picture(
             )
     if before_decode is not None:
         before_decode(width, height)
-    with _decoding(name, data):
+    with decoding(name, data):
         image.load()
         image = ImageOps.exif_transpose(image)
     if image.width == 0 or image.height == 0:
@@ -116,8 +113,9 @@ def decode_picture(
 
 
 @contextlib.contextmanager
-def _decoding(name: str, data: bytes | bytearray) -> Iterator[None]:
-    """Turns whatever Pillow raises on a bad file into an ImageError that names the file."""
+def decoding(name: str, data: bytes | bytearray = b"") -> Iterator[None]:
+    """Turns whatever Pillow raises on a bad file into an ImageError that names the file (`data`: its
+    first bytes, which tell a damaged file of a known format from another format)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -127,11 +125,9 @@ def _decoding(name: str, data: bytes | bytearray) -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise TooLarge(f"{name} is over the limit of pixels that can be decoded safely ({error})") from error
     except UnidentifiedImageError as error:
-        if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        if looks_like_image(data):
             raise ImageError(f"{name} is not a readable image (damaged, or cut short)") from error
-        raise ImageError(
-            f"{name} is not a readable image: not a supported image ({SUPPORTED_NAMES})"
-        ) from error
+        raise ImageError(f"{name} is not a readable image: not a supported image ({FORMAT_NAMES})") from error
     except Exception as error:
         raise ImageError(f"{name} is not a readable image ({error})") from error
 

@@ -19,32 +19,23 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import unicodedata
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
-from platformdirs import user_data_dir
+from PIL import Image, ImageOps
 
 from .engine.weights import default_cache_dir
-from .images import (
-    DEFAULT_MAX_PIXELS,
-    SUPPORTED_FORMATS,
-    SUPPORTED_NAMES,
-    ImageError,
-    Picture,
-    decode_picture,
-    png_bytes,
-)
+from .files import write_atomically, write_cache_file
+from .images import DEFAULT_MAX_PIXELS, ImageError, Picture, decode_picture, decoding, png_bytes
+from .protocol import Preset
+from .protocol.formats import IMAGE_SUFFIXES, PILLOW_FORMATS, suffix_for
 
 log = logging.getLogger("impasto.library")
 
-DEFAULT_STYLES_DIR = Path(user_data_dir("impasto")) / "styles"
+
 BUILTIN_STYLES_DIR = Path(__file__).resolve().parent / "presets"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 THUMBNAIL_SIDE = 256
 ID_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")  # always used with fullmatch: no trailing newline
 MAX_ID_LENGTH = 100  # ids and the names they are made from
@@ -52,15 +43,6 @@ MAX_STYLE_BYTES = 64 << 20  # a style file larger than this is refused on import
 MAX_METADATA_BYTES = 64 << 10  # a larger .json beside a preset is ignored
 TEXT_LIMITS = {"title": 200, "artist": 200, "year": 40, "licence": 300, "source_url": 500}
 PICTURES_KEPT = 4  # decoded presets kept in memory, least recently used dropped first
-_SUFFIX_FOR_FORMAT = {
-    "JPEG": ".jpg",
-    "MPO": ".jpg",  # a camera's JPEG with a second picture in it
-    "PNG": ".png",
-    "WEBP": ".webp",
-    "TIFF": ".tif",
-    "BMP": ".bmp",
-    "GIF": ".gif",
-}
 
 
 class InvalidStyleId(ValueError):
@@ -76,18 +58,10 @@ class BrokenPreset(ImageError):
 
 
 @dataclass(frozen=True)
-class Preset:
-    id: str
-    path: Path
-    title: str
-    artist: str = ""
-    year: str = ""
-    licence: str = ""
-    source_url: str = ""
-    strength: float = 0.0  # recommended; 0 = none
-    style_scale: float = 0.0  # recommended; 0 = none
-    builtin: bool = False  # shipped with Impasto (read-only), not from the user's folder
-    version: str = ""  # changes whenever the file changes (the key of cached pictures and thumbnails)
+class StyleFile(Preset):
+    """A preset as clients see it, and the file it is read from (never shown to a client)."""
+
+    path: Path = field(kw_only=True)
 
 
 def quoted(text: object, limit: int = 60) -> str:
@@ -131,7 +105,7 @@ class StyleLibrary:
         self._thumbnail_dir = (cache_dir or default_cache_dir()) / "thumbnails"
         self._thumbnails: dict[str, bytes] = {}
         self._pictures: dict[str, Picture] = {}
-        self._listed: dict[tuple, Preset] = {}  # (path, image stat, metadata stat) -> preset
+        self._listed: dict[tuple, StyleFile] = {}  # (path, image stat, metadata stat) -> preset
         self._broken: dict[str, str] = {}  # file version that failed to decode -> the client's message
         self._lock = threading.Lock()  # the caches above
         self._saving = threading.Lock()  # one save at a time: the check for an existing id, then the write
@@ -143,7 +117,7 @@ class StyleLibrary:
 
     # ---- reading -------------------------------------------------------------------------------
 
-    def presets(self) -> list[Preset]:
+    def presets(self) -> list[StyleFile]:
         """Built-ins and the user's presets, sorted by id; a user's preset replaces a built-in of its id.
 
         Cheap: one directory scan and a stat or two per file; nothing is decoded.
@@ -152,7 +126,7 @@ class StyleLibrary:
             broken = set(self._broken)
         return [preset for preset in self._all_presets() if preset.version not in broken]
 
-    def find(self, preset_id: str) -> Preset:
+    def find(self, preset_id: str) -> StyleFile:
         """The preset of that id, or KeyError. A preset whose file is known not to decode is left out of
         listings but still found, so that `load` and `thumbnail` tell a client that names it why it
         cannot be used (BrokenPreset) rather than that it does not exist."""
@@ -162,9 +136,9 @@ class StyleLibrary:
                 return preset
         raise KeyError(preset_id)
 
-    def load(self, preset_id: str) -> Picture:
-        """The preset's picture, decoded once per file version, so that repeated jobs skip the decode."""
-        preset = self.find(preset_id)
+    def load(self, preset: StyleFile) -> Picture:
+        """The preset's picture, decoded once per file version, so that repeated jobs skip the decode.
+        KeyError if its file was removed since it was found."""
         self._check_not_broken(preset)
         with self._lock:
             picture = self._pictures.pop(preset.version, None)
@@ -182,7 +156,7 @@ class StyleLibrary:
                     data = file.read()
                 picture = decode_picture(data, f"preset '{preset.id}'", self.max_pixels)
             except FileNotFoundError:
-                raise KeyError(preset_id) from None  # removed since the listing
+                raise KeyError(preset.id) from None  # removed since the listing
             except (OSError, ImageError) as error:
                 raise self._broken_preset(preset, key, error) from None
         with self._lock:
@@ -191,7 +165,7 @@ class StyleLibrary:
                 del self._pictures[next(iter(self._pictures))]
         return picture
 
-    def thumbnail(self, preset: Preset) -> bytes:
+    def thumbnail(self, preset: StyleFile) -> bytes:
         """PNG, long side ≤ 256 px; made once per file version, kept in memory and on disk."""
         key = preset.version or _file_version(preset.path)
         self._check_not_broken(preset, key)
@@ -206,12 +180,12 @@ class StyleLibrary:
                 data = _make_thumbnail(preset.path, self.max_pixels)
             except (OSError, ImageError) as error:
                 raise self._broken_preset(preset, key, error) from None
-            _write_quietly(cached, data)
+            write_cache_file(cached, data)
         with self._lock:
             self._thumbnails[key] = data
         return data
 
-    def _broken_preset(self, preset: Preset, version: str, error: Exception) -> BrokenPreset:
+    def _broken_preset(self, preset: StyleFile, version: str, error: Exception) -> BrokenPreset:
         """Remembers a file version that does not decode (logged once) and makes the client's error."""
         reason = str(error) if isinstance(error, ImageError) else "its file cannot be read"
         reason = reason.replace(str(preset.path), f"preset '{preset.id}'")
@@ -229,20 +203,20 @@ class StyleLibrary:
             )
         return BrokenPreset(reason)
 
-    def _check_not_broken(self, preset: Preset, version: str | None = None) -> None:
+    def _check_not_broken(self, preset: StyleFile, version: str | None = None) -> None:
         with self._lock:
             reason = self._broken.get(version or preset.version)
         if reason is not None:
             raise BrokenPreset(f"{reason}; replace or remove its file")
 
-    def _scan(self, folder: Path, builtin: bool) -> dict[str, Preset]:
+    def _scan(self, folder: Path, builtin: bool) -> dict[str, StyleFile]:
         """id -> preset for one folder; the first file (by name) of each id wins."""
         try:
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
             root = folder.resolve()
         except OSError:
             return {}
-        found: dict[str, Preset] = {}
+        found: dict[str, StyleFile] = {}
         for entry in entries:
             suffix = os.path.splitext(entry.name)[1].lower()
             if suffix not in IMAGE_SUFFIXES or entry.is_symlink():
@@ -260,7 +234,7 @@ class StyleLibrary:
             found[preset_id] = self._listed_preset(preset_id, path, stat, builtin)
         return found
 
-    def _listed_preset(self, preset_id: str, path: Path, stat: os.stat_result, builtin: bool) -> Preset:
+    def _listed_preset(self, preset_id: str, path: Path, stat: os.stat_result, builtin: bool) -> StyleFile:
         metadata_file = path.with_suffix(".json")
         try:
             metadata_stat = metadata_file.lstat()
@@ -280,7 +254,7 @@ class StyleLibrary:
 
     # ---- writing -------------------------------------------------------------------------------
 
-    def save(self, name: str, data: bytes, metadata: dict | None = None) -> Preset:
+    def save(self, name: str, data: bytes, metadata: dict | None = None) -> StyleFile:
         """Adds an image (file bytes) to the user's folder as a preset named `name`; checks it decodes,
         is not huge, and that no preset (built-in or the user's) has its id."""
         if not isinstance(name, str) or len(name) > MAX_ID_LENGTH:
@@ -294,8 +268,8 @@ class StyleLibrary:
                 f"style {quoted(name)} is {len(data):,} bytes, over the {MAX_STYLE_BYTES:,}-byte limit"
             )
         decode_picture(data, f"style {quoted(name)}", self.max_pixels)  # raises ImageError
-        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
-            suffix = _SUFFIX_FOR_FORMAT.get(image.format or "")
+        with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as image:
+            suffix = suffix_for(image.format or "")
             if suffix is None:
                 data, suffix = png_bytes(image), ".png"
         with self._saving:
@@ -303,9 +277,9 @@ class StyleLibrary:
                 raise StyleExists(f"a preset '{preset_id}' exists already; choose another name")
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder.resolve() / f"{preset_id}{suffix}"
-            _write_atomically(path, data)
+            write_atomically(path, data)
             if metadata:
-                _write_atomically(path.with_suffix(".json"), json.dumps(metadata, indent=2).encode())
+                write_atomically(path.with_suffix(".json"), json.dumps(metadata, indent=2).encode())
         return self.find(preset_id)
 
     def import_folder(self, source: Path) -> list[tuple[str, str]]:
@@ -330,17 +304,17 @@ class StyleLibrary:
                 report.append((path.name, f"failed: {error}"))
         return report
 
-    def _all_presets(self) -> list[Preset]:
+    def _all_presets(self) -> list[StyleFile]:
         """Every preset, sorted by id, including those whose files were found broken (their ids are
         taken too); a user's preset replaces a built-in of its id."""
-        found: dict[str, Preset] = {}
+        found: dict[str, StyleFile] = {}
         if self.builtin_folder is not None:
             found.update(self._scan(self.builtin_folder, builtin=True))
         found.update(self._scan(self.folder, builtin=False))
         return [found[key] for key in sorted(found)]
 
 
-def _with_metadata(preset_id: str, path: Path, version: str, builtin: bool) -> Preset:
+def _with_metadata(preset_id: str, path: Path, version: str, builtin: bool) -> StyleFile:
     title = path.stem.replace("-", " ").replace("_", " ").strip().title()
     metadata_file = path.with_suffix(".json")
     metadata = {}
@@ -371,7 +345,7 @@ def _with_metadata(preset_id: str, path: Path, version: str, builtin: bool) -> P
         limit = TEXT_LIMITS[name]
         return value if len(value) <= limit else value[: limit - 1] + "…"
 
-    return Preset(
+    return StyleFile(
         id=preset_id,
         path=path,
         title=text("title") or title[: TEXT_LIMITS["title"]],
@@ -379,8 +353,8 @@ def _with_metadata(preset_id: str, path: Path, version: str, builtin: bool) -> P
         year=text("year"),
         licence=text("licence"),
         source_url=text("source_url"),
-        strength=number("strength"),
-        style_scale=number("style_scale"),
+        recommended_strength=number("strength"),
+        recommended_style_scale=number("style_scale"),
         builtin=builtin,
         version=version,
     )
@@ -390,41 +364,15 @@ def _make_thumbnail(path: Path, max_pixels: int) -> bytes:
     with open(path, "rb") as file:
         if os.fstat(file.fileno()).st_size > MAX_STYLE_BYTES:
             raise ImageError(f"the file is over the {MAX_STYLE_BYTES:,}-byte limit")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(file, formats=SUPPORTED_FORMATS) as image:
-                    if image.width * image.height > max_pixels:
-                        raise ImageError(f"{image.width}×{image.height} is over the limit of pixels")
-                    image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at a fraction
-                    small = ImageOps.exif_transpose(image).convert("RGB")
-        except ImageError:
-            raise
-        except UnidentifiedImageError as error:  # its message holds the file's path
-            raise ImageError(f"not a readable image ({SUPPORTED_NAMES})") from error
-        except Exception as error:  # Pillow raises many kinds for a damaged file
-            reason = str(error).replace(str(path), "the file")
-            raise ImageError(f"not a readable image ({reason})") from error
+        head = file.read(16)
+        file.seek(0)
+        with decoding("the file", head), Image.open(file, formats=PILLOW_FORMATS) as image:
+            if image.width * image.height > max_pixels:
+                raise ImageError(f"{image.width}×{image.height} is over the limit of pixels")
+            image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at a fraction
+            small = ImageOps.exif_transpose(image).convert("RGB")
     small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     return png_bytes(small)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Writes a file under an unpredictable temporary name, then renames it over `path`: a symbolic
-    link (or anything else) at `path` is replaced, never followed."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".", suffix=".partial") as file:
-        partial = Path(file.name)
-        try:
-            file.write(data)
-        except BaseException:
-            file.close()
-            partial.unlink(missing_ok=True)
-            raise
-    try:
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _version(path: Path, stat: os.stat_result) -> str:
@@ -435,11 +383,3 @@ def _file_version(path: Path) -> str:
     """A key that changes whenever the file is replaced or rewritten."""
     path = path.resolve()
     return _version(path, path.stat())
-
-
-def _write_quietly(path: Path, data: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, data)
-    except OSError:
-        pass  # a read-only cache only costs remaking the thumbnail

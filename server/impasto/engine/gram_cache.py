@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import write_cache_file
+
 Grams = dict[str, torch.Tensor]
 
 
@@ -86,14 +88,9 @@ class GramCache:
         path = self._path(key)
         if path is None:
             return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-            torch.save(grams, partial)
-            partial.replace(path)
+        # A read-only or full disk only costs recomputing.
+        if write_cache_file(path, lambda file: torch.save(grams, file)):
             self._trim_disk()
-        except OSError:
-            pass  # a read-only or full disk only costs recomputing
 
     def _trim_disk(self) -> None:
         entries = sorted(self.directory.glob("*.pt"), key=lambda p: p.stat().st_mtime)

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from ..protocol import ITERATIONS, MEMORY_BUDGET, SIZE, STRENGTH, STYLE_SCALE, STYLE_WEIGHT
 from .device import free_memory_bytes, pick_precision
 from .estimate import (
     FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION,
@@ -336,35 +337,27 @@ class Engine:
 
 
 def check_options(options: Options, styles: Sequence[Style]) -> None:
-    """Raises ValueError naming the first absurd option; cheap, so callers can check before queueing."""
+    """Raises ValueError naming the first absurd option (the protocol's bounds, which the jobs layer
+    checks too); cheap, so callers can check before queueing."""
     if not styles:
         raise ValueError("at least one style image is needed")
-    if isinstance(options.size, str) and options.size != "full":
-        raise ValueError(f"size must be a number of pixels or 'full', got {options.size!r}")
-    size = 16 if options.size == "full" else options.size  # "full": checked against the content later
-    numbers = {
-        "size": size,
-        "iterations": options.iterations,
-        "strength": options.strength,
-        "style_scale": options.style_scale,
-    } | {f"style weight {i + 1}": s.weight for i, s in enumerate(styles)}
-    for name, value in numbers.items():
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
-    if size < 16:
-        raise ValueError(f"size must be at least 16 px, got {options.size}")
+    if options.size != "full":  # "full": the content's own size, whatever it is
+        if isinstance(options.size, str):
+            raise ValueError(f"size must be a number of pixels or 'full', got {options.size!r}")
+        SIZE.check(options.size)
+    ITERATIONS.check(options.iterations)
+    STRENGTH.check(options.strength)
+    STYLE_SCALE.check(options.style_scale)
+    for style in styles:
+        STYLE_WEIGHT.check(style.weight)
     if sum(s.weight for s in styles) <= 0:
         raise ValueError("the style weights add up to 0; give at least one style a positive weight")
-    if options.iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {options.iterations}")
     if options.preview_seconds is not None and not options.preview_seconds >= 0:
         raise ValueError(f"preview_seconds must be ≥ 0, got {options.preview_seconds}")
-    if not 0.01 <= options.style_scale <= 8:
-        raise ValueError(f"style_scale must be between 0.01 and 8, got {options.style_scale}")
-    if options.memory_budget is not None and options.memory_budget <= 0:
-        raise ValueError(f"memory_budget must be a number of bytes > 0, got {options.memory_budget}")
-    if options.tile_size is not None and options.tile_size < 16:
-        raise ValueError(f"tile_size must be at least 16 px, got {options.tile_size}")
+    if options.memory_budget is not None:
+        MEMORY_BUDGET.check(options.memory_budget)
+    if options.tile_size is not None:
+        SIZE.check(options.tile_size)
     if options.tile_halo is not None and options.tile_halo < 0:
         raise ValueError(f"tile_halo must be ≥ 0 px, got {options.tile_halo}")
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from platformdirs import user_cache_dir
 
+from ..files import write_cache_file
+
 # Convolution names of VGG19 in network order; pooling follows the last conv of each block.
 CONV_NAMES: tuple[str, ...] = (
     "conv1_1",
@@ -135,7 +137,8 @@ def load_original_vgg19(path: Path | None = None, cache_dir: Path | None = None)
         except WeightsError:
             cached.unlink(missing_ok=True)  # a torn write from an earlier run; decode again
     state = decode_quantized(_load_tensors(path))
-    _write_atomically(cached, state)
+    # A read-only cache only costs decoding time on the next start.
+    write_cache_file(cached, lambda file: torch.save(state, file))
     return WeightSet("vgg19-original", state, CAFFE)
 
 
@@ -173,13 +176,3 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise WeightsError(f"cannot read weight file {path}: {error}") from error
-
-
-def _write_atomically(path: Path, state: dict[str, torch.Tensor]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        torch.save(state, partial)
-        partial.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs decoding time on the next start

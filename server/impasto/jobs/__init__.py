@@ -1,9 +1,10 @@
-"""The jobs layer: one plain request in, events out; knows nothing of gRPC or loss maths.
+"""The jobs layer: one plain request in, the protocol's events out; knows nothing of gRPC or loss maths.
 
-A request's life: `Jobs.admit` checks it before any byte of its images arrives and holds memory for
-them; its bytes go into the returned `Upload`; `Jobs.submit` decodes them under the server's memory
-budget, resolves the styles, plans the job and queues it; the job's events go to its `on_event`.
-The gRPC service and the CLI's in-process mode both go this way, so they cannot drift apart.
+A request's life: `Jobs.admit` checks it before any byte of its images arrives, finds its presets and
+holds memory for its images; its bytes go into the returned `Upload`; `Jobs.submit` decodes them under
+the server's memory budget, makes the engine's options from the settings, and queues the job; the job's
+events (`impasto.protocol`: Queued, Started, Progress, Preview, then Result or Failed) go to its
+`on_event`. The gRPC service and the CLI's in-process mode both go this way, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..engine import RECIPES, Engine, Options, Style
+from ..engine import RECIPES, Engine, Options, Style, default_iterations, default_size, describe
 from ..engine.recipes import with_optimizer
 from ..images import (
     ImageError,
@@ -24,30 +25,25 @@ from ..images import (
     picture_from_rgba8,
     png_bytes,
 )
-from ..library import BrokenPreset, InvalidStyleId, StyleExists, StyleLibrary, quoted, slug
+from ..library import BrokenPreset, InvalidStyleId, StyleExists, StyleFile, StyleLibrary, quoted, slug
+from ..protocol import (
+    NO_PREVIEWS,
+    PREVIEW_SECONDS,
+    SEED,
+    STRENGTH,
+    STYLE_SCALE,
+    STYLE_WEIGHT,
+    Device,
+    Event,
+    ImpastoError,
+    Kind,
+    Limits,
+)
 from .budget import ByteBudget
-from .errors import JobError, Kind, shutting_down
-from .queue import Event, Failed, Finished, Job, JobQueue, Preview, Queued, Result, Started
-from .request import ImageSpec, Limits, Request, StyleRef, Upload, check_request
+from .queue import Job, JobQueue, shutting_down
+from .request import Expert, Request, Upload, check_request
 
-__all__ = [
-    "Event",
-    "Failed",
-    "Finished",
-    "ImageSpec",
-    "Job",
-    "JobError",
-    "Jobs",
-    "Kind",
-    "Limits",
-    "Preview",
-    "Queued",
-    "Request",
-    "Result",
-    "Started",
-    "StyleRef",
-    "Upload",
-]
+__all__ = ["Expert", "Job", "Jobs", "Request", "Upload", "shutting_down"]
 
 # Host bytes per decoded pixel while a job lives: 8-bit RGBA plus a float32 RGB copy.
 DECODED_BYTES_PER_PIXEL = 16
@@ -61,25 +57,33 @@ class Jobs:
         limits: Limits,
         free_memory: Callable[[torch.device], int] | None = None,
     ):
-        """One worker per engine (device), all fed by one queue."""
+        """One worker per engine (device), all fed by one queue; the defaults follow the first device."""
         self.engines, self.library, self.limits = engines, library, limits
-        self.queue = JobQueue(engines, limits.max_queue, free_memory)
+        self.devices = [_device(engine) for engine in engines]
+        self.default_size = default_size(engines[0].device)
+        self.default_iterations = default_iterations(engines[0].device)
+        self.queue = JobQueue(engines, self.devices, limits.max_queue, free_memory)
         self.budget = ByteBudget(limits.max_inflight_bytes)
 
     def admit(self, request: Request) -> Upload:
-        """Checks `request` and holds memory for its images; their bytes go into the Upload."""
+        """Checks `request`, finds its presets and holds memory for its images; their bytes go into the
+        Upload. Blocking (it reads the style folders): call it off an event loop."""
         check_request(request, self.limits)
         if self.queue.closed:
             raise shutting_down()
-        for style in request.styles:
-            if style.preset_id is not None:
-                self._find(style.preset_id)
-            if style.save_as:
-                self._check_name_free(style.save_as)
+        presets = {
+            index: self._find(style.preset_id)
+            for index, style in enumerate(request.parameters.styles)
+            if style.preset_id is not None
+        }
+        for style in request.parameters.styles:
+            if style.save_as_preset:
+                self._check_name_free(style.save_as_preset)
         announced = sum(image.total_bytes for image in request.images)
         # Raw RGBA8 pixels are the upload itself; the working copies made from them come on top.
         decoded = sum(image.total_bytes for image in request.images if image.format == "rgba8")
-        return Upload(request, self.budget.reserve(announced + decoded, "this request's images"))
+        reservation = self.budget.reserve(announced + decoded, "this request's images")
+        return Upload(request, reservation, presets)
 
     def submit(self, upload: Upload, on_event: Callable[[Event], None], cancel: threading.Event) -> Job:
         """Decodes the upload and queues the job (blocking: decoding takes time). `cancel`, set from any
@@ -89,15 +93,15 @@ class Jobs:
             upload.check_complete()
             pictures = [self._decode(upload, index) for index in range(len(request.images))]
             uploads = pictures[1:]
-            options = self._options(request, uploads)
-            styles, description = self._styles(request, uploads)
+            options = self.options(request, uploads)
+            styles, description = self._styles(upload, uploads)
             content = pictures[0]
             job = Job(
                 content.rgb if options.size == "full" else content.rgb_fitting(options.size),
                 styles,
                 options,
                 source=content,
-                reply_encoded=request.content.format == "encoded",
+                reply_encoded=request.parameters.content.format == "encoded",
                 on_event=on_event,
                 cancel=cancel,
                 reservation=upload.reservation,
@@ -108,20 +112,39 @@ class Jobs:
             upload.release()
             raise
         try:
-            self._save_presets(request, upload, uploads)
-        except JobError as error:
+            self._save_presets(upload, uploads)
+        except ImpastoError as error:
             self.queue.cancel(job, error)
         upload.buffers = []
         return job
 
+    def options(self, request: Request, uploads: list[Picture]) -> Options:
+        """The engine's options for a request: where its settings say None, the server's defaults."""
+        settings, expert = request.parameters.settings, request.expert
+        recipe = RECIPES[expert.recipe]
+        if expert.optimizer is not None:
+            recipe = with_optimizer(recipe, expert.optimizer)
+        preview = PREVIEW_SECONDS.or_default(settings.preview_seconds)
+        return Options(
+            size="full" if settings.full_size else (settings.size or self.default_size),
+            iterations=settings.iterations or self.default_iterations,
+            strength=STRENGTH.or_default(settings.strength),
+            style_scale=STYLE_SCALE.or_default(settings.style_scale),
+            preserve_colors=settings.preserve_colors,
+            init=expert.init if expert.init_upload is None else uploads[expert.init_upload].rgb,
+            seed=int(SEED.or_default(settings.seed)),
+            preview_seconds=None if preview == NO_PREVIEWS else preview,
+            recipe=recipe,
+            memory_budget=expert.memory_budget or self.limits.memory_budget,
+        )
+
     def thumbnail(self, preset_id: str) -> tuple[str, bytes]:
-        """A preset's (version, PNG thumbnail)."""
-        self._find(preset_id)
-        preset = self.library.find(preset_id)
+        """A preset's (version, PNG thumbnail). Blocking: call it off an event loop."""
+        preset = self._find(preset_id)
         try:
             return preset.version, self.library.thumbnail(preset)
         except BrokenPreset as error:
-            raise JobError(Kind.BROKEN_PRESET, str(error)) from None
+            raise ImpastoError(Kind.BROKEN_PRESET, str(error)) from None
 
     def cancel(self, job: Job) -> None:
         self.queue.cancel(job)
@@ -145,62 +168,43 @@ class Jobs:
                 before_decode=lambda w, h: upload.reservation.grow(w * h * DECODED_BYTES_PER_PIXEL, name),
             )
         except TooLarge as error:
-            raise JobError(Kind.EXHAUSTED, str(error)) from None
+            raise ImpastoError(Kind.TOO_LARGE, str(error)) from None
         except ImageError as error:
-            raise JobError(Kind.INVALID, str(error)) from None
+            raise ImpastoError(Kind.INVALID, str(error)) from None
 
-    def _options(self, request: Request, uploads: list[Picture]) -> Options:
-        recipe = RECIPES[request.recipe]
-        if request.optimizer is not None:
-            recipe = with_optimizer(recipe, request.optimizer)
-        init = request.init if request.init_upload is None else uploads[request.init_upload].rgb
-        return Options(
-            size=request.size or self.limits.default_size,
-            iterations=request.iterations or self.limits.default_iterations,
-            strength=request.strength,
-            style_scale=request.style_scale,
-            preserve_colors=request.preserve_colors,
-            init=init,
-            seed=request.seed,
-            preview_seconds=request.preview_seconds,
-            recipe=recipe,
-            memory_budget=request.memory_budget or self.limits.memory_budget,
-        )
-
-    def _styles(self, request: Request, uploads: list[Picture]) -> tuple[list[Style], str]:
+    def _styles(self, upload: Upload, uploads: list[Picture]) -> tuple[list[Style], str]:
         styles, names = [], []
-        for style in request.styles:
+        for index, style in enumerate(upload.request.parameters.styles):
             if style.preset_id is not None:
-                picture = self._load(style.preset_id)
+                picture = self._load(upload.presets[index])
                 names.append(style.preset_id)
             else:
                 picture = uploads[style.upload]
-                names.append(slug(style.save_as) or f"upload{style.upload + 1}")
-            styles.append(Style(picture.rgb, style.weight))
+                names.append(slug(style.save_as_preset) or f"upload{style.upload + 1}")
+            styles.append(Style(picture.rgb, STYLE_WEIGHT.or_default(style.weight)))
         return styles, "+".join(names)
 
     # ---- the style library ---------------------------------------------------------------------
 
-    def _find(self, preset_id: str) -> None:
+    def _find(self, preset_id: str) -> StyleFile:
         try:
-            self.library.find(preset_id)
+            return self.library.find(preset_id)
         except InvalidStyleId as error:
-            raise JobError(Kind.INVALID, str(error)) from None
+            raise ImpastoError(Kind.INVALID, str(error)) from None
         except KeyError:
-            raise JobError(
-                Kind.NOT_FOUND,
-                f"no style preset {quoted(preset_id)} on this server; `impasto styles` lists the presets",
+            raise ImpastoError(
+                Kind.NOT_FOUND, f"no style preset {quoted(preset_id)} on this server"
             ) from None
 
-    def _load(self, preset_id: str) -> Picture:
-        self._find(preset_id)
+    def _load(self, preset: StyleFile) -> Picture:
         try:
-            return self.library.load(preset_id)
-        except KeyError:  # removed since it was found
-            self._find(preset_id)
-            raise
+            return self.library.load(preset)
+        except KeyError:
+            raise ImpastoError(
+                Kind.NOT_FOUND, f"style preset '{preset.id}' was removed from this server just now"
+            ) from None
         except BrokenPreset as error:
-            raise JobError(Kind.BROKEN_PRESET, str(error)) from None
+            raise ImpastoError(Kind.BROKEN_PRESET, str(error)) from None
 
     def _check_name_free(self, name: str) -> None:
         preset_id = slug(name)
@@ -208,23 +212,31 @@ class Jobs:
             self.library.find(preset_id)
         except (KeyError, InvalidStyleId):
             return
-        raise JobError(Kind.ALREADY_EXISTS, f"a preset '{preset_id}' exists already; choose another name")
+        raise ImpastoError(Kind.ALREADY_EXISTS, f"a preset '{preset_id}' exists already; choose another name")
 
-    def _save_presets(self, request: Request, upload: Upload, uploads: list[Picture]) -> None:
-        for style in request.styles:
-            if not style.save_as:
+    def _save_presets(self, upload: Upload, uploads: list[Picture]) -> None:
+        request = upload.request
+        for style in request.parameters.styles:
+            if not style.save_as_preset:
                 continue
             index = style.upload
-            if request.uploads[index].format == "encoded":
+            if request.parameters.uploads[index].format == "encoded":
                 data = bytes(upload.buffers[index + 1])
             else:
                 picture = uploads[index]
                 data = png_bytes(compose_result(picture.rgb, picture))
             try:
-                self.library.save(style.save_as, data)
+                self.library.save(style.save_as_preset, data)
             except StyleExists as error:
-                raise JobError(Kind.ALREADY_EXISTS, str(error)) from None
+                raise ImpastoError(Kind.ALREADY_EXISTS, str(error)) from None
             except (InvalidStyleId, ImageError) as error:
-                raise JobError(Kind.INVALID, str(error)) from None
+                raise ImpastoError(Kind.INVALID, str(error)) from None
             except OSError as error:
-                raise JobError(Kind.BUG, f"the server could not save the style: {error.strerror}") from None
+                raise ImpastoError(
+                    Kind.BUG, f"the server could not save the style: {error.strerror}"
+                ) from None
+
+
+def _device(engine: Engine) -> Device:
+    info = describe(engine.device)
+    return Device(info.kind, info.name, info.memory_bytes, engine.precision)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from .errors import JobError, Kind
+from ..protocol import ImpastoError, Kind
 
 
 class ByteBudget:
@@ -37,14 +37,14 @@ class Reservation:
         budget = self._budget
         with budget._lock:
             if amount > budget.total:
-                raise JobError(
-                    Kind.EXHAUSTED,
+                raise ImpastoError(
+                    Kind.TOO_LARGE,
                     f"{what} needs {amount / 2**20:,.0f} MiB of memory on the server, over its limit of "
                     f"{budget.total / 2**20:,.0f} MiB; send a smaller image",
                 )
             if budget._used + amount > budget.total:
-                raise JobError(
-                    Kind.EXHAUSTED,
+                raise ImpastoError(
+                    Kind.BUSY,
                     f"the server is busy with other uploads ({what} needs {amount / 2**20:,.0f} MiB, "
                     f"{(budget.total - budget._used) / 2**20:,.0f} MiB are free); try again shortly",
                 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 import uuid
@@ -17,13 +18,26 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..engine import Cancelled, Engine, Options, Plan, Progress, Style
+from .. import engine as engine_types
+from ..engine import Cancelled, Engine, Options, Plan, Style
 from ..engine.device import free_memory_bytes
 from ..engine.estimate import largest_long_side
 from ..engine.imageops import fit_long_side, resize
 from ..images import Picture, compose_result, compose_rgba, png_bytes, to_pil
+from ..protocol import (
+    Device,
+    Event,
+    Failed,
+    Image,
+    ImpastoError,
+    Kind,
+    Preview,
+    Progress,
+    Queued,
+    Result,
+    Started,
+)
 from .budget import Reservation
-from .errors import JobError, Kind, shutting_down
 
 log = logging.getLogger("impasto.jobs")
 
@@ -32,44 +46,12 @@ PREVIEW_SIDE = 512
 PROGRESS_INTERVAL_SECONDS = 0.05
 
 
-@dataclass(frozen=True)
-class Queued:
-    position: int  # jobs ahead of this one
+def shutting_down(what: str = "") -> ImpastoError:
+    return ImpastoError(Kind.UNAVAILABLE, f"the server is shutting down{what}; try again when it is back")
 
 
-@dataclass(frozen=True)
-class Started:
-    plan: Plan
-    worker: int  # which engine (device) runs the job
-
-
-@dataclass(frozen=True)
-class Preview:
-    png: bytes  # long side at most PREVIEW_SIDE
-    width: int
-    height: int
-    fraction: float
-
-
-@dataclass(frozen=True)
-class Result:
-    encoded: bool  # PNG file bytes, or raw RGBA8 rows
-    width: int
-    height: int
-    data: bytes | memoryview
-
-
-@dataclass(frozen=True)
-class Finished:
-    result: Result
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: JobError
-
-
-Event = Queued | Started | Progress | Preview | Finished | Failed
+def cancelled() -> ImpastoError:
+    return ImpastoError(Kind.CANCELLED)
 
 
 @dataclass(eq=False)  # a job is itself, whatever its tensors hold
@@ -85,9 +67,9 @@ class Job:
     description: str = ""  # for the log line: the style's name
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # Why `cancel` was set when it was not the client: reported instead of "cancelled".
-    stop_reason: JobError | None = None
+    stop_reason: ImpastoError | None = None
 
-    def end(self, event: Finished | Failed) -> None:
+    def end(self, event: Result | Failed) -> None:
         """The job's last event; its memory goes back to the server first."""
         self.content, self.styles, self.source = torch.empty(0), [], None
         if self.reservation is not None:
@@ -101,10 +83,12 @@ class JobQueue:
     def __init__(
         self,
         engines: list[Engine],
+        devices: list[Device],
         max_queue: int,
         free_memory: Callable[[torch.device], int] | None = None,
     ):
-        self.engines = engines
+        """`devices`: what each engine runs on, in the same order (for the jobs' Started events)."""
+        self.engines, self.devices = engines, devices
         self.max_queue = max_queue
         self.free_memory = free_memory or free_memory_bytes
         self._waiting: collections.deque[Job] = collections.deque()
@@ -142,17 +126,17 @@ class JobQueue:
             if self._closed:
                 raise shutting_down()
             if job.cancel.is_set():  # cancelled while its upload was being decoded
-                raise JobError(Kind.CANCELLED, "the job was cancelled")
+                raise cancelled()
             if len(self._waiting) >= self.max_queue:
-                raise JobError(
-                    Kind.EXHAUSTED,
+                raise ImpastoError(
+                    Kind.BUSY,
                     f"the job queue is full ({self.max_queue} waiting); try again when a job has finished",
                 )
             self._waiting.append(job)
-            job.on_event(Queued(len(self._waiting) - 1 + self._all_busy()))
+            job.on_event(Queued(job.id, len(self._waiting) - 1 + self._all_busy()))
             self._changed.notify_all()
 
-    def cancel(self, job: Job, reason: JobError | None = None) -> None:
+    def cancel(self, job: Job, reason: ImpastoError | None = None) -> None:
         """Stops a running job within an iteration; a waiting one leaves the queue at once."""
         with self._changed:
             job.stop_reason = job.stop_reason or reason
@@ -161,7 +145,7 @@ class JobQueue:
                 return
             self._waiting.remove(job)
             self._tell_positions()
-        job.end(Failed(reason or JobError(Kind.CANCELLED, "the job was cancelled")))
+        job.end(Failed(reason or cancelled()))
 
     def close(self, grace_seconds: float) -> bool:
         """Refuses new jobs and fails the waiting ones at once; running ones get `grace_seconds` to
@@ -189,7 +173,7 @@ class JobQueue:
     def _tell_positions(self) -> None:
         ahead = self._all_busy()
         for position, job in enumerate(self._waiting):
-            job.on_event(Queued(position + ahead))
+            job.on_event(Queued(job.id, position + ahead))
 
     def _next_job(self, worker: int) -> Job | None:
         with self._changed:
@@ -215,13 +199,14 @@ class JobQueue:
         engine = self.engines[worker]
         started = time.monotonic()
         pixels = job.content.shape[2] * job.content.shape[3]
+        ending: Result | Failed
         try:
-            job.end(Finished(self._stylize(job, worker)))
+            ending = Result(self._stylize(job, worker))
             outcome = "ok"
         except Exception as error:  # noqa: BLE001 - whatever happens, the job ends with a status
-            failure = self._failure(job, error)
-            outcome = failure.kind.value
-            job.end(Failed(failure))
+            ending = Failed(self._failure(job, error))
+            outcome = ending.error.kind.name.lower()
+        # Logged before the client hears of it, so that the log never lags behind what a client saw.
         log.info(
             "job id=%s pixels=%d size=%s style=%s device=%s seconds=%.2f outcome=%s",
             job.id,
@@ -232,10 +217,11 @@ class JobQueue:
             time.monotonic() - started,
             outcome,
         )
+        job.end(ending)
         if engine.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _stylize(self, job: Job, worker: int) -> Result:
+    def _stylize(self, job: Job, worker: int) -> Image:
         if job.cancel.is_set():
             raise Cancelled()
         engine = self.engines[worker]
@@ -244,16 +230,16 @@ class JobQueue:
             tuple(job.content.shape[2:]), [tuple(s.image.shape[2:]) for s in job.styles], job.options
         )
         self._check_memory(job, plan, engine)
-        job.on_event(Started(plan, worker))
+        job.on_event(_started(job, plan, self.devices[worker]))
         last_progress = -float("inf")
 
-        def progress(p: Progress) -> None:
+        def progress(p: engine_types.Progress) -> None:
             nonlocal last_progress
             # A GPU runs hundreds of iterations a second; a client needs a few reports.
             if p.iteration < p.iterations and time.monotonic() - last_progress < PROGRESS_INTERVAL_SECONDS:
                 return
             last_progress = time.monotonic()
-            job.on_event(p)
+            job.on_event(_progress(p))
 
         try:
             result = engine.stylize(
@@ -266,25 +252,23 @@ class JobQueue:
                 cancel=job.cancel,
             )
         except torch.OutOfMemoryError as error:
-            raise JobError(
-                Kind.EXHAUSTED,
+            raise ImpastoError(
+                Kind.OUT_OF_MEMORY,
                 f"the {engine.device.type.upper()} ran out of memory during the job; "
                 "choose a smaller working size",
             ) from error
         height, width = job.source.size
         if job.reply_encoded:
-            return Result(True, width, height, png_bytes(compose_result(result, job.source)))
-        return Result(False, width, height, memoryview(compose_rgba(result, job.source)).cast("B"))
+            return Image(png_bytes(compose_result(result, job.source)), width, height, encoded=True)
+        return Image(memoryview(compose_rgba(result, job.source)).cast("B"), width, height)
 
-    def _failure(self, job: Job, error: Exception) -> JobError:
-        if isinstance(error, JobError):
+    def _failure(self, job: Job, error: Exception) -> ImpastoError:
+        if isinstance(error, ImpastoError):
             return error
         if isinstance(error, Cancelled):
-            return job.stop_reason or JobError(Kind.CANCELLED, "the job was cancelled")
+            return job.stop_reason or cancelled()
         log.error("job %s failed", job.id, exc_info=error)
-        return JobError(
-            Kind.BUG, f"the server failed on job {job.id} ({type(error).__name__}); its log has details"
-        )
+        return ImpastoError(Kind.BUG, f"job {job.id} failed ({type(error).__name__})")
 
     def _check_memory(self, job: Job, plan: Plan, engine: Engine) -> None:
         free = self.free_memory(engine.device)
@@ -293,8 +277,8 @@ class JobQueue:
             return
         height, width = job.content.shape[2:]
         fits = largest_long_side(free, height, width, engine.precision, job.options.recipe)
-        raise JobError(
-            Kind.EXHAUSTED,
+        raise ImpastoError(
+            Kind.OUT_OF_MEMORY,
             f"this job needs about {needed / 2**30:.1f} GiB of {engine.device.type.upper()} "
             f"memory at a working size of {job.options.size} px, and {free / 2**30:.1f} GiB are free; "
             f"choose a working size of at most {fits} px, or try again when other work on the device "
@@ -302,6 +286,38 @@ class JobQueue:
         )
 
 
-def _preview(image: torch.Tensor, progress: Progress) -> Preview:
+def _started(job: Job, plan: Plan, device: Device) -> Started:
+    height, width = plan.working_size
+    return Started(
+        job_id=job.id,
+        device=device,
+        scales=len(plan.scales),
+        iterations_per_scale=plan.scales[-1].iterations,
+        total_iterations=plan.total_iterations,
+        working_width=width,
+        working_height=height,
+        estimated_seconds=plan.estimate.seconds,
+        estimated_memory_bytes=plan.estimate.peak_bytes,
+    )
+
+
+def _progress(p: engine_types.Progress) -> Progress:
+    return Progress(
+        fraction=p.fraction,
+        scale=p.scale,
+        scales=p.scales,
+        iteration=p.iteration,
+        iterations=p.iterations,
+        content_loss=p.content_loss,
+        style_loss=p.style_loss,
+        tv_loss=p.tv_loss,
+        elapsed_seconds=p.elapsed,
+        eta_seconds=p.eta if math.isfinite(p.eta) else 0.0,
+        tile=p.tile,
+        tiles=p.tiles,
+    )
+
+
+def _preview(image: torch.Tensor, progress: engine_types.Progress) -> Preview:
     small = resize(image, fit_long_side(*image.shape[2:], min(PREVIEW_SIDE, max(image.shape[2:]))))
     return Preview(png_bytes(to_pil(small)), small.shape[3], small.shape[2], progress.fraction)

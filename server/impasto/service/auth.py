@@ -7,6 +7,9 @@ from pathlib import Path
 
 import grpc
 
+from ..protocol import ImpastoError, Kind
+from .servicer import abort
+
 # Load balancers and `grpc_health_probe` ask without a token; the answer reveals only "serving".
 _OPEN_METHODS = ("/grpc.health.v1.Health/",)
 
@@ -23,15 +26,13 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         # Constant time, so the comparison does not leak how much of a guess was right.
         if hmac.compare_digest(given.encode(), self._expected):
             return handler
-        message = "missing token" if not given else "wrong token"
-        return _refusal(
-            handler, f"{message}: send 'authorization: Bearer <token>' (impasto --token, IMPASTO_TOKEN)"
-        )
+        detail = "no token was sent" if not given else "the token sent is not this server's"
+        return _refusal(handler, ImpastoError(Kind.UNAUTHENTICATED, detail))
 
 
-def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _refusal(handler: grpc.RpcMethodHandler, error: ImpastoError) -> grpc.RpcMethodHandler:
     async def refuse(request, context: grpc.aio.ServicerContext):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort(context, error)
 
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,

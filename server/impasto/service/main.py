@@ -16,17 +16,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .. import __version__
-from ..client import CHUNK_BYTES, is_loopback
-from ..library import DEFAULT_STYLES_DIR
+from ..arguments import add_engine_arguments, byte_size
+from ..paths import DEFAULT_STYLES_DIR
+from ..protocol import CHUNK_BYTES, Limits, is_loopback
 from ..v1 import impasto_pb2 as pb
 from .auth import TokenInterceptor, read_token, server_credentials
-from .servicer import SERVICE_NAME, StyleTransferServicer, Transport, lenient
+from .servicer import SERVICE_NAME, StyleTransferServicer, lenient
 
 log = logging.getLogger("impasto.server")
 # Host bytes per uploaded pixel while a job lives (raw RGBA, float RGB, resized copies, the reply):
 # the default largest image is what a host's memory holds.
 HOST_BYTES_PER_PIXEL = 160
-MAX_UPLOAD_PIXELS = 100_000_000
 LINGER_SECONDS = 0.5  # at shutdown, for the last statuses to leave the machine
 
 
@@ -42,19 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
     )
     parser.add_argument("--port", type=int, default=50051, help="port (default: 50051; 0 picks a free one)")
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="auto (default), cpu, cuda, cuda:N, mps; several separated by commas (cuda:0,cuda:1), or all "
-        "(every CUDA GPU): one worker per device, fed by one queue",
-    )
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    parser.add_argument(
-        "--styles-dir",
-        type=Path,
-        default=DEFAULT_STYLES_DIR,
-        help="your own style presets, served beside the built-in ones (default: %(default)s)",
-    )
+    add_engine_arguments(parser, DEFAULT_STYLES_DIR, several_devices=True)
     parser.add_argument(
         "--token-file", type=Path, help="file holding the token clients must send (else IMPASTO_TOKEN)"
     )
@@ -67,50 +55,66 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow listening beyond this machine without a token (anyone who can reach it may use it)",
     )
-    limits = parser.add_argument_group("limits (a client that crosses one gets a status naming it)")
-    limits.add_argument("--max-queue", type=int, default=8, help="jobs that may wait (default: 8)")
+    limits = parser.add_argument_group(
+        "limits (a client that crosses one gets a status naming it; byte sizes take units: 512MiB, 4GiB)"
+    )
     limits.add_argument(
-        "--max-pixels", type=int, help="largest image accepted, in pixels (default: from RAM, ≤ 100 M)"
+        "--max-queue", type=int, default=Limits.max_queue, help="jobs that may wait (default: %(default)s)"
+    )
+    limits.add_argument(
+        "--max-pixels",
+        type=int,
+        help=f"largest image accepted, in pixels (default: from RAM, ≤ {Limits.max_pixels:,})",
     )
     limits.add_argument(
         "--max-size", type=int, help="largest working long side (default: from device memory)"
     )
-    limits.add_argument("--max-styles", type=int, default=8, help="styles per job, and uploads (default: 8)")
+    limits.add_argument(
+        "--max-styles",
+        type=int,
+        default=Limits.max_styles,
+        help="styles per job, and uploads (default: %(default)s)",
+    )
     limits.add_argument(
         "--max-request-bytes",
-        type=int,
-        default=512 << 20,
-        help="image bytes one job may upload (default: 512 MiB)",
+        type=byte_size(),
+        default=Limits.max_request_bytes,
+        metavar="BYTES",
+        help="image bytes one job may upload (default: 512MiB)",
     )
     limits.add_argument(
         "--max-inflight-bytes",
-        type=int,
-        help="memory for all uploads in progress and their decoded pixels "
-        "(default: a quarter of RAM, at most 16 GiB)",
-    )
-    limits.add_argument(
-        "--memory-budget",
-        type=int,
+        type=byte_size(),
         metavar="BYTES",
-        help="device memory one job may use (default: what is free, less a margin)",
+        help="memory for all uploads in progress and their decoded pixels "
+        "(default: a quarter of RAM, at most 16GiB)",
     )
     limits.add_argument(
         "--upload-timeout",
         type=float,
-        default=30.0,
+        default=Limits.upload_timeout_seconds,
         help="seconds for a call's parameters to arrive; its upload gets this plus its size at "
-        "--min-upload-rate (default: 30)",
+        "--min-upload-rate (default: %(default)g)",
     )
     limits.add_argument(
-        "--min-upload-rate", type=int, default=1 << 20, help="bytes a second (default: 1 MiB)"
+        "--min-upload-rate",
+        type=byte_size(),
+        default=Limits.min_upload_bytes_per_second,
+        metavar="BYTES",
+        help="bytes a second (default: 1MiB)",
     )
     limits.add_argument(
         "--max-streams-per-client",
         type=int,
-        default=4,
-        help="open Stylize calls per connection (default: 4)",
+        default=Limits.max_streams_per_client,
+        help="open Stylize calls per connection (default: %(default)s)",
     )
-    limits.add_argument("--max-streams", type=int, default=32, help="open Stylize calls in all (default: 32)")
+    limits.add_argument(
+        "--max-streams",
+        type=int,
+        default=Limits.max_streams,
+        help="open Stylize calls in all (default: %(default)s)",
+    )
     parser.add_argument(
         "--grace-seconds",
         type=float,
@@ -227,46 +231,26 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
     the running job gets --grace-seconds to finish; it returns once the server has stopped.
     """
     # Engine imports pull in torch; kept here so that `--help` answers at once.
-    from ..engine import default_iterations, default_size, describe
-    from ..engine.device import host_memory_bytes, max_working_size
+    from ..engine import describe
     from ..engine.loading import load_engines
-    from ..jobs import Jobs, Limits
+    from ..jobs import Jobs
     from ..library import StyleLibrary
 
     engines = load_engines(args.device, precision=args.precision)
     for engine in engines:
         engine.warm_up()  # load and place the network once, before the first job
     devices = [describe(engine.device) for engine in engines]
-    engine, device = engines[0], devices[0]  # the limits follow the first device
-    limits = Limits(
-        max_pixels=args.max_pixels or min(MAX_UPLOAD_PIXELS, host_memory_bytes() // HOST_BYTES_PER_PIXEL),
-        max_size=args.max_size or max_working_size(device, engine.precision),
-        default_size=default_size(engine.device),
-        default_iterations=default_iterations(engine.device),
-        max_queue=args.max_queue,
-        max_styles=args.max_styles,
-        max_request_bytes=args.max_request_bytes,
-        max_inflight_bytes=args.max_inflight_bytes or min(16 << 30, host_memory_bytes() // 4),
-        memory_budget=args.memory_budget,
-        full_size=True,
-    )
-    transport = Transport(
-        upload_timeout_seconds=args.upload_timeout,
-        min_upload_bytes_per_second=args.min_upload_rate,
-        max_streams_per_client=args.max_streams_per_client,
-        max_streams=args.max_streams,
-    )
+    limits = limits_from(args, engines)
     library = StyleLibrary(args.styles_dir, limits.max_pixels)
     jobs = Jobs(engines, library, limits)
     log.info(
-        "devices %s, weights %s, styles from %s, %s, %s",
+        "devices %s, weights %s, styles from %s, %s",
         ", ".join(f"{e.device} ({d.name}, {e.precision})" for e, d in zip(engines, devices, strict=True)),
-        engine.weights.name,
+        engines[0].weights.name,
         args.styles_dir,
         limits,
-        transport,
     )
-    servicer = StyleTransferServicer(jobs, devices, transport)
+    servicer = StyleTransferServicer(jobs)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="impasto-grpc", daemon=True)
     thread.start()
@@ -294,6 +278,27 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
         thread.join()
 
     return port, shutdown
+
+
+def limits_from(args: argparse.Namespace, engines: list) -> Limits:
+    """The flags' limits; those left out follow this host's memory and the first device's."""
+    from ..engine import describe
+    from ..engine.device import host_memory_bytes, max_working_size
+
+    engine = engines[0]
+    return Limits(
+        max_pixels=args.max_pixels or min(Limits.max_pixels, host_memory_bytes() // HOST_BYTES_PER_PIXEL),
+        max_size=args.max_size or max_working_size(describe(engine.device), engine.precision),
+        max_queue=args.max_queue,
+        max_styles=args.max_styles,
+        max_request_bytes=args.max_request_bytes,
+        max_inflight_bytes=args.max_inflight_bytes or min(16 << 30, host_memory_bytes() // 4),
+        memory_budget=args.memory_budget,
+        upload_timeout_seconds=args.upload_timeout,
+        min_upload_bytes_per_second=args.min_upload_rate,
+        max_streams_per_client=args.max_streams_per_client,
+        max_streams=args.max_streams,
+    )
 
 
 async def _serve(args: argparse.Namespace, token: str | None, servicer: StyleTransferServicer):

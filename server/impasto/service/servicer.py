@@ -11,62 +11,41 @@ import asyncio
 import collections
 import functools
 import logging
-import math
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import grpc
 
 from .. import __version__
-from ..client import CHUNK_BYTES, chunks
-from ..engine import DeviceInfo, Progress
-from ..jobs import (
+from ..jobs import Job, Jobs, Request, Upload, shutting_down
+from ..protocol import (
+    CHUNK_BYTES,
+    KIND_KEY,
+    DeviceState,
     Event,
     Failed,
-    Finished,
-    ImageSpec,
-    Job,
-    JobError,
-    Jobs,
+    ImpastoError,
+    Info,
     Kind,
-    Preview,
-    Queued,
-    Request,
     Result,
-    Started,
-    StyleRef,
-    Upload,
+    wire,
 )
-from ..jobs.errors import shutting_down
 from ..v1 import impasto_pb2 as pb
 
 log = logging.getLogger("impasto.service")
 
 SERVICE_NAME = "impasto.v1.StyleTransfer"
 EOF = grpc.aio.EOF
-DEFAULT_PREVIEW_SECONDS = 2.0
-
-STATUS = {
-    Kind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
-    Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    Kind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
-    Kind.BROKEN_PRESET: grpc.StatusCode.FAILED_PRECONDITION,
-    Kind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Kind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Kind.CANCELLED: grpc.StatusCode.CANCELLED,
-    Kind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    Kind.BUG: grpc.StatusCode.INTERNAL,
-}
 
 
-@dataclass(frozen=True)
-class Transport:
-    upload_timeout_seconds: float = 30.0  # for the parameters; the upload gets this plus its size's worth
-    min_upload_bytes_per_second: int = 1 << 20
-    max_streams_per_client: int = 4  # open Stylize calls per connection
-    max_streams: int = 32  # open Stylize calls in all
+async def abort(context: grpc.aio.ServicerContext, error: ImpastoError) -> None:
+    """Ends the call with the error's status, its detail as the message and its kind in the trailers."""
+    await context.abort(
+        grpc.StatusCode[error.kind.status],
+        error.detail,
+        trailing_metadata=((KIND_KEY, error.kind.name.lower()),),
+    )
 
 
 class Malformed:
@@ -84,29 +63,28 @@ def lenient(parse: Callable[[bytes], object]) -> Callable[[bytes], object]:
 
 
 def _answers_with_status(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
-    """JobError becomes its status; any other exception is a bug: logged with its traceback, INTERNAL."""
+    """ImpastoError becomes its status; any other exception is a bug: logged with its traceback, INTERNAL."""
 
     @functools.wraps(method)
     async def call(self, request, context: grpc.aio.ServicerContext):
         try:
             if isinstance(request, Malformed):
-                raise JobError(Kind.INVALID, "the request could not be parsed as this call's message")
+                raise ImpastoError(Kind.INVALID, "the request could not be parsed as this call's message")
             return await method(self, request, context)
-        except JobError as error:
-            await context.abort(STATUS[error.kind], error.message)
+        except ImpastoError as error:
+            await abort(context, error)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception:
             log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "the server failed; its log has details")
+            await abort(context, ImpastoError(Kind.BUG, f"{method.__name__} failed"))
 
     return call
 
 
 class StyleTransferServicer:
-    def __init__(self, jobs: Jobs, devices: list[DeviceInfo], transport: Transport):
-        """`devices`: what each of the jobs layer's engines runs on, in the same order."""
-        self.jobs, self.devices, self.transport = jobs, devices, transport
+    def __init__(self, jobs: Jobs):
+        self.jobs, self.limits = jobs, jobs.limits
         self.closing = asyncio.Event()  # set when the server begins to shut down
         self._streams_changed = asyncio.Event()
         self._streams: collections.Counter[str] = collections.Counter()  # per peer; loop thread only
@@ -114,56 +92,28 @@ class StyleTransferServicer:
 
     @_answers_with_status
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
-        limits, transport, queue = self.jobs.limits, self.transport, self.jobs.queue
-        return pb.ServerInfo(
+        jobs, queue = self.jobs, self.jobs.queue
+        info = Info(
             server_version=__version__,
             protocol_version=pb.PROTOCOL_VERSION_CURRENT,
-            device=self._device(0),
-            weights=self.jobs.engines[0].weights.name,
-            limits=pb.Limits(
-                max_pixels=limits.max_pixels,
-                max_queue=limits.max_queue,
-                max_chunk_bytes=CHUNK_BYTES,
-                max_size=limits.max_size,
-                max_iterations=limits.max_iterations,
-                max_styles=limits.max_styles,
-                max_request_bytes=limits.max_request_bytes,
-                upload_timeout_seconds=transport.upload_timeout_seconds,
-                min_upload_bytes_per_second=transport.min_upload_bytes_per_second,
-                max_streams_per_client=transport.max_streams_per_client,
-                max_strength=limits.max_strength,
-                full_size=limits.full_size,
-            ),
-            default_size=limits.default_size,
-            default_iterations=limits.default_iterations,
+            device=jobs.devices[0],
+            weights=jobs.engines[0].weights.name,
+            limits=self.limits,
+            default_size=jobs.default_size,
+            default_iterations=jobs.default_iterations,
             queue_length=queue.waiting,
             running_jobs=queue.running,
-            devices=[
-                pb.DeviceState(device=self._device(worker), busy=busy)
-                for worker, busy in enumerate(queue.busy())
-            ],
+            devices=tuple(DeviceState(d, busy) for d, busy in zip(jobs.devices, queue.busy(), strict=True)),
         )
+        return wire.to_message(info, pb.ServerInfo())
 
     @_answers_with_status
     async def ListStyles(self, request: pb.ListStylesRequest, context) -> pb.ListStylesResponse:
         presets = await asyncio.to_thread(self.jobs.library.presets)
-        return pb.ListStylesResponse(
-            styles=[
-                pb.StylePreset(
-                    id=p.id,
-                    title=p.title,
-                    artist=p.artist,
-                    year=p.year,
-                    licence=p.licence,
-                    source_url=p.source_url,
-                    recommended_strength=p.strength,
-                    recommended_style_scale=p.style_scale,
-                    version=p.version,
-                    builtin=p.builtin,
-                )
-                for p in presets
-            ]
-        )
+        reply = pb.ListStylesResponse()
+        for preset in presets:
+            wire.to_message(preset, reply.styles.add())
+        return reply
 
     @_answers_with_status
     async def GetStyleThumbnail(self, request: pb.GetStyleThumbnailRequest, context) -> pb.StyleThumbnail:
@@ -227,44 +177,45 @@ class StyleTransferServicer:
                 self.jobs.cancel(job)
 
     def _open_stream(self, peer: str) -> None:
-        transport = self.transport
+        limits = self.limits
         if self.closing.is_set():
             raise shutting_down()
-        if self._streams[peer] >= transport.max_streams_per_client:
-            raise JobError(
-                Kind.EXHAUSTED,
-                f"this connection has {transport.max_streams_per_client} Stylize calls open, this server's "
+        if self._streams[peer] >= limits.max_streams_per_client:
+            raise ImpastoError(
+                Kind.BUSY,
+                f"this connection has {limits.max_streams_per_client} Stylize calls open, this server's "
                 "limit per connection; wait for one to finish",
             )
-        if sum(self._streams.values()) >= transport.max_streams:
-            raise JobError(
-                Kind.EXHAUSTED,
-                f"the server has {transport.max_streams} Stylize calls open, its limit; try again shortly",
+        if sum(self._streams.values()) >= limits.max_streams:
+            raise ImpastoError(
+                Kind.BUSY,
+                f"the server has {limits.max_streams} Stylize calls open, its limit; try again shortly",
             )
         self._streams[peer] += 1
 
     # ---- proto -> job ----------------------------------------------------------------------------
 
     async def _receive(self, context: grpc.aio.ServicerContext) -> Upload:
-        transport = self.transport
+        limits = self.limits
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + transport.upload_timeout_seconds
+        deadline = loop.time() + limits.upload_timeout_seconds
         first = await self._read(context, deadline, "the parameters")
         if first is EOF or not first.HasField("parameters"):
-            raise JobError(Kind.INVALID, "the first message must carry the parameters")
-        upload = self.jobs.admit(_request(first.parameters))
+            raise ImpastoError(Kind.INVALID, "the first message must carry the parameters")
+        request = Request(wire.parameters_from_message(first.parameters))
+        upload = await asyncio.to_thread(self.jobs.admit, request)  # it reads the style folders
         try:
             total = sum(image.total_bytes for image in upload.request.images)
-            deadline += total / transport.min_upload_bytes_per_second
+            deadline += total / limits.min_upload_bytes_per_second
             # Until the client closes its side: bytes beyond the announced ones are an error too.
             while (
                 message := await self._read(context, deadline, f"the images ({total:,} bytes)")
             ) is not EOF:
                 if not message.HasField("chunk"):
-                    raise JobError(Kind.INVALID, "parameters may be sent only once, in the first message")
+                    raise ImpastoError(Kind.INVALID, "parameters may be sent only once, in the first message")
                 if len(message.chunk.data) > CHUNK_BYTES:
                     size = len(message.chunk.data)
-                    raise JobError(
+                    raise ImpastoError(
                         Kind.INVALID, f"a chunk of {size:,} bytes is over the {CHUNK_BYTES:,}-byte limit"
                     )
                 upload.add(message.chunk.image, message.chunk.data)
@@ -275,7 +226,7 @@ class StyleTransferServicer:
         return upload
 
     async def _read(self, context: grpc.aio.ServicerContext, deadline: float, what: str):
-        """The next message, or JobError if it does not come by `deadline` or the server is closing."""
+        """The next message, or ImpastoError if it does not come by `deadline` or the server is closing."""
         loop = asyncio.get_running_loop()
         reading = asyncio.ensure_future(context.read())
         closing = asyncio.ensure_future(self.closing.wait())
@@ -287,15 +238,15 @@ class StyleTransferServicer:
             reading.cancel()
             if self.closing.is_set():
                 raise shutting_down()
-            raise JobError(
+            raise ImpastoError(
                 Kind.TIMEOUT,
                 f"the upload was too slow: {what} did not arrive in time (this server allows "
-                f"{self.transport.upload_timeout_seconds:g} s plus "
-                f"{self.transport.min_upload_bytes_per_second / 2**20:g} MiB a second); check the network",
+                f"{self.limits.upload_timeout_seconds:g} s plus "
+                f"{self.limits.min_upload_bytes_per_second / 2**20:g} MiB a second); check the network",
             )
         message = reading.result()
         if isinstance(message, Malformed):
-            raise JobError(Kind.INVALID, "a message could not be parsed as an impasto.v1.StylizeRequest")
+            raise ImpastoError(Kind.INVALID, "a message could not be parsed as an impasto.v1.StylizeRequest")
         return message
 
     # ---- job -> proto ----------------------------------------------------------------------------
@@ -305,44 +256,11 @@ class StyleTransferServicer:
             event = await events.get()
             if isinstance(event, Failed):
                 raise event.error
-            if isinstance(event, Finished):
-                for message in _result_messages(event.result):
+            if isinstance(event, Result):
+                for message in wire.result_messages(event.image):
                     await context.write(message)
                 return
-            await context.write(self._event(job, event))
-
-    def _event(self, job: Job, event: Event) -> pb.StylizeEvent:
-        if isinstance(event, Queued):
-            return pb.StylizeEvent(queued=pb.Queued(job_id=job.id, position=event.position))
-        if isinstance(event, Started):
-            plan = event.plan
-            height, width = plan.working_size
-            return pb.StylizeEvent(
-                started=pb.Started(
-                    job_id=job.id,
-                    device=self._device(event.worker),
-                    scales=len(plan.scales),
-                    iterations_per_scale=plan.scales[-1].iterations,
-                    total_iterations=plan.total_iterations,
-                    working_width=width,
-                    working_height=height,
-                    estimated_seconds=plan.estimate.seconds,
-                    estimated_memory_bytes=plan.estimate.peak_bytes,
-                )
-            )
-        if isinstance(event, Progress):
-            return pb.StylizeEvent(progress=_progress(event))
-        if isinstance(event, Preview):
-            return pb.StylizeEvent(
-                preview=pb.Preview(
-                    png=event.png, width=event.width, height=event.height, fraction=event.fraction
-                )
-            )
-        raise TypeError(f"unexpected job event {event!r}")
-
-    def _device(self, worker: int) -> pb.Device:
-        d, engine = self.devices[worker], self.jobs.engines[worker]
-        return pb.Device(kind=d.kind, name=d.name, memory_bytes=d.memory_bytes, precision=engine.precision)
+            await context.write(wire.event_message(event))
 
 
 async def _quietly(future: Awaitable[Job]) -> Job | None:
@@ -350,64 +268,3 @@ async def _quietly(future: Awaitable[Job]) -> Job | None:
         return await future
     except Exception:  # noqa: BLE001 - it already failed the call that submitted it
         return None
-
-
-def _image(header: pb.ImageHeader) -> ImageSpec:
-    formats = {pb.PIXEL_FORMAT_RGBA8: "rgba8", pb.PIXEL_FORMAT_ENCODED: "encoded"}
-    return ImageSpec(formats.get(header.format, ""), header.total_bytes, header.width, header.height)
-
-
-def _request(params: pb.StylizeParameters) -> Request:
-    """The contract's zeros become the jobs layer's defaults."""
-    preview = params.preview_interval_seconds
-    return Request(
-        content=_image(params.content),
-        styles=tuple(
-            StyleRef(
-                preset_id=choice.preset_id if choice.HasField("preset_id") else None,
-                upload=choice.upload if choice.HasField("upload") else None,
-                weight=choice.weight or 1.0,
-                save_as=choice.save_as_preset,
-            )
-            for choice in params.styles
-        ),
-        uploads=tuple(_image(header) for header in params.style_uploads),
-        size="full" if params.full_size else (params.size or None),
-        iterations=params.iterations or None,
-        strength=params.strength if params.HasField("strength") else 1.0,
-        style_scale=params.style_scale or 1.0,
-        preserve_colors=params.preserve_colors,
-        seed=params.seed,
-        preview_seconds=None if preview < 0 else (preview or DEFAULT_PREVIEW_SECONDS),
-    )
-
-
-def _progress(p: Progress) -> pb.Progress:
-    return pb.Progress(
-        fraction=p.fraction,
-        scale=p.scale,
-        scales=p.scales,
-        iteration=p.iteration,
-        iterations=p.iterations,
-        content_loss=p.content_loss,
-        style_loss=p.style_loss,
-        tv_loss=p.tv_loss,
-        elapsed_seconds=p.elapsed,
-        eta_seconds=p.eta if math.isfinite(p.eta) else 0.0,
-        tile=p.tile,
-        tiles=p.tiles,
-    )
-
-
-def _result_messages(result: Result) -> Iterator[pb.StylizeEvent]:
-    header = pb.ImageHeader(
-        format=pb.PIXEL_FORMAT_ENCODED if result.encoded else pb.PIXEL_FORMAT_RGBA8,
-        width=result.width,
-        height=result.height,
-        total_bytes=len(result.data),
-    )
-    for index, piece in enumerate(chunks(result.data)):
-        chunk = pb.ResultChunk(data=piece)
-        if index == 0:
-            chunk.header.CopyFrom(header)
-        yield pb.StylizeEvent(result=chunk)

@@ -1,0 +1,62 @@
+"""`impasto info` and `impasto styles`: what a server (or this machine's engine) is and offers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from .runners import RemoteRunner
+
+
+def local_info() -> int:
+    from ..engine import default_iterations, default_size
+    from ..engine.loading import load_engine
+
+    engine = load_engine("auto")
+    print(f"impasto {__version__} (in-process engine)")
+    print(f"device:    {engine.device}  (precision {engine.precision})")
+    print(f"weights:   {engine.weights.name}  (preprocessing {engine.weights.preprocessing.name})")
+    print(
+        f"defaults:  {default_size(engine.device)} px long side, "
+        f"{default_iterations(engine.device)} iterations"
+    )
+    return 0
+
+
+def remote_info(args: argparse.Namespace) -> int:
+    runner = RemoteRunner(args, args.server)
+    try:
+        info = runner.client.info()
+    finally:
+        runner.close()
+    limits = info.limits
+    print(
+        f"impasto-server {info.server_version} at {runner.client.address} (protocol {info.protocol_version})"
+    )
+    for state in info.devices:
+        device = state.device
+        memory = f"{device.memory_bytes / 2**30:.1f} GiB" if device.memory_bytes else "?"
+        print(f"device:    {device}, {memory}, {device.precision}, {'busy' if state.busy else 'idle'}")
+    print(f"weights:   {info.weights}")
+    print(f"defaults:  {info.default_size} px long side, {info.default_iterations} iterations")
+    print(
+        f"limits:    {limits.max_pixels:,} pixels per image, {limits.max_size} px working size, "
+        f"{limits.max_queue} jobs queued"
+    )
+    print(f"full size: {'yes' if limits.full_size else 'no (update impasto-server for --size full)'}")
+    print(f"now:       {info.running_jobs} running, {info.queue_length} waiting")
+    return 0
+
+
+def remote_styles(args: argparse.Namespace) -> int:
+    runner = RemoteRunner(args, args.server)
+    try:
+        presets = runner.client.styles()
+    finally:
+        runner.close()
+    if not presets:
+        print("the server has no style presets; add images to its --styles-dir", file=sys.stderr)
+    for preset in presets:
+        print(f"{preset.id:32} {preset.title}")
+    return 0

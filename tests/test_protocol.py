@@ -1,0 +1,164 @@
+"""The protocol every part shares: its types to the contract's messages and back, byte sizes as users
+write them, and the client's promise that a job always ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import pytest
+from helpers import running_server
+from impasto import client as client_module
+from impasto.arguments import parse_bytes
+from impasto.client import Client
+from impasto.protocol import (
+    NO_PREVIEWS,
+    Device,
+    DeviceState,
+    Image,
+    ImageHeader,
+    ImpastoError,
+    Info,
+    Kind,
+    Limits,
+    Parameters,
+    Preset,
+    Preview,
+    Progress,
+    Queued,
+    Settings,
+    Started,
+    StyleChoice,
+    wire,
+)
+from impasto.v1 import impasto_pb2 as pb
+
+
+def through_the_wire(message):
+    return type(message).FromString(message.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Settings(),
+        Settings(strength=0.0, iterations=1, size=16, seed=0, style_scale=0.01, preview_seconds=0.05),
+        Settings(strength=2.5, full_size=True, preserve_colors=True, seed=2**64 - 1, preview_seconds=NO_PREVIEWS),
+    ],
+)
+def test_settings_cross_the_wire_unchanged_none_included(settings: Settings):
+    parameters = Parameters(
+        content=ImageHeader("rgba8", 16, 2, 2),
+        styles=(StyleChoice(preset_id="udnie"), StyleChoice(upload=0, weight=0.0, save_as_preset="Mine")),
+        uploads=(ImageHeader("encoded", 123),),
+        settings=settings,
+    )
+    message = through_the_wire(wire.parameters_message(parameters))
+    assert wire.parameters_from_message(message) == parameters
+
+
+def test_a_setting_left_to_the_server_is_not_on_the_wire():
+    """An older server reads an unset field as its own default, so None must not travel as a zero."""
+    message = wire.parameters_message(Parameters(ImageHeader("encoded", 1), (StyleChoice(preset_id="a"),)))
+    for name in ("strength", "iterations", "size", "seed", "style_scale", "preview_interval_seconds"):
+        assert not message.HasField(name), name
+    assert not message.styles[0].HasField("weight")
+
+
+def test_no_previews_is_the_contracts_negative_interval():
+    settings = Settings(preview_seconds=NO_PREVIEWS)
+    parameters = Parameters(ImageHeader("encoded", 1), (StyleChoice(preset_id="a"),), settings=settings)
+    assert wire.parameters_message(parameters).preview_interval_seconds < 0
+
+
+def test_info_and_presets_and_events_cross_the_wire_unchanged():
+    device = Device("cuda", "NVIDIA H200", 140 << 30, "bf16")
+    info = Info(
+        server_version="0.1.0",
+        protocol_version=1,
+        device=device,
+        weights="vgg19-original",
+        limits=Limits(max_size=8192, memory_budget=6 << 30, full_size=True),
+        default_size=1024,
+        default_iterations=100,
+        queue_length=2,
+        running_jobs=1,
+        devices=(DeviceState(device, True), DeviceState(device, False)),
+    )
+    assert wire.from_message(through_the_wire(wire.to_message(info, pb.ServerInfo())), Info) == info
+    preset = Preset("starry-night", "The Starry Night", "Vincent van Gogh", "1889", recommended_strength=1.5)
+    assert wire.from_message(through_the_wire(wire.to_message(preset, pb.StylePreset())), Preset) == preset
+    events = [
+        Queued("j1", 3),
+        Started("j1", device, 4, 100, 250, 1024, 683, 41.5, 3 << 30),
+        Progress(0.5, 2, 4, 7, 50, 1.0, 2.0, 0.5, 12.0, 11.0, tile=3, tiles=9),
+        Preview(b"\x89PNG...", 512, 341, 0.5),
+    ]
+    for event in events:
+        assert wire.event_from_message(through_the_wire(wire.event_message(event))) == event
+
+
+def test_a_result_is_chunked_and_put_back_together():
+    image = Image(bytes(range(256)) * 10_000, 1600, 400)  # 2.56 MB: three chunks
+    assembler = wire.ResultAssembler()
+    for message in wire.result_messages(image):
+        assert len(message.result.data) <= wire.CHUNK_BYTES
+        assembler.add(through_the_wire(message).result)
+    assert dataclasses.astuple(assembler.image) == dataclasses.astuple(image)
+
+
+def test_an_older_servers_info_reads_as_its_limits_say():
+    """Fields an older server does not send arrive as their zero: it cannot paint at full size."""
+    info = wire.from_message(pb.ServerInfo(server_version="0.0.9"), Info)
+    assert not info.limits.full_size and info.limits.memory_budget is None and info.devices == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("419430400", 419430400),
+        ("400MiB", 400 << 20),
+        ("400 MiB", 400 << 20),
+        ("1.5GiB", 3 << 29),
+        ("300MB", 300_000_000),
+        ("2gb", 2_000_000_000),
+        ("400M", 400 << 20),
+        ("64k", 64 << 10),
+    ],
+)
+def test_byte_sizes_take_units(text: str, expected: int):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "-1", "1e9", "400 parsecs", "4 00MiB"])
+def test_anything_else_is_not_a_byte_size(text: str):
+    with pytest.raises(ValueError, match="not a size in bytes"):
+        parse_bytes(text)
+
+
+def test_a_job_ends_whatever_goes_wrong_in_the_client(images: Path, monkeypatch: pytest.MonkeyPatch):
+    """An unexpected failure while events arrive ends the job with an error instead of leaving
+    `events()` waiting for ever."""
+
+    def broken(message):
+        raise RuntimeError("a defect while reading an event")
+
+    monkeypatch.setattr(client_module.wire, "event_from_message", broken)
+    outcome: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            list(job.events())
+        except BaseException as error:  # noqa: BLE001 - the test looks at what it was
+            outcome.append(error)
+
+    with running_server("--styles-dir", str(images / "styles")) as address, Client(address) as client:
+        content = Image.from_file(images / "content" / "camera.png")
+        job = client.stylize(content, [StyleChoice(preset_id="udnie")], Settings(size=32, iterations=1))
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        follower.join(timeout=120)  # a guard only: the job ends as soon as the event arrives
+        assert not follower.is_alive(), "events() never ended"
+    assert isinstance(outcome[0], ImpastoError) and outcome[0].kind is Kind.BUG
+    assert "RuntimeError" in str(outcome[0])
