@@ -209,17 +209,17 @@ def run(procedure, run_mode, image, drawables, config, data):
                 finished = ProgressDialog(job, style_name, autopilot).run()
             else:
                 finished = follow_in_status_bar(job, style_name)
+        if not finished:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        remember(address, token if run_mode != Gimp.RunMode.NONINTERACTIVE else None)
+        # GIMP saves the arguments as last values, globally and in the image (a persistent parasite, so
+        # inside XCF files): never the token. It stays in impasto.json (this user's only), per server.
+        config.set_property("token", "")
+        if not (image.is_valid() and layer.is_valid()):
+            return fail(procedure, "The image or layer was closed while Impasto worked; nothing was changed.")
+        result = add_result_layer(image, layer, box, job.result, style_name)
     except (ServerError, OSError, ValueError) as error:
         return fail(procedure, str(error))
-    if not finished:
-        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-    remember(address, token if run_mode != Gimp.RunMode.NONINTERACTIVE else None)
-    # GIMP saves the arguments as last values, globally and in the image (a persistent parasite, so
-    # inside XCF files): never the token. It stays in impasto.json (this user's only), per server.
-    config.set_property("token", "")
-    if not (image.is_valid() and layer.is_valid()):
-        return fail(procedure, "The image or layer was closed while Impasto worked; nothing was changed.")
-    result = add_result_layer(image, layer, box, job.result, style_name)
     return Gimp.ValueArray.new_from_values(
         [
             GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),

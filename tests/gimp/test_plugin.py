@@ -12,11 +12,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 from helpers import running_server, self_signed
 from impasto.client import Client
+from impasto.v1 import impasto_pb2 as pb
+from impasto.v1 import impasto_pb2_grpc
 from wire import job_lines, outcome
 
 pytestmark = pytest.mark.slow
@@ -53,6 +57,51 @@ def tls_server(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ]
     with running_server(*flags, token="s3cret") as address:
         yield f"https://localhost:{address.rpartition(':')[2]}", cert
+
+
+class MisfitResultServer(impasto_pb2_grpc.StyleTransferServicer):
+    """A server that answers every job with a 2×2 result, whatever the layer's size: one the plug-in must
+    not trust."""
+
+    def GetServerInfo(self, request, context):  # noqa: N802 - the .proto's name
+        return pb.ServerInfo(protocol_version=1, limits=pb.Limits(full_size=True))
+
+    def ListStyles(self, request, context):  # noqa: N802
+        return pb.ListStylesResponse(styles=[pb.StylePreset(id="udnie", title="Udnie")])
+
+    def Stylize(self, requests, context):  # noqa: N802
+        for _ in requests:
+            pass  # the upload, read to its end
+        header = pb.ImageHeader(format=pb.PIXEL_FORMAT_RGBA8, width=2, height=2, total_bytes=16)
+        yield pb.StylizeEvent(result=pb.ResultChunk(header=header, data=bytes(16)))
+
+
+@pytest.fixture(scope="module")
+def misfit_server() -> Iterator[str]:
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    impasto_pb2_grpc.add_StyleTransferServicer_to_server(MisfitResultServer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+def test_a_result_that_does_not_fit_the_layer_is_an_execution_error(gimp, misfit_server: str, images: Path):
+    """A broken or foreign server's result is refused with a sentence, as GIMP shows an execution error, and
+    the image is left as it was."""
+    content = gimp.put(images / "content" / "coffee.png")
+    out = gimp.run(f"""
+        image = load({content!r})
+        status, message = impasto(image, image.get_layers()[0], style="udnie", server={misfit_server!r}, {QUICK})
+        out["status"], out["message"] = status, str(message)
+        out["layers"] = len(image.get_layers())
+    """)
+    assert "exception" not in out, out.get("exception")
+    assert out["status"] == "execution-error", out
+    assert "the server sent a result that does not fit the layer" in out["message"], out
+    assert out["layers"] == 1
 
 
 def test_tls_server_with_token_and_the_token_refused_in_clear(gimp, tls_server, images: Path):
