@@ -16,6 +16,8 @@
 #                                      from PyTorch's own index; for machines without an NVIDIA GPU
 #   --torch SPEC                       another PyTorch, e.g. "torch torchvision" for the newest
 #   --with-styles                      also download the catalogue of public-domain paintings (internet)
+# Environment: IMPASTO_VENV (the virtual environment, default .venv here), IMPASTO_TORCH (as --torch),
+# IMPASTO_OUT (the folder that receives build/ and dist/, default this one).
 #
 # PyTorch is pinned to torch==2.14.1 / torchvision==0.29.1 by default: the pair CI uses. Newer works;
 # pass --torch (or IMPASTO_TORCH), with PIP_EXTRA_INDEX_URL for a CUDA build of your choice. Which build:
@@ -27,6 +29,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${IMPASTO_VENV:-$here/.venv}"
+out_dir="${IMPASTO_OUT:-$here}"
+case "$out_dir" in /*) ;; *) out_dir="$PWD/$out_dir" ;; esac  # the zip is written from inside build/
 torch_spec="${IMPASTO_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 cpu_index="https://download.pytorch.org/whl/cpu"
 want_server=1 want_plugin=1 uninstall=0 run_tests=0 with_styles=0 cpu_only=0 package_plugin=0
@@ -84,7 +88,7 @@ if [ "$uninstall" = 1 ]; then
   for dir in "${gimp_dirs[@]}"; do
     [ -d "$dir/plug-ins/impasto" ] && rm -rf "$dir/plug-ins/impasto" && say "Removed the plug-in from $dir"
   done
-  rm -rf "$venv" "$here/build/plugin" && say "Removed $venv"
+  rm -rf "$venv" "$out_dir/build/plugin" && say "Removed $venv"
   exit 0
 fi
 
@@ -157,13 +161,15 @@ if [ "$with_styles" = 1 ]; then
 fi
 
 build_plugin() {
-  # The plug-in folder: the plug-in, Impasto's network client and that client's dependencies, all pure
-  # Python (grpclib for gRPC over HTTP/2, protobuf's Python runtime), so the same folder runs in every
-  # GIMP 3 on every OS and Python version, Windows' MinGW Python included.
-  stage="$here/build/plugin/impasto"
-  local wheels="$here/build/wheels/plugin"
+  # The plug-in folder: the plug-in (impasto.py and its package impasto_gimp/), Impasto's network client
+  # and that client's dependencies, all pure Python (grpclib for gRPC over HTTP/2, protobuf's Python
+  # runtime), so the same folder runs in every GIMP 3 on every OS and Python version, Windows' MinGW
+  # Python included.
+  stage="$out_dir/build/plugin/impasto"
+  local wheels="$out_dir/build/wheels/plugin"
   say "Building the plug-in ($stage)"
-  rm -rf "$stage" "$wheels" && mkdir -p "$stage/vendor/impasto/v1" "$stage/vendor/impasto/protocol" "$wheels"
+  rm -rf "$stage" "$wheels" &&
+    mkdir -p "$stage/impasto_gimp" "$stage/vendor/impasto/v1" "$stage/vendor/impasto/protocol" "$wheels"
   # The newest releases that run on Python 3.10, the oldest a GIMP 3 ships; protobuf at the venv's own
   # version, the one the stubs are generated for (protos/README.md).
   local requirements
@@ -179,6 +185,7 @@ build_plugin() {
   cp "$here/server/impasto/protocol/"*.py "$stage/vendor/impasto/protocol/"
   cp "$here/server/impasto/v1/__init__.py" "$here/server/impasto/v1/impasto_pb2.py" "$stage/vendor/impasto/v1/"
   install -m 755 "$here/plugin/impasto/impasto.py" "$stage/impasto.py"
+  install -m 644 "$here"/plugin/impasto/impasto_gimp/*.py "$stage/impasto_gimp/"
   local compiled
   compiled="$(find "$stage" -name '*.so' -o -name '*.pyd' -o -name '*.dylib' -o -name '*.dll')"
   [ -z "$compiled" ] || die "the plug-in folder must hold no compiled file, but has: $compiled"
@@ -187,9 +194,9 @@ build_plugin() {
 if [ "$package_plugin" = 1 ]; then
   build_plugin
   version="$("$venv/bin/python" -c 'import runpy; print(runpy.run_path("'"$here"'/server/impasto/__init__.py")["__version__"])')"
-  archive="$here/dist/impasto-gimp-plugin-$version.zip"
-  mkdir -p "$here/dist" && rm -f "$archive"
-  (cd "$here/build/plugin" && "$venv/bin/python" -m zipfile -c "$archive" impasto)
+  archive="$out_dir/dist/impasto-gimp-plugin-$version.zip"
+  mkdir -p "$out_dir/dist" && rm -f "$archive"
+  (cd "$out_dir/build/plugin" && "$venv/bin/python" -m zipfile -c "$archive" impasto)
   say "Wrote $archive: unzip it into GIMP's plug-ins folder (README: The GIMP plug-in), then restart GIMP"
   exit 0
 fi

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -19,7 +20,11 @@ from helpers import running_server
 from test_client import FORBID_COMPILED
 
 REPO = Path(__file__).resolve().parents[1]
-PLUGIN = REPO / "plugin" / "impasto" / "impasto.py"
+PLUGIN = REPO / "plugin" / "impasto"
+# The plug-in's own files (the entry GIMP runs and its package), as they are in the zip's impasto/.
+SOURCES = sorted(
+    path.relative_to(PLUGIN).as_posix() for path in PLUGIN.rglob("*.py") if "vendor" not in path.parts
+)
 
 CLIENT_FROM_ZIP = """
 import json, sys
@@ -36,22 +41,44 @@ print(json.dumps({"weights": info.weights, "presets": len(presets),
 
 
 @pytest.fixture(scope="module")
-def unpacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The zip that `install.sh --package-plugin` writes, with its build/ and dist/ in a temporary folder."""
+    out = tmp_path_factory.mktemp("package")
+    environment = {**os.environ, "IMPASTO_OUT": str(out)}
     subprocess.run(
-        [str(REPO / "install.sh"), "--package-plugin"], check=True, capture_output=True, timeout=600
+        [str(REPO / "install.sh"), "--package-plugin"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+        env=environment,
     )
-    archives = sorted((REPO / "dist").glob("impasto-gimp-plugin-*.zip"))
+    archives = sorted((out / "dist").glob("impasto-gimp-plugin-*.zip"))
     assert archives, "install.sh --package-plugin wrote no zip"
+    return archives[-1]
+
+
+@pytest.fixture(scope="module")
+def unpacked(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("gimp-plug-ins")
-    with zipfile.ZipFile(archives[-1]) as archive:
-        names = archive.namelist()
+    with zipfile.ZipFile(archive) as zipped:
+        names = zipped.namelist()
         assert all(name.startswith("impasto/") for name in names)  # one folder, as GIMP wants
-        archive.extractall(target)
+        zipped.extractall(target)
     return target / "impasto"
 
 
-def test_the_zip_holds_the_plugin_and_no_compiled_file(unpacked: Path):
-    assert (unpacked / "impasto.py").read_text() == PLUGIN.read_text()
+def test_the_zip_holds_the_plugin_and_no_compiled_file(archive: Path, unpacked: Path):
+    shipped = sorted(
+        path.relative_to(unpacked).as_posix()
+        for path in unpacked.rglob("*")
+        if path.is_file() and "vendor" not in path.relative_to(unpacked).parts
+    )
+    # The plug-in's files, unchanged, and nothing else beside vendor/: no test autopilot, no tests.
+    assert shipped == SOURCES and "impasto_gimp/hook.py" in shipped
+    assert all((unpacked / name).read_text() == (PLUGIN / name).read_text() for name in SOURCES)
+    with zipfile.ZipFile(archive) as zipped:
+        mode = zipped.getinfo("impasto/impasto.py").external_attr >> 16
+    assert mode & 0o111, "impasto.py must stay executable: GIMP on Linux and macOS skips it otherwise"
     compiled = [p for p in unpacked.rglob("*") if p.suffix in (".so", ".pyd", ".dylib", ".dll")]
     assert compiled == []
     assert (unpacked / "vendor" / "grpclib").is_dir() and (
@@ -73,9 +100,10 @@ def test_the_unzipped_client_talks_to_a_server_with_nothing_else(unpacked: Path,
     assert out["client"].startswith(str(unpacked))
 
 
-def test_the_plugin_assumes_nothing_posix():
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_plugin_assumes_nothing_posix(source: str):
     """Paths through os.path, no signals, users, file modes or Unix-only modules: it runs on Windows."""
-    tree = ast.parse(PLUGIN.read_text())
+    tree = ast.parse((PLUGIN / source).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}  # fmt: skip
     imported |= {

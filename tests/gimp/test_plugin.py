@@ -12,15 +12,20 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 from helpers import running_server, self_signed
 from impasto.client import Client
+from impasto.v1 import impasto_pb2 as pb
+from impasto.v1 import impasto_pb2_grpc
 from wire import job_lines, outcome
 
 pytestmark = pytest.mark.slow
 QUICK = "size=48, iterations=3"
+AUTOPILOT = Path(__file__).with_name("autopilot.py")  # loaded by the plug-in's IMPASTO_TEST_HOOK
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +60,51 @@ def tls_server(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield f"https://localhost:{address.rpartition(':')[2]}", cert
 
 
+class MisfitResultServer(impasto_pb2_grpc.StyleTransferServicer):
+    """A server that answers every job with a 2×2 result, whatever the layer's size: one the plug-in must
+    not trust."""
+
+    def GetServerInfo(self, request, context):  # noqa: N802 - the .proto's name
+        return pb.ServerInfo(protocol_version=1, limits=pb.Limits(full_size=True))
+
+    def ListStyles(self, request, context):  # noqa: N802
+        return pb.ListStylesResponse(styles=[pb.StylePreset(id="udnie", title="Udnie")])
+
+    def Stylize(self, requests, context):  # noqa: N802
+        for _ in requests:
+            pass  # the upload, read to its end
+        header = pb.ImageHeader(format=pb.PIXEL_FORMAT_RGBA8, width=2, height=2, total_bytes=16)
+        yield pb.StylizeEvent(result=pb.ResultChunk(header=header, data=bytes(16)))
+
+
+@pytest.fixture(scope="module")
+def misfit_server() -> Iterator[str]:
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    impasto_pb2_grpc.add_StyleTransferServicer_to_server(MisfitResultServer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+def test_a_result_that_does_not_fit_the_layer_is_an_execution_error(gimp, misfit_server: str, images: Path):
+    """A broken or foreign server's result is refused with a sentence, as GIMP shows an execution error, and
+    the image is left as it was."""
+    content = gimp.put(images / "content" / "coffee.png")
+    out = gimp.run(f"""
+        image = load({content!r})
+        status, message = impasto(image, image.get_layers()[0], style="udnie", server={misfit_server!r}, {QUICK})
+        out["status"], out["message"] = status, str(message)
+        out["layers"] = len(image.get_layers())
+    """)
+    assert "exception" not in out, out.get("exception")
+    refusal = "The server sent a result that does not fit the layer (2×2 px for 256×171 px)"  # coffee.png
+    assert out["status"] == "execution-error" and refusal in out["message"], out
+    assert out["layers"] == 1
+
+
 def test_tls_server_with_token_and_the_token_refused_in_clear(gimp, tls_server, images: Path):
     address, cert = tls_server
     content = gimp.put(images / "content" / "coffee.png")
@@ -74,7 +124,9 @@ def test_tls_server_with_token_and_the_token_refused_in_clear(gimp, tls_server, 
         out["layers"] = len(image.get_layers())
     """)
     assert "exception" not in out, out.get("exception")
-    assert out["status"] == "success" and out["name"] == "Impasto: udnie", out
+    # A preset's layer is named after its title in the server's list: tests/data/styles has no .json
+    # beside its images, so the title comes from the file name ("udnie.jpg": "Udnie").
+    assert out["status"] == "success" and out["name"] == "Impasto: Udnie", out
     assert out["wrong"][0] == "execution-error" and "did not accept the token" in out["wrong"][1], out
     # The system's roots do not know a self-signed certificate: a TLS error, not a hang.
     assert out["untrusted"][0] == "execution-error" and "TLS" in out["untrusted"][1], out
@@ -115,7 +167,8 @@ def test_preset_and_style_file_make_new_layers_above_the_source(gimp, server: st
     assert out["transparent"] > 7_000
     assert out["changed"] > 5 and out["alpha_kept"] and out["source_untouched"]
     # Each result lands directly above the source: the second between the first and the source.
-    assert out["names"] == ["Impasto: starry-night", "Impasto: udnie", out["source_name"]]
+    # A preset's layer takes its title ("starry-night.jpg": "Starry Night"), a style file's its name.
+    assert out["names"] == ["Impasto: Starry Night", "Impasto: udnie", out["source_name"]]
 
 
 def test_selection_limits_the_result(gimp, server: str, images: Path):
@@ -139,11 +192,18 @@ def test_selection_limits_the_result(gimp, server: str, images: Path):
             else:
                 outside += differs
         out["inside"], out["outside"] = inside, outside
+        # The new layer is selected, not its mask: Filters ▸ Repeat runs on the selected drawables.
+        selected = image.get_selected_drawables()
+        out["selected"] = [[type(d).__name__, d.get_id() == layer.get_id()] for d in selected]
+        status, again = impasto(image, selected[0], style="udnie", server={server!r}, {QUICK})
+        out["repeat"] = [status, again.get_name() if status == "success" else str(again)]
     """)
     assert "exception" not in out, out.get("exception")
     assert out["status"] == "success" and out["has_mask"]
     assert out["outside"] == 0, "pixels outside the selection changed"
     assert out["inside"] > 120 * 90 * 0.5
+    assert out["selected"] == [["Layer", True]], out
+    assert out["repeat"] == ["success", "Impasto: Udnie #1"], out  # GIMP numbers a second of a name
 
 
 def test_full_size_paints_the_layer_or_the_selection_box_at_its_own_size(
@@ -221,7 +281,7 @@ def test_grayscale_image_and_offset_layer(gimp, server: str, images: Path):
     assert "exception" not in out, out.get("exception")
     assert out["gray"] and out["status"] == "success" and out["result_gray"]
     assert out["offset_status"] == "success" and out["offset_geometry"] == [100, 80, 30, 20]
-    assert out["names"][:2] == ["Impasto: udnie", "small"]
+    assert out["names"][:2] == ["Impasto: Udnie", "small"]
 
 
 def test_killing_the_plug_in_leaves_no_job_on_the_server(gimp, server: str, images: Path):
@@ -326,16 +386,16 @@ with open({result!r}, "w") as f:
     json.dump(out, f)
 """
 
-# Starts GIMP with the dialog's buttons pressed by IMPASTO_AUTOPILOT; saves the screen as PNG at
+# Starts GIMP with the dialog's buttons pressed by IMPASTO_AUTOPILOT (autopilot.py); saves the screen as PNG at
 # each stage: the dialog connected, the dialog with a preview, the progress window.
 SCREENSHOT = """#!/bin/sh
-IMPASTO_AUTOPILOT=sleep:3,preview,sleep:3,set:size=128,set:iterations=40,ok {gimp} --no-splash --batch-interpreter=python-fu-eval \\
+IMPASTO_TEST_HOOK={hook} IMPASTO_AUTOPILOT=sleep:3,preview,sleep:3,set:size=128,set:iterations=40,ok {gimp} --no-splash --batch-interpreter=python-fu-eval \\
   -b "exec(open('{script}').read())" > {log} 2>&1 &
 shot() {{ xwd -root -silent | xwdtopnm 2>/dev/null | pnmtopng > "$1"; }}
 wait_for() {{ for i in $(seq 1 $2); do if sh -c "$1"; then return 0; fi; sleep 0.5; done; return 1; }}
 wait_for "grep -q 'impasto-autopilot: sleep:3' {log}" 360 && sleep 1.5 && shot {work}/dialog.png && echo dialog
 wait_for "grep -q 'preview shown' {log}" 240 && sleep 0.5 && shot {work}/preview.png && echo preview
-wait_for "xwininfo -root -tree | grep -q 'Impasto: starry-night'" 60 && sleep 3.5 && shot {work}/progress.png \\
+wait_for "xwininfo -root -tree | grep -q 'Impasto: Starry Night'" 60 && sleep 3.5 && shot {work}/progress.png \\
   && echo progress
 wait_for "test -s {result}" 600 && echo finished
 kill $! 2>/dev/null
@@ -360,6 +420,7 @@ def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_serve
     shell = gimp.work / "screenshot.sh"
     shell.write_text(
         SCREENSHOT.format(
+            hook=gimp.put(AUTOPILOT),
             gimp=gimp.gui,
             script=gimp.inside(gimp.work / "gui.py"),
             work=gimp.inside(gimp.work),
@@ -381,11 +442,11 @@ def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_serve
     assert out["interactive"] and out["repeat"], (out, said)
     # One Ctrl+Z after the run: the new layer and everything else the plug-in did are gone.
     undo = out["undo"]
-    assert undo["after"][0] == ["Impasto: starry-night", *undo["before"][0]], undo
+    assert undo["after"][0] == ["Impasto: Starry Night", *undo["before"][0]], undo
     assert undo["after"][1] != undo["before"][1], undo  # the result showed
     assert undo["undone"] == undo["before"], undo
     # Filters ▸ Repeat then paints again on the source.
-    assert out["layers"] == ["Impasto: starry-night", *undo["before"][0]], out
+    assert out["layers"] == ["Impasto: Starry Night", *undo["before"][0]], out
 
     # Last values: GIMP's own, globally (.last) and in the image (a persistent parasite, so in XCF
     # files) — with the server, style, TLS certificate and insecure choice, never the token.
@@ -436,7 +497,7 @@ with open({result!r}, "w") as f:
 """
 
 GUI = """#!/bin/sh
-IMPASTO_AUTOPILOT={autopilot} {gimp} --no-splash --batch-interpreter=python-fu-eval \\
+IMPASTO_TEST_HOOK={hook} IMPASTO_AUTOPILOT={autopilot} {gimp} --no-splash --batch-interpreter=python-fu-eval \\
   -b "exec(open('{script}').read())" > {log} 2>&1 &
 for i in $(seq 1 1200); do test -s {result} && break; sleep 0.5; done
 kill $! 2>/dev/null
@@ -459,6 +520,7 @@ def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str
     shell = gimp.work / "cancel.sh"
     shell.write_text(
         GUI.format(
+            hook=gimp.put(AUTOPILOT),
             autopilot="sleep:1,set:size=64,set:iterations=5000,ok,cancel-progress",
             gimp=gimp.gui,
             script=gimp.inside(gimp.work / "cancel.py"),

@@ -1,0 +1,23 @@
+"""Impasto's GIMP side, one room per thing; impasto.py beside this folder registers the procedure and
+runs it. Read in this order:
+
+- job.py: one run, from the procedure's arguments to the new layer
+- remote.py: the only module that imports the network client (vendor/impasto/client.py): the
+  connection, the style and the job's settings made from the arguments
+- layers.py: the layer's pixels out, the result layer in
+- progress.py: a job's progress, in its own window or in GIMP's status bar
+- dialog.py: the style dialog, with its preview
+- store.py: impasto.json, the server last used and a token per server
+- pictures.py: pictures for the dialogs (GdkPixbuf)
+- hook.py: the GUI tests' door (IMPASTO_TEST_HOOK), unused otherwise
+
+Pure Python, like the client: GIMP's Python on Windows cannot load compiled modules.
+"""
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("GimpUi", "3.0")
+gi.require_version("Gegl", "0.4")
+gi.require_version("GdkPixbuf", "2.0")
+gi.require_version("Gtk", "3.0")

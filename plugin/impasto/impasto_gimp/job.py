@@ -1,0 +1,40 @@
+"""One run of the procedure, once its arguments are chosen: the layer and the style go to the server,
+the job's progress shows, and the result comes back as a new layer."""
+
+from gi.repository import Gimp
+
+from .layers import add_result_layer, painted_box, read_layer
+from .progress import ProgressWindow, follow_in_status_bar
+from .remote import cannot_paint_full_size, chosen_style, connect, job_settings, style_title
+from .store import remember, server_address, token_for
+
+
+def paint(
+    image: Gimp.Image, layer: Gimp.Layer, config: Gimp.ProcedureConfig, run_mode: Gimp.RunMode
+) -> Gimp.Layer | None:
+    """Paints `layer` in the chosen style: the new layer, or None when the user cancelled. Raises one of
+    remote.FAILURES, with a sentence for the user; the image is then left as it was.
+
+    Scripts (non-interactive runs) pass their own token; the dialog and Filters ▸ Repeat fall back on
+    the token remembered for the server, and remember the one that worked."""
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    remembers = run_mode != Gimp.RunMode.NONINTERACTIVE
+    address = server_address(config)
+    token = token_for(config, address) if remembers else config.get_property("token")
+    style, name = chosen_style(config)
+    full_size = config.get_property("full-size")
+    box = painted_box(image, layer, full_size)
+    content = read_layer(layer, box)
+    with connect(config, address, token) as client:
+        if full_size and not client.info().full_size:
+            # An older server would ignore full_size and paint at its working size.
+            raise ValueError(cannot_paint_full_size(client.address))
+        title = style_title(client, style, name)
+        job = client.stylize(content, [style], job_settings(config))
+        finished = ProgressWindow(job, title).run() if interactive else follow_in_status_bar(job, title)
+    if not finished:
+        return None
+    remember(address, token if remembers else None)
+    if not (image.is_valid() and layer.is_valid()):
+        raise ValueError("The image or layer was closed while Impasto worked; nothing was changed.")
+    return add_result_layer(image, layer, box, job.result, title)

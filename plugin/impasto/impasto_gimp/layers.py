@@ -1,0 +1,64 @@
+"""The layer's pixels out to the server, and the server's result back in as a new layer."""
+
+from gi.repository import Gegl, Gimp
+
+from .remote import Image
+
+PIXELS = "R'G'B'A u8"  # sRGB-encoded 8-bit RGBA: what the server reads and sends back
+
+Box = tuple[int, int, int, int]  # x, y, width, height in layer coordinates
+
+
+def painted_box(image: Gimp.Image, layer: Gimp.Layer, full_size: bool) -> Box:
+    """The part of the layer that is sent: the whole layer, or at full size with a selection, the
+    selection's bounding box (painted at its own size)."""
+    if full_size and not Gimp.Selection.is_empty(image):
+        ok, x, y, width, height = layer.mask_intersect()
+        if not ok or width < 1 or height < 1:
+            raise ValueError("The selection does not touch this layer; select part of it, or select none.")
+        return x, y, width, height
+    return 0, 0, layer.get_width(), layer.get_height()
+
+
+def read_layer(layer: Gimp.Layer, box: Box | None = None) -> Image:
+    x, y, width, height = box or (0, 0, layer.get_width(), layer.get_height())
+    rect = Gegl.Rectangle.new(x, y, width, height)
+    data = layer.get_buffer().get(rect, 1.0, PIXELS, Gegl.AbyssPolicy.NONE)
+    return Image(bytes(data), width, height)
+
+
+def add_result_layer(
+    image: Gimp.Image, source: Gimp.Layer, box: Box, result: Image, title: str
+) -> Gimp.Layer:
+    """A new layer "Impasto: `title`" directly above the source over the painted box (the whole layer, or
+    a selection's bounding box), masked by the selection: one undo step. The new layer is left selected
+    (not its mask), so that Filters ▸ Repeat paints again on a layer."""
+    box_x, box_y, width, height = box
+    if result.encoded or (result.width, result.height) != (width, height):
+        raise ValueError(
+            f"The server sent a result that does not fit the layer ({result.width}×{result.height} px for "
+            f"{width}×{height} px); nothing was changed. Is it an impasto-server of this plug-in's release?"
+        )
+    image.undo_group_start()
+    try:
+        kind = (
+            Gimp.ImageType.GRAYA_IMAGE
+            if image.get_base_type() == Gimp.ImageBaseType.GRAY
+            else Gimp.ImageType.RGBA_IMAGE
+        )
+        layer = Gimp.Layer.new(image, f"Impasto: {title}", width, height, kind, 100.0, Gimp.LayerMode.NORMAL)
+        image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
+        _, x, y = source.get_offsets()
+        layer.set_offsets(x + box_x, y + box_y)
+        buffer = layer.get_buffer()
+        buffer.set(Gegl.Rectangle.new(0, 0, width, height), PIXELS, result.data)
+        buffer.flush()
+        if not Gimp.Selection.is_empty(image):
+            layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+            # Adding a mask makes the mask the selected drawable; Repeat needs the layer (inserted: selected).
+            layer.set_edit_mask(False)
+        layer.update(0, 0, width, height)
+    finally:
+        image.undo_group_end()
+    Gimp.displays_flush()
+    return layer

@@ -1,0 +1,63 @@
+"""impasto.json in GIMP's own folder: the server address last used, and the token last used with each
+address from the dialog.
+
+GIMP keeps every argument as last values, globally and in the image (a persistent parasite, so inside
+XCF files that may be shared): never the token. Tokens live here instead, in a file only its owner can
+read, and go only to the server they were typed for.
+"""
+
+import json
+import os
+
+from gi.repository import Gimp
+
+from .remote import DEFAULT_ADDRESS
+
+
+def settings_file() -> str:
+    return os.path.join(Gimp.directory(), "impasto.json")
+
+
+def _saved() -> dict:
+    try:
+        with open(settings_file()) as f:
+            saved = json.load(f)
+        return saved if isinstance(saved, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remembered_address() -> str:
+    return _saved().get("server") or os.environ.get("IMPASTO_SERVER") or DEFAULT_ADDRESS
+
+
+def server_address(config: Gimp.ProcedureConfig) -> str:
+    """The server field as typed, else the last address used."""
+    return config.get_property("server").strip() or remembered_address()
+
+
+def token_for(config: Gimp.ProcedureConfig, address: str) -> str | None:
+    """The token field, else the token remembered for this address (never another server's)."""
+    return config.get_property("token") or remembered_token(address)
+
+
+def remembered_token(address: str) -> str | None:
+    """The token last used with `address` from the dialog, or None."""
+    tokens = _saved().get("tokens")
+    return tokens.get(address) if isinstance(tokens, dict) else None
+
+
+def remember(address: str, token: str | None = None) -> None:
+    """The last address used; with a token, that token for this address (the file is this user's only)."""
+    saved = _saved()
+    saved["server"] = address
+    if token:
+        tokens = saved.get("tokens") if isinstance(saved.get("tokens"), dict) else {}
+        tokens[address] = token
+        saved["tokens"] = tokens
+    try:
+        descriptor = os.open(settings_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            json.dump(saved, f)
+    except OSError:
+        pass  # remembering is a convenience; the run itself succeeded
