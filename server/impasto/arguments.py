@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .protocol import MEMORY_BUDGET
+from .protocol import bounds
 
 # K, M, G (as Docker and others read them) and KiB, MiB, GiB are 1024-based; KB, MB, GB are the SI's.
 _UNITS = {"": 1, "b": 1} | {
@@ -98,7 +98,7 @@ def add_engine_arguments(
     )
     parser.add_argument(
         "--memory-budget",
-        type=byte_size(int(MEMORY_BUDGET.low), auto=True),
+        type=byte_size(int(bounds.MEMORY_BUDGET.low), auto=True),
         metavar="BYTES",
         help="device memory one job may use, in bytes or with a unit (400MiB, 6GiB); a scale larger than "
         "it is painted in tiles (default: what is free, less a margin)",

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
-from .runners import RemoteRunner
+from .runners import connect
 
 
 def local_info() -> int:
@@ -25,15 +25,10 @@ def local_info() -> int:
 
 
 def remote_info(args: argparse.Namespace) -> int:
-    runner = RemoteRunner(args, args.server)
-    try:
-        info = runner.client.info()
-    finally:
-        runner.close()
+    with connect(args, args.server) as client:
+        info = client.info()
     limits = info.limits
-    print(
-        f"impasto-server {info.server_version} at {runner.client.address} (protocol {info.protocol_version})"
-    )
+    print(f"impasto-server {info.server_version} at {client.address} (protocol {info.protocol_version})")
     for state in info.devices:
         device = state.device
         memory = f"{device.memory_bytes / 2**30:.1f} GiB" if device.memory_bytes else "?"
@@ -50,11 +45,8 @@ def remote_info(args: argparse.Namespace) -> int:
 
 
 def remote_styles(args: argparse.Namespace) -> int:
-    runner = RemoteRunner(args, args.server)
-    try:
-        presets = runner.client.styles()
-    finally:
-        runner.close()
+    with connect(args, args.server) as client:
+        presets = client.styles()
     if not presets:
         print("the server has no style presets; add images to its --styles-dir", file=sys.stderr)
     for preset in presets:

@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import __version__
 from ..arguments import add_engine_arguments, whole_number
 from ..paths import DEFAULT_STYLES_DIR
-from ..protocol import ITERATIONS, SIZE, STRENGTH, STYLE_SCALE
+from ..protocol import bounds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,14 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stylize.add_argument(
         "--size",
-        type=whole_number(int(SIZE.low), words=("auto", "full")),
+        type=whole_number(int(bounds.SIZE.low), words=("auto", "full")),
         help="working long side in px, 'full' (CONTENT's own size, in tiles where memory is short), "
         "or 'auto' (default: 384 on CPU, 768 on Apple MPS, 1024 on CUDA); the result is written at "
         "CONTENT's own size",
     )
     stylize.add_argument(
         "--iterations",
-        type=whole_number(int(ITERATIONS.low)),
+        type=whole_number(int(bounds.ITERATIONS.low)),
         help="iterations at the working size, or 'auto'; smaller scales run half (default: 40 on CPU, "
         "100 on a GPU)",
     )
@@ -66,13 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--strength",
         type=float,
         help="style versus content: 0 keeps the content, 0.25 paints gently, 1 as much as Gatys' recipe, "
-        f"2 lets the style take over (default: {STRENGTH.default:g})",
+        f"2 lets the style take over (default: {bounds.STRENGTH.default:g})",
     )
     stylize.add_argument(
         "--style-scale",
         type=float,
         help="size of the style's brush strokes relative to the working size "
-        f"(default: {STYLE_SCALE.default:g})",
+        f"(default: {bounds.STYLE_SCALE.default:g})",
     )
     stylize.add_argument(
         "--preserve-colors",

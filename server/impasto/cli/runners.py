@@ -90,10 +90,7 @@ class RemoteRunner:
 
     def __init__(self, args: argparse.Namespace, address: str | None, full_size: bool = False):
         """`full_size`: the jobs will ask for it, so the server must be able to (ImpastoError if not)."""
-        token = args.token
-        if args.token_file is not None:
-            token = args.token_file.read_text().strip()
-        self.client = network.Client(address, token=token, tls_ca=args.tls_ca, insecure=args.insecure)
+        self.client = connect(args, address)
         self.where = f" via {self.client.address}"
         if full_size:
             self.client.require_full_size()
@@ -106,6 +103,14 @@ class RemoteRunner:
 
 
 Runner = LocalRunner | RemoteRunner
+
+
+def connect(args: argparse.Namespace, address: str | None) -> network.Client:
+    """A connection as the command line's --token, --token-file, --tls-ca and --insecure say."""
+    token = args.token
+    if args.token_file is not None:
+        token = args.token_file.read_text().strip()
+    return network.Client(address, token=token, tls_ca=args.tls_ca, insecure=args.insecure)
 
 
 def own_failure(error: Exception, content: Path) -> bool:

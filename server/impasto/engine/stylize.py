@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from ..protocol import ITERATIONS, MEMORY_BUDGET, SIZE, STRENGTH, STYLE_SCALE, STYLE_WEIGHT
+from ..protocol import bounds
 from .device import free_memory_bytes, pick_precision
 from .estimate import (
     FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION,
@@ -344,20 +344,20 @@ def check_options(options: Options, styles: Sequence[Style]) -> None:
     if options.size != "full":  # "full": the content's own size, whatever it is
         if isinstance(options.size, str):
             raise ValueError(f"size must be a number of pixels or 'full', got {options.size!r}")
-        SIZE.check(options.size)
-    ITERATIONS.check(options.iterations)
-    STRENGTH.check(options.strength)
-    STYLE_SCALE.check(options.style_scale)
+        bounds.SIZE.check(options.size)
+    bounds.ITERATIONS.check(options.iterations)
+    bounds.STRENGTH.check(options.strength)
+    bounds.STYLE_SCALE.check(options.style_scale)
     for style in styles:
-        STYLE_WEIGHT.check(style.weight)
+        bounds.STYLE_WEIGHT.check(style.weight)
     if sum(s.weight for s in styles) <= 0:
         raise ValueError("the style weights add up to 0; give at least one style a positive weight")
     if options.preview_seconds is not None and not options.preview_seconds >= 0:
         raise ValueError(f"preview_seconds must be ≥ 0, got {options.preview_seconds}")
     if options.memory_budget is not None:
-        MEMORY_BUDGET.check(options.memory_budget)
+        bounds.MEMORY_BUDGET.check(options.memory_budget)
     if options.tile_size is not None:
-        SIZE.check(options.tile_size)
+        bounds.SIZE.check(options.tile_size)
     if options.tile_halo is not None and options.tile_halo < 0:
         raise ValueError(f"tile_halo must be ≥ 0 px, got {options.tile_halo}")
 

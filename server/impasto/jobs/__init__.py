@@ -26,19 +26,7 @@ from ..images import (
     png_bytes,
 )
 from ..library import BrokenPreset, InvalidStyleId, StyleExists, StyleFile, StyleLibrary, quoted, slug
-from ..protocol import (
-    NO_PREVIEWS,
-    PREVIEW_SECONDS,
-    SEED,
-    STRENGTH,
-    STYLE_SCALE,
-    STYLE_WEIGHT,
-    Device,
-    Event,
-    ImpastoError,
-    Kind,
-    Limits,
-)
+from ..protocol import NO_PREVIEWS, Device, Event, ImpastoError, Kind, Limits, bounds
 from .budget import ByteBudget
 from .queue import Job, JobQueue, shutting_down
 from .request import Expert, Request, Upload, check_request
@@ -124,15 +112,15 @@ class Jobs:
         recipe = RECIPES[expert.recipe]
         if expert.optimizer is not None:
             recipe = with_optimizer(recipe, expert.optimizer)
-        preview = PREVIEW_SECONDS.or_default(settings.preview_seconds)
+        preview = bounds.PREVIEW_SECONDS.or_default(settings.preview_seconds)
         return Options(
             size="full" if settings.full_size else (settings.size or self.default_size),
             iterations=settings.iterations or self.default_iterations,
-            strength=STRENGTH.or_default(settings.strength),
-            style_scale=STYLE_SCALE.or_default(settings.style_scale),
+            strength=bounds.STRENGTH.or_default(settings.strength),
+            style_scale=bounds.STYLE_SCALE.or_default(settings.style_scale),
             preserve_colors=settings.preserve_colors,
             init=expert.init if expert.init_upload is None else uploads[expert.init_upload].rgb,
-            seed=int(SEED.or_default(settings.seed)),
+            seed=int(bounds.SEED.or_default(settings.seed)),
             preview_seconds=None if preview == NO_PREVIEWS else preview,
             recipe=recipe,
             memory_budget=expert.memory_budget or self.limits.memory_budget,
@@ -181,7 +169,7 @@ class Jobs:
             else:
                 picture = uploads[style.upload]
                 names.append(slug(style.save_as_preset) or f"upload{style.upload + 1}")
-            styles.append(Style(picture.rgb, STYLE_WEIGHT.or_default(style.weight)))
+            styles.append(Style(picture.rgb, bounds.STYLE_WEIGHT.or_default(style.weight)))
         return styles, "+".join(names)
 
     # ---- the style library ---------------------------------------------------------------------

@@ -12,24 +12,7 @@ from typing import Literal
 
 from ..engine import RECIPES
 from ..library import InvalidStyleId, StyleFile, check_id, quoted, slug
-from ..protocol import (
-    ITERATIONS,
-    MEMORY_BUDGET,
-    NO_PREVIEWS,
-    PREVIEW_SECONDS,
-    SEED,
-    SIZE,
-    STRENGTH,
-    STYLE_SCALE,
-    STYLE_WEIGHT,
-    Bound,
-    ImageHeader,
-    ImpastoError,
-    Kind,
-    Limits,
-    Parameters,
-    StyleChoice,
-)
+from ..protocol import NO_PREVIEWS, ImageHeader, ImpastoError, Kind, Limits, Parameters, StyleChoice, bounds
 from .budget import Reservation
 
 
@@ -76,7 +59,7 @@ def check_request(request: Request, limits: Limits) -> None:
     for number, style in enumerate(parameters.styles, 1):
         _check_style(style, number, len(parameters.uploads))
     _check_save_names(parameters.styles)
-    if sum(STYLE_WEIGHT.or_default(style.weight) for style in parameters.styles) <= 0:
+    if sum(bounds.STYLE_WEIGHT.or_default(style.weight) for style in parameters.styles) <= 0:
         raise ImpastoError(Kind.INVALID, "the style weights add up to 0; give at least one a positive weight")
     _check_settings(request, limits)
 
@@ -138,7 +121,7 @@ def _check_style(style: StyleChoice, number: int, uploads: int) -> None:
             Kind.INVALID, f"style {number} refers to upload {style.upload}, but {uploads} were announced"
         )
     if style.weight is not None:
-        _within(STYLE_WEIGHT, style.weight, what=f"style {number}: ")
+        _within(bounds.STYLE_WEIGHT, style.weight, what=f"style {number}: ")
     if style.save_as_preset:
         preset_id = slug(style.save_as_preset)
         if not preset_id or len(style.save_as_preset) > 100:
@@ -177,17 +160,17 @@ def _check_settings(request: Request, limits: Limits) -> None:
                 Kind.TOO_LARGE,
                 f"a working size of {settings.size} px is over this server's limit of {limits.max_size} px",
             )
-        _within(SIZE, settings.size)
+        _within(bounds.SIZE, settings.size)
     if settings.iterations is not None:
-        _within(ITERATIONS, settings.iterations, high=limits.max_iterations)
+        _within(bounds.ITERATIONS, settings.iterations, high=limits.max_iterations)
     if settings.strength is not None:
-        _within(STRENGTH, settings.strength, high=limits.max_strength)
+        _within(bounds.STRENGTH, settings.strength, high=limits.max_strength)
     if settings.style_scale is not None:
-        _within(STYLE_SCALE, settings.style_scale)
+        _within(bounds.STYLE_SCALE, settings.style_scale)
     if settings.preview_seconds not in (None, NO_PREVIEWS):
-        _within(PREVIEW_SECONDS, settings.preview_seconds)
+        _within(bounds.PREVIEW_SECONDS, settings.preview_seconds)
     if settings.seed is not None:
-        _within(SEED, settings.seed)
+        _within(bounds.SEED, settings.seed)
     if expert.recipe not in RECIPES:
         raise ImpastoError(
             Kind.INVALID, f"unknown recipe {quoted(expert.recipe)}; known: {', '.join(RECIPES)}"
@@ -195,12 +178,12 @@ def _check_settings(request: Request, limits: Limits) -> None:
     if expert.optimizer not in (None, "lbfgs", "adam"):
         raise ImpastoError(Kind.INVALID, f"unknown optimiser {quoted(str(expert.optimizer))}: lbfgs or adam")
     if expert.memory_budget is not None:
-        _within(MEMORY_BUDGET, expert.memory_budget)
+        _within(bounds.MEMORY_BUDGET, expert.memory_budget)
     if expert.init_upload is not None and not 0 <= expert.init_upload < len(request.parameters.uploads):
         raise ImpastoError(Kind.INVALID, f"init_upload {expert.init_upload} is not an upload")
 
 
-def _within(bound: Bound, value: float, high: float | None = None, what: str = "") -> None:
+def _within(bound: bounds.Bound, value: float, high: float | None = None, what: str = "") -> None:
     try:
         bound.check(value, high)
     except ValueError as error:

@@ -3,6 +3,7 @@ plug-in: one settings type (`None` is the server's default), the bounds of every
 job events, the error kinds with their sentences, server addresses, and the conversions to and from the
 contract's messages. Pure Python (protobuf's runtime at most), so that it ships inside the plug-in."""
 
+from . import bounds
 from .addresses import (
     DEFAULT_ADDRESS,
     DEFAULT_PORT,
@@ -28,41 +29,16 @@ from .events import (
     Result,
     Started,
 )
-from .settings import (
-    ITERATIONS,
-    MEMORY_BUDGET,
-    NO_PREVIEWS,
-    PREVIEW_SECONDS,
-    SEED,
-    SIZE,
-    STRENGTH,
-    STYLE_SCALE,
-    STYLE_WEIGHT,
-    Bound,
-    Image,
-    ImageHeader,
-    Parameters,
-    Settings,
-    StyleChoice,
-)
+from .settings import NO_PREVIEWS, Image, ImageHeader, Parameters, Settings, StyleChoice
 
 __all__ = [
     "CHUNK_BYTES",
     "DEFAULT_ADDRESS",
     "DEFAULT_PORT",
     "HINTS",
-    "ITERATIONS",
     "KIND_KEY",
-    "MEMORY_BUDGET",
     "NO_PREVIEWS",
-    "PREVIEW_SECONDS",
-    "SEED",
-    "SIZE",
-    "STRENGTH",
-    "STYLE_SCALE",
-    "STYLE_WEIGHT",
     "Address",
-    "Bound",
     "Device",
     "DeviceState",
     "Event",
@@ -83,6 +59,7 @@ __all__ = [
     "Started",
     "StyleChoice",
     "addresses",
+    "bounds",
     "from_status",
     "is_loopback",
     "parse_address",

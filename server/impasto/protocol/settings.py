@@ -1,7 +1,6 @@
-"""What a job asks for: its settings, its styles, its images, and the bounds every number must keep.
+"""What a job asks for: its settings, its styles and its images.
 
-One convention everywhere: a setting left at `None` is the server's default. The dialog, the CLI, the
-client, the service, the jobs layer and the engine's check all read these types and these bounds.
+One convention everywhere: a setting left at `None` is the server's default (`bounds.py` says which).
 """
 
 from __future__ import annotations
@@ -12,37 +11,6 @@ from pathlib import Path
 from typing import Literal
 
 NO_PREVIEWS = math.inf  # a preview interval that never comes
-
-
-@dataclass(frozen=True)
-class Bound:
-    """A number's allowed range and its default, with the one sentence that refuses it."""
-
-    name: str  # as a user reads it in a message
-    low: float
-    high: float
-    default: float | None = None  # None: the server's (it depends on the device)
-
-    def check(self, value: float, high: float | None = None) -> None:
-        """Raises ValueError unless `value` is finite and within [low, high] (`high` may be tighter)."""
-        top = self.high if high is None else min(high, self.high)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{self.name} must be a number, got {value!r}")
-        if not (math.isfinite(value) and self.low <= value <= top):
-            raise ValueError(f"{self.name} must be between {self.low:g} and {top:g}, got {value:g}")
-
-    def or_default(self, value: float | None) -> float:
-        return self.default if value is None else value
-
-
-SIZE = Bound("the working size (long side in px)", 16, 1 << 16)
-ITERATIONS = Bound("iterations", 1, 1_000_000)
-STRENGTH = Bound("strength", 0, 1000, default=1.0)
-STYLE_SCALE = Bound("the style scale", 0.01, 8, default=1.0)
-PREVIEW_SECONDS = Bound("the preview interval (seconds)", 0.05, 3600, default=2.0)
-SEED = Bound("seed", 0, 2**64 - 1, default=0)
-STYLE_WEIGHT = Bound("a style's weight", 0, 1e6, default=1.0)
-MEMORY_BUDGET = Bound("the memory budget (bytes)", 1 << 20, 1 << 50)
 
 
 @dataclass(frozen=True)
