@@ -614,6 +614,8 @@ def _remote_info(args: argparse.Namespace) -> int:
         )
         print(f"full size: {'yes' if info.full_size else 'no (update impasto-server for --size full)'}")
         print(f"now:       {info.running_jobs} running, {info.queue_length} waiting")
+        idle = f"after {info.idle_exit_minutes:g} minutes unused" if info.idle_exit_minutes else "never"
+        print(f"idle exit: {idle}")
     return 0
 
 

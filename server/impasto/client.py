@@ -151,6 +151,7 @@ class Info:
     queue_length: int
     running_jobs: int
     devices: tuple[Device, ...]  # one worker each
+    idle_exit_minutes: float = 0.0  # the server ends itself after this long unused; 0: never
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,7 @@ class Client:
                 Device(d.device.kind, d.device.name, d.device.memory_bytes, d.device.precision, d.busy)
                 for d in reply.devices
             ),
+            idle_exit_minutes=reply.idle_exit_minutes,
         )
 
     def styles(self) -> list[Preset]:

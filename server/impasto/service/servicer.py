@@ -41,6 +41,7 @@ from ..jobs import (
 )
 from ..jobs.errors import shutting_down
 from ..v1 import impasto_pb2 as pb
+from .idle import Activity
 
 log = logging.getLogger("impasto.service")
 
@@ -91,7 +92,8 @@ def _answers_with_status(method: Callable[..., Awaitable]) -> Callable[..., Awai
         try:
             if isinstance(request, Malformed):
                 raise JobError(Kind.INVALID, "the request could not be parsed as this call's message")
-            return await method(self, request, context)
+            with self.activity.call():
+                return await method(self, request, context)
         except JobError as error:
             await context.abort(STATUS[error.kind], error.message)
         except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -104,13 +106,18 @@ def _answers_with_status(method: Callable[..., Awaitable]) -> Callable[..., Awai
 
 
 class StyleTransferServicer:
-    def __init__(self, jobs: Jobs, devices: list[DeviceInfo], transport: Transport):
-        """`devices`: what each of the jobs layer's engines runs on, in the same order."""
+    def __init__(
+        self, jobs: Jobs, devices: list[DeviceInfo], transport: Transport, idle_exit_minutes: float = 0.0
+    ):
+        """`devices`: what each of the jobs layer's engines runs on, in the same order;
+        `idle_exit_minutes`: --idle-exit, reported in GetServerInfo (0: never)."""
         self.jobs, self.devices, self.transport = jobs, devices, transport
+        self.idle_exit_minutes = idle_exit_minutes
         self.closing = asyncio.Event()  # set when the server begins to shut down
         self._streams_changed = asyncio.Event()
         self._streams: collections.Counter[str] = collections.Counter()  # per peer; loop thread only
         self._decoders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="impasto-decode")
+        self.activity = Activity(lambda: bool(jobs.queue.waiting or jobs.queue.running))  # --idle-exit
 
     @_answers_with_status
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
@@ -138,6 +145,7 @@ class StyleTransferServicer:
             default_iterations=limits.default_iterations,
             queue_length=queue.waiting,
             running_jobs=queue.running,
+            idle_exit_minutes=self.idle_exit_minutes,
             devices=[
                 pb.DeviceState(device=self._device(worker), busy=busy)
                 for worker, busy in enumerate(queue.busy())
