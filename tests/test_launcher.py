@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,9 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import impasto.launcher as launcher_module
 import pytest
+from helpers import running_server
 from impasto.client import Client
 from impasto.launcher import LaunchError, ensure_local_server
+from test_client import FORBID_COMPILED
 
 SERVER = Path(sys.executable).with_name("impasto-server")  # this virtual environment's
 
@@ -157,3 +161,28 @@ def test_a_port_taken_by_another_program_is_named(port: int, command: list[str],
     assert caught.value.reason == "port taken"
     assert f"Another program is using port {port} on this computer" in str(caught.value)
     assert servers_on(port) == []
+
+
+LAUNCHER_ALONE = """
+import sys
+sys.path[:] = [p for p in sys.path if "-packages" not in p]  # nothing installed: the module alone
+folder, address = sys.argv[1:3]
+sys.path.insert(0, folder)
+import launcher
+print(launcher.ensure_local_server(address, None, log_dir=folder))
+"""
+
+
+def test_the_launcher_alone_finds_a_running_server_with_the_standard_library_only(tmp_path: Path):
+    """As vendored into the plug-in: no compiled module, no package; a token-protected server answers too
+    (the health service needs none), so no second server is started beside it."""
+    shutil.copy(launcher_module.__file__, tmp_path / "launcher.py")
+    with running_server(token="s3cret") as address:
+        result = subprocess.run(
+            [sys.executable, "-c", FORBID_COMPILED + LAUNCHER_ALONE, str(tmp_path), address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "None"  # it answered: nothing to start
