@@ -85,8 +85,8 @@ def ensure_local_server(
                 return None  # the caller holding the lock started it
             if time.monotonic() > deadline:
                 raise LaunchError(
-                    f"The Impasto server that another window is starting did not answer within "
-                    f"{timeout:.0f} seconds; its log is {log_path}.",
+                    f"The Impasto server being started at the same moment by another window or program "
+                    f"did not answer within {timeout:.0f} seconds; its log is {log_path}.",
                     "no answer",
                     log_path,
                 )
