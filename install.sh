@@ -2,29 +2,38 @@
 # Installs Impasto: the server and CLI in a virtual environment beside this script, and the GIMP 3
 # plug-in into every GIMP 3.x plug-in folder found. Idempotent: run it again to update.
 #
-#   ./install.sh                       server, CLI and plug-in
+#   ./install.sh                       server, CLI and plug-in; the plug-in starts the server itself
 #   ./install.sh --server-only         server and CLI only
-#   ./install.sh --plugin-only         plug-in only (into --gimp-dir DIR, or GIMP's own folders)
+#   ./install.sh --plugin-only         plug-in only (into --gimp-dir DIR, or GIMP's own folders); it
+#                                      starts this checkout's server if there is one
 #   ./install.sh --package-plugin      dist/impasto-gimp-plugin-VERSION.zip: the plug-in folder, ready to
 #                                      unzip into GIMP's plug-ins folder on any OS (Windows, macOS, Linux)
 #   ./install.sh --uninstall           remove the plug-in and the virtual environment
 #   ./install.sh --test [ARGS]         install everything needed for the tests, then run them
-#                                      (ARGS go to pytest; the GIMP tests need root)
+#                                      (ARGS go to pytest; the real-GIMP tests need root, which also
+#                                      installs debootstrap to build their Debian roots)
 # Options:
 #   --gimp-dir DIR                     a GIMP config folder (holding plug-ins/) instead of the found ones
-#   --cpu                              PyTorch's CPU-only build, without the ~3 GB of NVIDIA libraries,
-#                                      from PyTorch's own index; for machines without an NVIDIA GPU
+#   --cpu                              PyTorch's CPU-only build, from PyTorch's own index (the default on
+#                                      Linux without an NVIDIA driver)
+#   --cuda                             PyTorch's default build, which bundles CUDA on Linux (the default
+#                                      where an NVIDIA driver is present)
 #   --torch SPEC                       another PyTorch, e.g. "torch torchvision" for the newest
 #   --with-styles                      also download the catalogue of public-domain paintings (internet)
 # Environment: IMPASTO_VENV (the virtual environment, default .venv here), IMPASTO_TORCH (as --torch),
 # IMPASTO_OUT (the folder that receives build/ and dist/, default this one).
 #
 # PyTorch is pinned to torch==2.14.1 / torchvision==0.29.1 by default: the pair CI uses. Newer works;
-# pass --torch (or IMPASTO_TORCH), with PIP_EXTRA_INDEX_URL for a CUDA build of your choice. Which build:
-# NVIDIA GPU: the default (PyPI's Linux wheels bundle CUDA). No NVIDIA GPU: --cpu (the same pinned pair,
-# or the --torch SPEC, from https://download.pytorch.org/whl/cpu; their dependencies and the rest come
-# from your usual index). Apple Silicon: the default (macOS wheels have no CUDA; MPS works).
-# --cpu on a venv that holds a CUDA build replaces it and removes its NVIDIA libraries.
+# pass --torch (or IMPASTO_TORCH), with PIP_EXTRA_INDEX_URL for a CUDA build of your choice. Which build,
+# without --cpu or --cuda: an NVIDIA driver present (nvidia-smi works, or /proc/driver/nvidia/version
+# exists): the default (PyPI's Linux wheels bundle CUDA and ~3 GB of NVIDIA libraries). Linux without one:
+# the CPU-only build (the same pinned pair, or the --torch SPEC, from https://download.pytorch.org/whl/cpu;
+# their dependencies and the rest come from your usual index); where that index cannot be reached, the
+# default build instead, saying so. macOS: the default (its wheels have no CUDA; MPS works). The CPU-only
+# build on a venv that holds a CUDA build replaces it and removes its NVIDIA libraries.
+#
+# Where it installs the plug-in, it records the server to start in impasto-server.json beside plug-ins/:
+# {"command": [".../.venv/bin/impasto-server"], "recorded_by": "install.sh"} (README: The GIMP plug-in).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,7 +42,10 @@ out_dir="${IMPASTO_OUT:-$here}"
 case "$out_dir" in /*) ;; *) out_dir="$PWD/$out_dir" ;; esac  # the zip is written from inside build/
 torch_spec="${IMPASTO_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 cpu_index="https://download.pytorch.org/whl/cpu"
-want_server=1 want_plugin=1 uninstall=0 run_tests=0 with_styles=0 cpu_only=0 package_plugin=0
+# .venv's size with the pinned pair, Linux x86-64, Python 3.11 (README: Quick start).
+default_build_size="5.5 GB" cpu_build_size="1.1 GB"
+server_json="impasto-server.json"  # beside plug-ins/: the server the plug-in starts
+want_server=1 want_plugin=1 uninstall=0 run_tests=0 with_styles=0 torch_build=auto package_plugin=0
 gimp_dirs=() pytest_args=()
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
@@ -46,7 +58,8 @@ while [ $# -gt 0 ]; do
     --plugin-only) want_server=0 ;;
     --uninstall) uninstall=1 ;;
     --with-styles) with_styles=1 ;;
-    --cpu) cpu_only=1 ;;
+    --cpu) torch_build=cpu ;;
+    --cuda) torch_build=default ;;
     --gimp-dir) gimp_dirs+=("${2:?--gimp-dir needs a folder}"); shift ;;
     --package-plugin) package_plugin=1 want_server=0 ;;
     # Accepted for old scripts: the plug-in is pure Python now, the same for every GIMP Python.
@@ -87,9 +100,26 @@ fi
 if [ "$uninstall" = 1 ]; then
   for dir in "${gimp_dirs[@]}"; do
     [ -d "$dir/plug-ins/impasto" ] && rm -rf "$dir/plug-ins/impasto" && say "Removed the plug-in from $dir"
+    # Only the record this script wrote: one the user wrote names a server of their own.
+    if grep -qs '"recorded_by": "install.sh"' "$dir/$server_json"; then rm -f "$dir/$server_json"; fi
   done
   rm -rf "$venv" "$out_dir/build/plugin" && say "Removed $venv"
   exit 0
+fi
+
+if [ "$run_tests" = 1 ]; then
+  # The real-GIMP tests run GIMP in Debian roots (chroot), built on first use with debootstrap.
+  if [ "$(id -u)" != 0 ]; then
+    say "The real-GIMP tests will not run: GIMP runs in Debian roots with chroot, which needs root (sudo ./install.sh --test)"
+  elif ! command -v debootstrap >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+      say "Installing debootstrap, which builds the real-GIMP tests' Debian roots"
+      { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap; } ||
+        say "The real-GIMP tests may not run: debootstrap could not be installed (pytest says so before the first test)"
+    else
+      say "The real-GIMP tests will not run unless their Debian roots exist: debootstrap is missing and this system has no apt-get"
+    fi
+  fi
 fi
 
 python="${PYTHON:-python3}"
@@ -119,24 +149,92 @@ if any(r.lower().startswith(("nvidia-", "cuda-", "triton")) for r in requires):
 PY
 }
 
+# Why the CPU-only index cannot be reached, or nothing: a few seconds at most, not pip's retries.
+cpu_index_unreachable() {
+  "$python" - "$cpu_index/torch/" <<'PY'
+import sys
+import urllib.error
+import urllib.request
+
+try:
+    urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="HEAD"), timeout=5).close()
+except urllib.error.HTTPError:
+    pass  # it answered; pip will say what it lacks
+except (OSError, ValueError) as error:
+    reason = getattr(error, "reason", error)
+    print(getattr(reason, "strerror", None) or reason)
+PY
+}
+
+nvidia_driver() {
+  { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; } || [ -e /proc/driver/nvidia/version ]
+}
+
+# The PyTorch build to install (cpu or default) and why, in words for the line that announces it;
+# cpu_index_fallback=1 where the CPU-only build was wanted but its index cannot be reached.
+cpu_index_fallback=0
+choose_torch_build() {
+  case "$torch_build" in
+    cpu) why="--cpu" ;;
+    default) why="--cuda" ;;
+    *)
+      if nvidia_driver; then torch_build=default why="an NVIDIA driver is present"
+      elif [ "$(uname -s)" = Linux ]; then torch_build=cpu why="no NVIDIA driver found; --cuda for the default"
+      else torch_build=default why="this system's wheels have no CUDA"
+      fi ;;
+  esac
+  if [ "$torch_build" = cpu ]; then
+    local unreachable
+    unreachable="$(cpu_index_unreachable)"
+    if [ -n "$unreachable" ]; then
+      torch_build=default why="the CPU-only index cannot be reached" cpu_index_fallback=1
+      local instead unused="about $default_build_size in all with NVIDIA libraries this machine will not use"
+      case "$(installed_build)" in
+        cpu) instead="keeps the CPU-only build already in $venv" ;;
+        cuda) instead="keeps the default build already in $venv, $unused" ;;
+        *) instead="installs PyTorch's default build from your usual index instead, $unused" ;;
+      esac
+      [ "$(installed_build)" = cpu ] ||
+        instead+=" (the CPU-only build is about $cpu_build_size: run ./install.sh --cpu where that index can be reached)"
+      say "PyTorch's CPU-only index $cpu_index cannot be reached ($unreachable), so this $instead."
+    fi
+  fi
+}
+
+# cpu or cuda: the PyTorch build in the venv; nothing without one.
+installed_build() {
+  "$venv/bin/python" -c 'import importlib.metadata as m; m.version("torch")' 2>/dev/null || return 0
+  if [ -n "$(cuda_build_packages)" ]; then echo cuda; else echo cpu; fi
+}
+
 if [ "$want_server" = 1 ]; then
-  if [ "$cpu_only" = 1 ]; then
+  choose_torch_build
+  if [ "$torch_build" = default ] && [ "$cpu_index_fallback" = 0 ] && [ "$(uname -s)" = Linux ] &&
+     [ "$(installed_build)" = cpu ]; then
+    say "Removing the CPU-only build of PyTorch, for the default build ($why)"
+    "${pip[@]}" uninstall --quiet --yes torch torchvision
+  fi
+  if [ "$torch_build" = cpu ]; then
     mapfile -t cuda_packages < <(cuda_build_packages)
     if [ ${#cuda_packages[@]} -gt 0 ]; then
       say "Removing the CUDA build of PyTorch and its NVIDIA libraries (${#cuda_packages[@]} packages)"
       "${pip[@]}" uninstall --quiet --yes "${cuda_packages[@]}"
     fi
-    say "Installing PyTorch's CPU-only build ($torch_spec) from $cpu_index"
+    say "Installing PyTorch's CPU-only build ($torch_spec) from $cpu_index ($why)"
     # Only the torch packages come from that index (a CUDA index in PIP_EXTRA_INDEX_URL would outbid
     # it); the next command takes their dependencies from the usual index.
     # shellcheck disable=SC2086 # the spec is a list of requirements
     env -u PIP_EXTRA_INDEX_URL "${pip[@]}" install --quiet --no-deps --index-url "$cpu_index" $torch_spec
   fi
-  say "Installing PyTorch ($torch_spec)"
+  if [ "$torch_build" = cpu ]; then
+    say "Installing PyTorch's dependencies"
+  else
+    say "Installing PyTorch ($torch_spec, the default build: $why)"
+  fi
   # shellcheck disable=SC2086 # the spec is a list of requirements
   "${pip[@]}" install --quiet $torch_spec
-  if [ "$cpu_only" = 1 ] && [ -n "$(cuda_build_packages)" ]; then
-    die "--cpu: the PyTorch installed is still a CUDA build; does pip.conf name a CUDA index?"
+  if [ "$torch_build" = cpu ] && [ -n "$(cuda_build_packages)" ]; then
+    die "the CPU-only build of PyTorch was installed from $cpu_index, but pip replaced it with a CUDA build; does pip.conf name a CUDA index? (--cuda keeps the default build)"
   fi
   say "Installing Impasto"
   extras=""
@@ -198,20 +296,43 @@ if [ "$package_plugin" = 1 ]; then
   mkdir -p "$out_dir/dist" && rm -f "$archive"
   (cd "$out_dir/build/plugin" && "$venv/bin/python" -m zipfile -c "$archive" impasto)
   say "Wrote $archive: unzip it into GIMP's plug-ins folder (README: The GIMP plug-in), then restart GIMP"
+  echo "   It names no server to start: install one on that machine and record it in $server_json beside"
+  echo "   GIMP's plug-ins folder, or type a running server's address in the dialog's Server field (README)"
   exit 0
 fi
 
+server_program="$venv/bin/impasto-server"
+# Records, for the plug-in in GIMP config folder $1, the server it starts; a record the user wrote stays.
+record_server() {
+  local record="$1/$server_json"
+  if [ -e "$record" ] && ! grep -qs '"recorded_by": "install.sh"' "$record"; then
+    say "Kept $record: it names a server of your own"
+    return
+  fi
+  "$venv/bin/python" - "$record" "$server_program" <<'PY'
+import json
+import sys
+
+record, program = sys.argv[1:]
+with open(record, "w", encoding="utf-8") as file:
+    json.dump({"command": [program], "recorded_by": "install.sh"}, file, indent=2)
+    file.write("\n")
+PY
+}
+
+plugin_dirs=()  # where the plug-in was installed
 if [ "$want_plugin" = 1 ]; then
   if [ ${#gimp_dirs[@]} -eq 0 ]; then
     say "GIMP 3 was not found, so the plug-in was not installed"
-    echo "   Install GIMP 3, then run: ./install.sh --plugin-only   (or --gimp-dir DIR, or --package-plugin)"
   else
     build_plugin
     for dir in "${gimp_dirs[@]}"; do
       mkdir -p "$dir/plug-ins"
       rm -rf "$dir/plug-ins/impasto"
       cp -r "$stage" "$dir/plug-ins/impasto"
+      if [ -x "$server_program" ]; then record_server "$dir"; fi
       say "Installed the plug-in into $dir/plug-ins/impasto"
+      plugin_dirs+=("$dir")
     done
   fi
 fi
@@ -222,11 +343,24 @@ if [ "$run_tests" = 1 ]; then
   exec "$venv/bin/python" -m pytest "${pytest_args[@]}"
 fi
 
-cat <<EOF
-
-Done. Next:
-  start the server:        $venv/bin/impasto-server
-  add style presets:       $venv/bin/impasto-server styles fetch      (or: styles import FOLDER)
-  in GIMP 3:               open an image, then Filters ▸ Artistic ▸ Impasto Style Transfer…
-  without GIMP:            $venv/bin/impasto stylize photo.jpg --style painting.jpg -o result.png
-EOF
+# What this run installed, and the next step that works.
+echo
+if [ "$want_server" = 1 ]; then echo "Installed: the server and the impasto command, in $venv"; fi
+if [ ${#plugin_dirs[@]} -gt 0 ]; then echo "Installed: the plug-in, into ${plugin_dirs[*]}"; fi
+echo "Next:"
+if [ ${#plugin_dirs[@]} -gt 0 ] && [ -x "$server_program" ]; then
+  echo "  in GIMP 3:        open an image, then Filters ▸ Artistic ▸ Impasto Style Transfer…; the plug-in"
+  echo "                    starts the server ($server_program) itself, and it ends after 20 minutes unused"
+elif [ ${#plugin_dirs[@]} -gt 0 ]; then
+  echo "  the plug-in needs a server: install one here with ./install.sh (server and plug-in; the plug-in then"
+  echo "  starts it), or type a running server's address in the dialog's Server field (README: The GIMP plug-in)"
+elif [ "$want_plugin" = 1 ]; then
+  echo "  for GIMP:         install GIMP 3, then ./install.sh --plugin-only   (or --gimp-dir DIR, or --package-plugin)"
+fi
+if [ "$want_server" = 1 ]; then
+  if [ "$want_plugin" = 0 ]; then
+    echo "  start the server: $server_program   (runs until stopped; --idle-exit MINUTES ends it when unused)"
+  fi
+  echo "  without GIMP:     $venv/bin/impasto stylize photo.jpg --style starry-night -o result.png"
+  echo "  more presets:     $server_program styles fetch   (or: styles import FOLDER)"
+fi

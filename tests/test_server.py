@@ -23,6 +23,7 @@ from helpers import interrupt_stylize, running_server, self_signed, start_long_j
 from impasto.client import Client
 from impasto.engine import Engine
 from impasto.jobs import queue as job_queue
+from impasto.launcher import EXIT_PORT_IN_USE
 from impasto.protocol import (
     NO_PREVIEWS,
     Image,
@@ -33,6 +34,7 @@ from impasto.protocol import (
     Settings,
     StyleChoice,
 )
+from impasto.service import idle as idle_module
 from impasto.v1 import impasto_pb2 as pb
 from impasto.v1 import impasto_pb2_grpc
 from PIL import Image as PILImage
@@ -101,7 +103,10 @@ def test_info(server: str, capsys: pytest.CaptureFixture[str]):
     assert info.default_size == 384 and info.protocol_version == pb.PROTOCOL_VERSION_CURRENT
     assert info.default_iterations == 40  # a CPU's (engine/device.py): a 12-megapixel photo in a minute
     assert info.limits.full_size
-    assert main(["info", "--server", server]) == 0 and "full size: yes" in capsys.readouterr().out
+    assert info.idle_exit_minutes == 0
+    assert main(["info", "--server", server]) == 0
+    out = capsys.readouterr().out
+    assert "full size: yes" in out and "idle exit: never" in out
 
 
 def test_info_says_when_the_server_cannot_paint_at_full_size(
@@ -514,6 +519,76 @@ def test_sigterm_cancels_running_jobs_after_the_grace_period_and_exits_0(images:
         assert "outcome=unavailable" in log and "stopped" in log
     finally:
         process.kill()
+
+
+def test_idle_time_counts_from_the_last_call_or_job(monkeypatch: pytest.MonkeyPatch):
+    now = [100.0]
+    monkeypatch.setattr(idle_module.time, "monotonic", lambda: now[0])
+    jobs_pending = [False]
+    activity = idle_module.Activity(lambda: jobs_pending[0])
+    now[0] = 130.0
+    assert activity.idle_seconds() == 30
+    with activity.call():
+        now[0] = 200.0
+        assert activity.idle_seconds() == 0  # an open call (a Stylize call lasts as long as its job)
+    now[0] = 210.0
+    assert activity.idle_seconds() == 10  # from the end of the call
+    jobs_pending[0] = True  # a job outliving its call, or waiting
+    assert activity.idle_seconds() == 0
+    jobs_pending[0] = False
+    now[0] = 215.0
+    assert activity.idle_seconds() == 5
+
+
+def test_idle_exit_waits_for_a_running_job_then_ends_the_server(images: Path, capsys):
+    from impasto.cli import main
+
+    idle_minutes = 0.02  # 1.2 s
+    process, address = start_server_process("--styles-dir", str(images / "styles"), "--idle-exit", "0.02")
+    try:
+        assert main(["info", "--server", address]) == 0
+        assert "idle exit: after 0.02 minutes unused" in capsys.readouterr().out
+        with Client(address) as client:
+            job, events = start_long_job(client, images / "content" / "camera.png")
+            for event in events:  # the job outlasts the idle time three times over
+                if isinstance(event, Progress) and event.elapsed_seconds > 3 * idle_minutes * 60:
+                    break
+            assert process.poll() is None, "the server ended while a job was running"
+            job.cancel()
+        assert process.wait(timeout=120) == 0
+        log = process.stderr.read()
+        assert "outcome=cancelled" in log
+        assert "no call and no job for 0.02 minutes (--idle-exit 0.02): shutting down" in log
+    finally:
+        process.kill()
+
+
+def test_calls_keep_an_idle_exit_server_running(images: Path):
+    idle_seconds = 3.0
+    process, address = start_server_process("--styles-dir", str(images / "styles"), "--idle-exit", "0.05")
+    try:
+        with Client(address) as client:
+            first = time.monotonic()
+            while (last_call := time.monotonic()) - first < 2 * idle_seconds:
+                client.info()  # each would fail once the server had gone
+                time.sleep(0.1)
+        assert process.wait(timeout=120) == 0
+        assert time.monotonic() - last_call >= idle_seconds
+    finally:
+        process.kill()
+
+
+def test_a_second_server_on_the_same_port_refuses_to_start(server: str):
+    """gRPC would let both listen and share the calls at random; the second one must say so instead."""
+    port = server.rsplit(":", 1)[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "impasto.service.main", "--port", port, "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == EXIT_PORT_IN_USE
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in result.stderr
 
 
 def test_cli_over_the_network(server: str, images: Path, tmp_path: Path, capsys):

@@ -14,11 +14,15 @@ Where a root cannot be built the tests skip, except under CI=true, where they fa
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import os
 import shutil
 import subprocess
 import textwrap
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,16 +117,36 @@ def can_build() -> str | None:
     return None
 
 
+@functools.cache
+def cannot_run(suite: Suite) -> str | None:
+    """Why this GIMP's tests cannot run here, or None (its root is there, or can be built)."""
+    if suite.binary("gimp-console") is not None:
+        return None if os.geteuid() == 0 else "running GIMP in its Debian root needs root (chroot)"
+    reason = can_build() or mirror_unreachable(suite)
+    return f"building the {suite.debian} root {reason}" if reason else None
+
+
+def mirror_unreachable(suite: Suite) -> str | None:
+    release = f"{MIRROR}/dists/{suite.debian}/Release"
+    try:
+        urllib.request.urlopen(urllib.request.Request(release, method="HEAD"), timeout=10).close()
+    except urllib.error.HTTPError as error:
+        return f"needs {release}, which answers {error.code} {error.reason}"
+    except OSError as error:
+        return f"needs {MIRROR}, which cannot be reached ({getattr(error, 'reason', error)})"
+    return None
+
+
 @pytest.fixture(scope="session", params=SUITES, ids=[suite.id for suite in SUITES])
 def gimp_suite(request: pytest.FixtureRequest) -> Suite:
     """Each GIMP in turn, its root built on first use."""
     suite: Suite = request.param
+    reason = cannot_run(suite)
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the GIMP tests must run in CI, but {reason}")
+        pytest.skip(f"real-GIMP tests skipped: {reason}")
     if suite.binary("gimp-console") is None:
-        reason = can_build()
-        if reason is not None:
-            if os.environ.get("CI"):
-                pytest.fail(f"the GIMP tests must run in CI, but building the {suite.debian} root {reason}")
-            pytest.skip(f"real-GIMP tests skipped: building the {suite.debian} root {reason}")
         build_root(suite)
         assert suite.binary("gimp-console"), f"no gimp-console-3.* in {suite.root}/usr/bin"
     add_later_packages(suite)
@@ -263,3 +287,52 @@ def gimp(gimp_suite: Suite) -> Iterator[Gimp]:
             yield Gimp(root, work, config, gimp_suite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ---- whether the real-GIMP tests run: said once before the first test, and counted in the last line ----
+
+GIMP_TESTS = Path(__file__).resolve().parent
+_outcomes: dict[str, str] = {}  # test id: passed, failed or skipped
+_skip_reasons: list[str] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    selected = sum(GIMP_TESTS in item.path.parents for item in session.items)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if not selected or reporter is None:
+        return
+    reasons = [f"{suite.id} — {reason}" for suite in SUITES if (reason := cannot_run(suite))]
+    if not reasons:
+        unbuilt = [suite.debian for suite in SUITES if suite.binary("gimp-console") is None]
+        building = f"; building the {' and '.join(unbuilt)} root first, a few minutes each" if unbuilt else ""
+        reporter.write_line(f"real-GIMP tests: {selected} will run, in GIMP 3.0 and 3.2{building}")
+        return
+    fate = "fail (CI=true)" if os.environ.get("CI") else "be skipped"
+    reporter.write_line(f"real-GIMP tests: will {fate}: {'; '.join(reasons)}", yellow=True, bold=True)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Only this folder's tests reach this conftest's hook."""
+    if report.failed:
+        _outcomes[report.nodeid] = "failed"
+    elif report.skipped:
+        _outcomes.setdefault(report.nodeid, "skipped")
+        if isinstance(report.longrepr, tuple):
+            _skip_reasons.append(
+                report.longrepr[2].removeprefix("Skipped: ").removeprefix("real-GIMP tests skipped: ")
+            )
+    elif report.when == "call":
+        _outcomes.setdefault(report.nodeid, "passed")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's last line: after pytest's own summary."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or not _outcomes:
+        return
+    count = collections.Counter(_outcomes.values())
+    ran = count["passed"] + count["failed"]
+    line = f"real-GIMP tests: {ran} ran ({count['passed']} passed, {count['failed']} failed)"
+    if count["skipped"]:
+        line += f", {count['skipped']} skipped ({_skip_reasons[0] if _skip_reasons else 'see above'})"
+    reporter.write_line(line, green=ran > 0 and not count["failed"], red=ran == 0 or count["failed"] > 0)

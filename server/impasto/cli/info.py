@@ -41,6 +41,8 @@ def remote_info(args: argparse.Namespace) -> int:
     )
     print(f"full size: {'yes' if limits.full_size else 'no (update impasto-server for --size full)'}")
     print(f"now:       {info.running_jobs} running, {info.queue_length} waiting")
+    idle = f"after {info.idle_exit_minutes:g} minutes unused" if info.idle_exit_minutes else "never"
+    print(f"idle exit: {idle}")
     return 0
 
 

@@ -66,6 +66,7 @@ class Info:
     queue_length: int = 0  # jobs waiting now
     running_jobs: int = 0
     devices: tuple[DeviceState, ...] = ()  # one worker each, fed by one queue
+    idle_exit_minutes: float = 0.0  # the server ends itself after this long unused; 0: never
 
     @property
     def load(self) -> float:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import math
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -17,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .. import __version__
 from ..arguments import add_engine_arguments, byte_size
+from ..launcher import EXIT_PORT_IN_USE
 from ..paths import DEFAULT_STYLES_DIR
 from ..protocol import CHUNK_BYTES, Limits, is_loopback
 from ..v1 import impasto_pb2 as pb
@@ -116,12 +120,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="open Stylize calls in all (default: %(default)s)",
     )
     parser.add_argument(
+        "--idle-exit",
+        type=_minutes,
+        default=0.0,
+        metavar="MINUTES",
+        help="end the server once it has had no call and no job for this long (fractions allowed); "
+        "a job running or waiting is never cut (default: 0, run until stopped)",
+    )
+    parser.add_argument(
         "--grace-seconds",
         type=float,
         default=10.0,
         help="on SIGTERM/SIGINT, how long a running job may finish before it is stopped (default: 10)",
     )
     return parser
+
+
+def _minutes(text: str) -> float:
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not (math.isfinite(minutes) and minutes >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes (e.g. 20, or 0.5)")
+    return minutes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,14 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("impasto-server: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    port, shutdown = start(args, token)
+    stop = threading.Event()
+    try:
+        port, shutdown = start(args, token, on_idle=stop.set)
+    except CannotListen as error:
+        print(f"impasto-server: {error}", file=sys.stderr)
+        return EXIT_PORT_IN_USE if error.in_use else 2
     scheme = "TLS" if args.tls_cert else "plaintext"
     print(
         f"impasto-server listening on {args.host}:{port} ({scheme}{', token required' if token else ''})",
         file=sys.stderr,
         flush=True,
     )
-    stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
     stop.wait()
@@ -224,11 +250,21 @@ def styles_main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[], None]]:
+class CannotListen(Exception):
+    def __init__(self, message: str, in_use: bool):
+        super().__init__(message)
+        self.in_use = in_use  # the port is taken: by another impasto-server, or another program
+
+
+def start(
+    args: argparse.Namespace, token: str | None, on_idle: Callable[[], None] | None = None
+) -> tuple[int, Callable[[], None]]:
     """Loads the model, binds the port and serves from a thread of its own; returns (port, shutdown).
 
     `shutdown()` is what SIGTERM does: new calls are refused, waiting jobs end UNAVAILABLE at once,
     the running job gets --grace-seconds to finish; it returns once the server has stopped.
+    With --idle-exit, `on_idle()` is called (from a thread of its own) once the server has had no call
+    and no job for that long; main() then shuts down as on SIGTERM. Raises CannotListen.
     """
     # Engine imports pull in torch; kept here so that `--help` answers at once.
     from ..engine import describe
@@ -250,13 +286,23 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
         args.styles_dir,
         limits,
     )
-    servicer = StyleTransferServicer(jobs)
+    servicer = StyleTransferServicer(jobs, idle_exit_minutes=args.idle_exit)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="impasto-grpc", daemon=True)
     thread.start()
-    server, health_servicer, port = asyncio.run_coroutine_threadsafe(
-        _serve(args, token, servicer), loop
-    ).result()
+    try:
+        server, health_servicer, port = asyncio.run_coroutine_threadsafe(
+            _serve(args, token, servicer), loop
+        ).result()
+    except CannotListen:
+        jobs.close(0)
+        loop.call_soon_threadsafe(loop.stop)
+        raise
+    stopped_serving = threading.Event()
+    if args.idle_exit and on_idle is not None:
+        threading.Thread(
+            target=_watch_idle, args=(servicer, args.idle_exit, stopped_serving, on_idle), daemon=True
+        ).start()
 
     async def stop() -> None:
         log.info("shutting down: no new calls; a running job gets %.0f s to finish", args.grace_seconds)
@@ -273,6 +319,7 @@ def start(args: argparse.Namespace, token: str | None) -> tuple[int, Callable[[]
         log.info("stopped%s", "" if stopped else "; a job did not stop in time")
 
     def shutdown() -> None:
+        stopped_serving.set()
         asyncio.run_coroutine_threadsafe(stop(), loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
@@ -301,6 +348,14 @@ def limits_from(args: argparse.Namespace, engines: list) -> Limits:
     )
 
 
+def _watch_idle(
+    servicer: StyleTransferServicer, minutes: float, stopped: threading.Event, on_idle: Callable[[], None]
+) -> None:
+    if servicer.activity.wait_until_idle(minutes * 60, stopped):
+        log.info("no call and no job for %g minutes (--idle-exit %g): shutting down", minutes, minutes)
+        on_idle()
+
+
 async def _serve(args: argparse.Namespace, token: str | None, servicer: StyleTransferServicer):
     server = grpc.aio.server(
         interceptors=[TokenInterceptor(token)] if token else [],
@@ -309,20 +364,44 @@ async def _serve(args: argparse.Namespace, token: str | None, servicer: StyleTra
             # result chunks, thumbnails (≤ 256 px) and the preset list (bounded metadata).
             ("grpc.max_receive_message_length", CHUNK_BYTES + (64 << 10)),
             ("grpc.max_send_message_length", 8 << 20),
+            # gRPC's default lets a second server bind the same port and share its calls at random:
+            # two impasto-servers started at once must not both serve.
+            ("grpc.so_reuseport", 0),
         ],
     )
     server.add_generic_rpc_handlers([_handlers(servicer)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{args.host}:{args.port}"
-    if args.tls_cert:
-        port = server.add_secure_port(address, server_credentials(args.tls_cert, args.tls_key))
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if args.tls_cert:
+            port = server.add_secure_port(address, server_credentials(args.tls_cert, args.tls_key))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as error:  # gRPC says only "Failed to bind to address"
+        if _port_in_use(args.host, args.port):
+            raise CannotListen(
+                f"cannot listen on {address}: the port is in use, by another impasto-server or another "
+                "program; stop that one, or give another --port",
+                in_use=True,
+            ) from error
+        raise CannotListen(f"cannot listen on {address}; check --host and --port", in_use=False) from error
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, health_servicer, port
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            if os.name == "posix":  # as gRPC does: a closed connection's lingering state is no user
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(where)
+    except OSError as error:
+        return error.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", None))
+    return False
 
 
 def _handlers(servicer: StyleTransferServicer) -> grpc.GenericRpcHandler:

@@ -32,6 +32,7 @@ from ..protocol import (
     wire,
 )
 from ..v1 import impasto_pb2 as pb
+from .idle import Activity
 
 log = logging.getLogger("impasto.service")
 
@@ -70,7 +71,8 @@ def _answers_with_status(method: Callable[..., Awaitable]) -> Callable[..., Awai
         try:
             if isinstance(request, Malformed):
                 raise ImpastoError(Kind.INVALID, "the request could not be parsed as this call's message")
-            return await method(self, request, context)
+            with self.activity.call():
+                return await method(self, request, context)
         except ImpastoError as error:
             await abort(context, error)
         except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -83,8 +85,11 @@ def _answers_with_status(method: Callable[..., Awaitable]) -> Callable[..., Awai
 
 
 class StyleTransferServicer:
-    def __init__(self, jobs: Jobs):
+    def __init__(self, jobs: Jobs, idle_exit_minutes: float = 0.0):
+        """`idle_exit_minutes`: --idle-exit, told in GetServerInfo (0: never)."""
         self.jobs, self.limits = jobs, jobs.limits
+        self.idle_exit_minutes = idle_exit_minutes
+        self.activity = Activity(lambda: bool(jobs.queue.waiting or jobs.queue.running))  # for --idle-exit
         self.closing = asyncio.Event()  # set when the server begins to shut down
         self._streams_changed = asyncio.Event()
         self._streams: collections.Counter[str] = collections.Counter()  # per peer; loop thread only
@@ -104,6 +109,7 @@ class StyleTransferServicer:
             queue_length=queue.waiting,
             running_jobs=queue.running,
             devices=tuple(DeviceState(d, busy) for d, busy in zip(jobs.devices, queue.busy(), strict=True)),
+            idle_exit_minutes=self.idle_exit_minutes,
         )
         return wire.to_message(info, pb.ServerInfo())
 

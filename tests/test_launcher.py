@@ -1,0 +1,188 @@
+"""impasto.launcher: a client that finds no server at the local address starts one, once, detached."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import impasto.launcher as launcher_module
+import pytest
+from helpers import running_server
+from impasto.client import Client
+from impasto.launcher import LaunchError, ensure_local_server
+from test_client import FORBID_COMPILED
+
+SERVER = Path(sys.executable).with_name("impasto-server")  # this virtual environment's
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def servers_on(port: int) -> list[int]:
+    """The process ids of the impasto-servers told to listen on `port` (Linux: from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"impasto-server" in word for word in argv) and str(port).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0]:  # a server this process started, now ended
+            return True
+    except ChildProcessError:
+        pass  # started by another process, or already reaped
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def wait_until_gone(pid: int, timeout: float) -> bool:
+    """Polls until the process has ended or `timeout` passes: a guard, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while not gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def port(tmp_path: Path) -> Iterator[int]:
+    """A free loopback port; every server started on it is killed afterwards."""
+    chosen = free_port()
+    yield chosen
+    for pid in servers_on(chosen):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_until_gone(pid, 30)
+
+
+@pytest.fixture
+def command(tmp_path: Path) -> list[str]:
+    assert SERVER.exists(), f"{SERVER} is missing: run ./install.sh"
+    return [str(SERVER), "--device", "cpu", "--styles-dir", str(tmp_path / "styles")]
+
+
+def test_starts_a_server_once_and_reuses_it(port: int, command: list[str], tmp_path: Path):
+    address = f"127.0.0.1:{port}"
+    pid = ensure_local_server(address, command, log_dir=tmp_path)
+    assert pid is not None and servers_on(port) == [pid]
+    with Client(address, timeout=10) as client:
+        assert client.info().idle_exit_minutes == 20  # the launcher's default
+    assert ensure_local_server(address, command, log_dir=tmp_path) is None
+    assert servers_on(port) == [pid]
+    assert "listening on" in (tmp_path / "server.log").read_text()
+
+
+def test_callers_at_the_same_moment_leave_one_server(port: int, command: list[str], tmp_path: Path):
+    """GIMP starts a plug-in process per call: four of them at once, each finding no server."""
+    script = (
+        "import sys; from impasto.launcher import ensure_local_server; "
+        "print(ensure_local_server(sys.argv[1], sys.argv[3:], log_dir=sys.argv[2]))"
+    )
+    callers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, f"127.0.0.1:{port}", str(tmp_path), *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [caller.communicate(timeout=300) for caller in callers]
+    assert all(caller.returncode == 0 for caller in callers), [err for _, err in outcomes]
+    started = [out.strip() for out, _ in outcomes if out.strip() != "None"]
+    assert len(started) == 1, outcomes  # one started it, the others waited for it
+    assert servers_on(port) == [int(started[0])]
+    assert (tmp_path / "server.log").read_text().count("starting:") == 1  # the others never tried
+
+
+def test_an_unused_server_ends_itself(port: int, command: list[str], tmp_path: Path):
+    pid = ensure_local_server(f"127.0.0.1:{port}", command, log_dir=tmp_path, idle_minutes=0.02)
+    assert pid is not None
+    assert wait_until_gone(pid, timeout=120), "the server did not end after its idle time"
+    log = (tmp_path / "server.log").read_text()
+    assert "no call and no job for 0.02 minutes" in log and "stopped" in log
+
+
+def test_a_server_that_fails_to_start_is_reported_with_its_log(port: int, tmp_path: Path):
+    broken = tmp_path / "impasto-server"
+    broken.write_text("#!/bin/sh\necho 'cannot load the model: the disk is full' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(LaunchError) as caught:
+        ensure_local_server(f"127.0.0.1:{port}", [str(broken)], log_dir=tmp_path)
+    message = str(caught.value)
+    assert caught.value.reason == "exited"
+    assert "stopped while starting" in message and "exit status 1" in message
+    assert str(tmp_path / "server.log") in message
+    assert message.endswith("cannot load the model: the disk is full")
+
+
+def test_no_server_installed_says_so(port: int, tmp_path: Path):
+    for command in ([str(tmp_path / "nowhere" / "impasto-server")], None):
+        with pytest.raises(LaunchError) as caught:
+            ensure_local_server(f"127.0.0.1:{port}", command, log_dir=tmp_path)
+        assert caught.value.reason == "not installed"
+        assert "No Impasto server is installed on this computer" in str(caught.value)
+        assert "--" not in str(caught.value)  # words for GIMP users, no command-line flags
+
+
+def test_a_port_taken_by_another_program_is_named(port: int, command: list[str], tmp_path: Path):
+    """Something answers there, but not as Impasto: no server is started, and the port is named."""
+    other = http.server.HTTPServer(("127.0.0.1", port), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(LaunchError) as caught:
+            ensure_local_server(f"127.0.0.1:{port}", command, log_dir=tmp_path)
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert caught.value.reason == "port taken"
+    assert f"Another program is using port {port} on this computer" in str(caught.value)
+    assert servers_on(port) == []
+
+
+LAUNCHER_ALONE = """
+import sys
+sys.path[:] = [p for p in sys.path if "-packages" not in p]  # nothing installed: the module alone
+folder, address = sys.argv[1:3]
+sys.path.insert(0, folder)
+import launcher
+print(launcher.ensure_local_server(address, None, log_dir=folder))
+"""
+
+
+def test_the_launcher_alone_finds_a_running_server_with_the_standard_library_only(tmp_path: Path):
+    """As vendored into the plug-in: no compiled module, no package; a token-protected server answers too
+    (the health service needs none), so no second server is started beside it."""
+    shutil.copy(launcher_module.__file__, tmp_path / "launcher.py")
+    with running_server(token="s3cret") as address:
+        result = subprocess.run(
+            [sys.executable, "-c", FORBID_COMPILED + LAUNCHER_ALONE, str(tmp_path), address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "None"  # it answered: nothing to start
