@@ -163,3 +163,16 @@ def test_a_job_ends_whatever_goes_wrong_in_the_client(images: Path, monkeypatch:
         assert not follower.is_alive(), "events() never ended"
     assert isinstance(outcome[0], ImpastoError) and outcome[0].kind is Kind.BUG
     assert "RuntimeError" in str(outcome[0])
+
+
+def test_a_refusal_sent_while_the_upload_goes_on_keeps_the_servers_words(images: Path):
+    """The server refuses after the parameters, while the client is still sending a large image; grpclib
+    then raises the status from the raw headers, and the kind must still be read there."""
+    content = Image(bytes(2000 * 2000 * 4), 2000, 2000)  # 16 MB: sixteen chunks still to go
+    with running_server("--styles-dir", str(images / "styles")) as address, Client(address) as client:
+        for _ in range(10):
+            job = client.stylize(content, [StyleChoice(preset_id="no-such-style")], Settings(size=32))
+            with pytest.raises(ImpastoError) as caught:
+                list(job.events())
+            assert caught.value.kind is Kind.NOT_FOUND
+            assert caught.value.detail == "no style preset 'no-such-style' on this server"

@@ -22,7 +22,7 @@ gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp, GLib, GObject
 from impasto_gimp.dialog import StyleDialog
 from impasto_gimp.job import paint
-from impasto_gimp.remote import DEFAULT_ADDRESS, FAILURES
+from impasto_gimp.remote import DEFAULT_ADDRESS, FAILURES, sentence
 
 PROCEDURE = "python-fu-impasto"
 RW = GObject.ParamFlags.READWRITE
@@ -148,7 +148,7 @@ def run(procedure, run_mode, image, drawables, config, data):
     try:
         result = paint(image, layer, config, run_mode)
     except FAILURES as error:
-        return failed(procedure, str(error))
+        return failed(procedure, sentence(error))
     finally:
         # GIMP saves the arguments as last values, globally and in the image: never the token (the
         # store keeps it, per server).

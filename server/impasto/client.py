@@ -260,11 +260,25 @@ def _failure(error: BaseException, address: str, stream: Stream | None) -> Impas
     if isinstance(error, asyncio.TimeoutError):
         return from_status("DEADLINE_EXCEEDED", "", None, address)
     if isinstance(error, GRPCError):
-        trailers = getattr(stream, "trailing_metadata", None) or {}
-        return from_status(error.status.name, (error.message or "").strip(), trailers.get(KIND_KEY), address)
+        return from_status(error.status.name, (error.message or "").strip(), _kind_sent(stream), address)
     if isinstance(error, OSError | StreamTerminatedError | ProtocolError):
         return ImpastoError(Kind.UNREACHABLE, _why_unreachable(error), address)
     return ImpastoError(Kind.BUG, f"this client failed ({type(error).__name__}: {error})", address)
+
+
+def _kind_sent(stream: Stream | None) -> str | None:
+    """The error kind the server put in the call's trailers. grpclib keeps them as `trailing_metadata`
+    when it read them itself; when the server ended the call while the upload was still being sent,
+    grpclib raises its status from the raw header block instead, which only its stream holds."""
+    metadata = getattr(stream, "trailing_metadata", None)
+    if metadata:
+        return metadata.get(KIND_KEY)
+    raw = getattr(stream, "_stream", None)
+    for block in (getattr(raw, "trailers", None), getattr(raw, "headers", None)):
+        kind = dict(block or ()).get(KIND_KEY)
+        if kind is not None:
+            return kind
+    return None
 
 
 def _why_unreachable(error: BaseException) -> str:

@@ -11,14 +11,16 @@ from .pictures import at_most, pixbuf_from_rgba, thumbnail_pixbuf
 from .progress import describe
 from .remote import (
     FAILURES,
+    NO_PREVIEWS,
     Client,
+    ImpastoError,
     Info,
     Progress,
-    ServerError,
     addresses,
     chosen_style,
     connect,
     job_settings,
+    sentence,
 )
 from .store import server_address, token_for
 
@@ -160,7 +162,7 @@ class StyleDialog:
             self.info = None
             self._show_auto()
             self.status.set_markup(
-                f"<b>{GLib.markup_escape_text(str(error))}</b>\nYou can still choose a style "
+                f"<b>{GLib.markup_escape_text(sentence(error))}</b>\nYou can still choose a style "
                 "image file, fix the server address and press Connect."
             )
             return
@@ -190,7 +192,7 @@ class StyleDialog:
         for name, label in self.auto.items():
             auto = f"Auto ({defaults[name]})"
             label.set_text(auto if self.config.get_property(name) == 0 else f"0 = {auto}")
-        able = info is None or info.full_size  # unknown until connected: the job's run checks then
+        able = info is None or info.limits.full_size  # unknown until connected: the run checks then
         box = self.dialog.get_widget("full-size", GObject.TYPE_NONE)
         if box is not None:
             box.set_sensitive(able)
@@ -215,10 +217,10 @@ class StyleDialog:
     def start_preview(self) -> None:
         self.clear_preview()
         try:
-            style, style_name = chosen_style(self.config)
+            style = chosen_style(self.config)
             settings, content = self._preview_job()
         except FAILURES as error:
-            self.preview_line.set_text(str(error))
+            self.preview_line.set_text(sentence(error))
             return
         address = self.address()
         token = token_for(self.config, address)
@@ -226,7 +228,7 @@ class StyleDialog:
         generation = self.preview_generation
         self.preview_button.set_sensitive(False)
         self.preview_stop.set_sensitive(True)
-        self.preview_line.set_text(f"Preview of {style_name}: sending…")
+        self.preview_line.set_text(f"Preview of {style.name}: sending…")
         worker = threading.Thread(
             target=self._preview_work,
             args=(generation, cancel, address, token, content, style, settings),
@@ -241,16 +243,15 @@ class StyleDialog:
         default_iterations = self.info.default_iterations if self.info else 0
         size = min(self.config.get_property("size") or default_size or PREVIEW_SIZE, PREVIEW_SIZE)
         iterations = self.config.get_property("iterations") or default_iterations or 100
-        settings = job_settings(
-            self.config, iterations=max(1, iterations // 4), size=size, full_size=False, preview_seconds=-1
-        )
+        quick = {"iterations": max(1, iterations // 4), "size": size, "full_size": False}
+        settings = job_settings(self.config, **quick, preview_seconds=NO_PREVIEWS)
         return settings, at_most(read_layer(self.layer), size)
 
     def _preview_work(self, generation, cancel, address, token, content, style, settings):
         """On a worker thread: no GTK here, only idle callbacks."""
         try:
             with connect(self.config, address, token) as client:
-                job = client.stylize(content, [style], settings)
+                job = style.start(client, content, settings)
                 watcher = threading.Thread(target=lambda: cancel.wait() and job.cancel(), daemon=True)
                 watcher.start()
                 for event in job.events():
@@ -279,7 +280,7 @@ class StyleDialog:
         self.preview_cancel = None
         if error is not None:
             stopped = getattr(error, "cancelled", False)
-            self.preview_line.set_text("Preview stopped." if stopped else str(error))
+            self.preview_line.set_text("Preview stopped." if stopped else sentence(error))
         else:
             self.preview_image.set_from_pixbuf(pixbuf_from_rgba(result))
             size = f"{result.width}×{result.height} px"
@@ -300,13 +301,9 @@ class StyleDialog:
 
 def describe_server(info: Info) -> str:
     """One line on where jobs run and how busy the server is."""
-    devices = info.devices or ()
-    if devices:
-        names = ", ".join(f"{d.kind}: {d.name} ({'busy' if d.busy else 'idle'})" for d in devices)
-    else:
-        names = f"{info.device_kind}: {info.device_name}"
+    names = ", ".join(f"{s.device} ({'busy' if s.busy else 'idle'})" for s in info.devices)
     waiting = f"{info.queue_length} job(s) waiting" if info.queue_length else "no jobs waiting"
-    full_size = "" if info.full_size else " It cannot paint at full size (an older impasto-server)."
+    full_size = "" if info.limits.full_size else " It cannot paint at full size (an older impasto-server)."
     return f"Runs on {names}; {waiting}, {info.running_jobs} running.{full_size}"
 
 
@@ -314,5 +311,5 @@ def _thumbnail_or_none(client: Client, preset_id: str) -> bytes | None:
     """A preset's thumbnail; a preset whose file is broken on the server just shows none."""
     try:
         return client.thumbnail(preset_id)
-    except ServerError:
+    except ImpastoError:
         return None

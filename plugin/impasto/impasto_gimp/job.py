@@ -5,7 +5,7 @@ from gi.repository import Gimp
 
 from .layers import add_result_layer, painted_box, read_layer
 from .progress import ProgressWindow, follow_in_status_bar
-from .remote import cannot_paint_full_size, chosen_style, connect, job_settings, style_title
+from .remote import chosen_style, connect, job_settings, style_title
 from .store import remember, server_address, token_for
 
 
@@ -21,16 +21,15 @@ def paint(
     remembers = run_mode != Gimp.RunMode.NONINTERACTIVE
     address = server_address(config)
     token = token_for(config, address) if remembers else config.get_property("token")
-    style, name = chosen_style(config)
+    style = chosen_style(config)
     full_size = config.get_property("full-size")
     box = painted_box(image, layer, full_size)
     content = read_layer(layer, box)
     with connect(config, address, token) as client:
-        if full_size and not client.info().full_size:
-            # An older server would ignore full_size and paint at its working size.
-            raise ValueError(cannot_paint_full_size(client.address))
-        title = style_title(client, style, name)
-        job = client.stylize(content, [style], job_settings(config))
+        if full_size:
+            client.require_full_size()  # an older server would paint at its working size without a word
+        title = style_title(client, style)
+        job = style.start(client, content, job_settings(config))
         finished = ProgressWindow(job, title).run() if interactive else follow_in_status_bar(job, title)
     if not finished:
         return None

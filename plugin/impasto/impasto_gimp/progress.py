@@ -7,7 +7,7 @@ from gi.repository import Gimp, GLib, Gtk
 
 from . import hook
 from .pictures import pixbuf_from_png
-from .remote import Preview, Progress, Queued, RemoteJob, ServerError, Started
+from .remote import ImpastoError, Preview, Progress, Queued, RemoteJob, Started
 
 
 def describe(event: object) -> str | None:
@@ -67,7 +67,7 @@ class ProgressWindow:
         Gimp.progress_init(f"Impasto: {title}")
 
     def run(self) -> bool:
-        """True once the job has finished, False when it was cancelled; raises the job's ServerError."""
+        """True once the job has finished, False when it was cancelled; raises the job's ImpastoError."""
         self.dialog.show_all()
         hook.attach(self)
         threading.Thread(target=self._read, daemon=True).start()
@@ -83,7 +83,7 @@ class ProgressWindow:
             for event in self.job.events():
                 GLib.idle_add(self._show, event)
             self.finished = True
-        except ServerError as error:
+        except ImpastoError as error:
             self.error = error
         GLib.idle_add(self.loop.quit)
 

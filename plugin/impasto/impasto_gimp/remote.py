@@ -10,53 +10,60 @@ import os
 from pathlib import Path
 
 from gi.repository import Gimp
-from impasto.client import (
+from impasto.client import Client, RemoteJob
+from impasto.protocol import (
     DEFAULT_ADDRESS,
-    Client,
+    NO_PREVIEWS,
     Image,
+    ImpastoError,
     Info,
     Preview,
     Progress,
     Queued,
-    RemoteJob,
-    ServerError,
     Settings,
     Started,
-    StyleSpec,
+    StyleChoice,
     addresses,
 )
 
 __all__ = [
     "DEFAULT_ADDRESS",
     "FAILURES",
+    "NO_PREVIEWS",
     "Client",
     "Image",
+    "ImpastoError",
     "Info",
     "Preview",
     "Progress",
     "Queued",
     "RemoteJob",
-    "ServerError",
     "Started",
+    "Style",
     "addresses",
-    "cannot_paint_full_size",
     "chosen_style",
     "connect",
     "job_settings",
+    "sentence",
     "style_title",
 ]
 
 # What a run or a preview can end with; each carries a sentence for the user.
-FAILURES = (ServerError, OSError, ValueError)
+FAILURES = (ImpastoError, OSError, ValueError)
+
+
+def sentence(error: Exception) -> str:
+    """What the user reads: a server's or the client's sentence in GIMP's words (fields, not flags)."""
+    return error.sentence("gimp") if isinstance(error, ImpastoError) else str(error)
 
 
 def connect(config: Gimp.ProcedureConfig, address: str, token: str | None, timeout: float = 10.0) -> Client:
-    """A Client for the config's TLS settings. Raises InsecureToken (a ValueError) where the token
-    would go in clear to another machine without `insecure`."""
+    """A Client for the config's TLS settings. Raises ImpastoError where the token would go in clear to
+    another machine without `insecure`."""
     ca = config.get_property("tls-ca")
     ca_path = Path(ca.get_path()) if ca is not None and ca.get_path() else None
     if ca_path is not None and not ca_path.is_file():
-        raise ValueError(f"the TLS certificate {ca_path} (tls-ca) cannot be read; choose the server's PEM")
+        raise ValueError(f"The TLS certificate {ca_path} cannot be read; choose the server's PEM file.")
     return Client(
         address,
         token=token or None,
@@ -66,41 +73,48 @@ def connect(config: Gimp.ProcedureConfig, address: str, token: str | None, timeo
     )
 
 
-def chosen_style(config: Gimp.ProcedureConfig) -> tuple[StyleSpec, str]:
-    """The style to send, and its short name: a style file's name without its extension, or a preset's id."""
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """The style a job sends: a preset, or an image file uploaded with the job."""
+
+    choice: StyleChoice
+    uploads: tuple[Image, ...]
+    name: str  # a style file's name without its extension, or the preset's id
+
+    def start(self, client: Client, content: Image, settings: Settings) -> RemoteJob:
+        return client.stylize(content, [self.choice], settings, self.uploads)
+
+
+def chosen_style(config: Gimp.ProcedureConfig) -> Style:
     style_file = config.get_property("style-file")
     if style_file is not None and style_file.get_path():
         path = style_file.get_path()
         with open(path, "rb") as f:
-            return StyleSpec(image=Image(f.read(), encoded=True)), os.path.splitext(os.path.basename(path))[0]
+            image = Image(f.read(), encoded=True)
+        return Style(StyleChoice(upload=0), (image,), os.path.splitext(os.path.basename(path))[0])
     preset = config.get_property("style").strip()
     if not preset:
-        raise ValueError("Choose a style: a preset of the server's (style) or an image file (style-file).")
-    return StyleSpec(preset=preset), preset
+        raise ValueError("Choose a style: one of the server's presets, or a style image file.")
+    return Style(StyleChoice(preset_id=preset), (), preset)
 
 
-def style_title(client: Client, style: StyleSpec, name: str) -> str:
-    """What the result is called: a preset's title in the server's list ("The Scream"), else `name`."""
-    if style.preset is None:
-        return name
-    return next((p.title for p in client.styles() if p.id == style.preset and p.title), name)
+def style_title(client: Client, style: Style) -> str:
+    """What the result is called: a preset's title in the server's list ("The Scream"), else its name."""
+    preset_id = style.choice.preset_id
+    if preset_id is None:
+        return style.name
+    return next((p.title for p in client.styles() if p.id == preset_id and p.title), style.name)
 
 
 def job_settings(config: Gimp.ProcedureConfig, **changes) -> Settings:
-    """The job's settings from the procedure's arguments; `changes` replace some (the preview's)."""
+    """The job's settings from the procedure's arguments (whose 0 is the server's default); `changes`
+    replace some (the preview's)."""
     settings = Settings(
         strength=config.get_property("strength"),
-        iterations=config.get_property("iterations"),
-        size=config.get_property("size"),
+        iterations=config.get_property("iterations") or None,
+        size=config.get_property("size") or None,
         full_size=config.get_property("full-size"),
         preserve_colors=config.get_property("preserve-colors"),
         seed=config.get_property("seed"),
     )
     return dataclasses.replace(settings, **changes)
-
-
-def cannot_paint_full_size(address: str) -> str:
-    return (
-        f"The server at {address} cannot paint at the layer's full size; update impasto-server or untick "
-        "Full size."
-    )
