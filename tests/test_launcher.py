@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,12 +14,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import impasto.launcher as launcher_module
 import pytest
 from helpers import running_server
-from impasto.client import Client
+from impasto.client import Client, impasto_answers
 from impasto.launcher import LaunchError, ensure_local_server
-from test_client import FORBID_COMPILED
 
 SERVER = Path(sys.executable).with_name("impasto-server")  # this virtual environment's
 
@@ -86,11 +83,11 @@ def command(tmp_path: Path) -> list[str]:
 
 def test_starts_a_server_once_and_reuses_it(port: int, command: list[str], tmp_path: Path):
     address = f"127.0.0.1:{port}"
-    pid = ensure_local_server(address, command, log_dir=tmp_path)
+    pid = ensure_local_server(address, command, impasto_answers, log_dir=tmp_path)
     assert pid is not None and servers_on(port) == [pid]
     with Client(address, timeout=10) as client:
         assert client.info().idle_exit_minutes == 20  # the launcher's default
-    assert ensure_local_server(address, command, log_dir=tmp_path) is None
+    assert ensure_local_server(address, command, impasto_answers, log_dir=tmp_path) is None
     assert servers_on(port) == [pid]
     assert "listening on" in (tmp_path / "server.log").read_text()
 
@@ -99,7 +96,8 @@ def test_callers_at_the_same_moment_leave_one_server(port: int, command: list[st
     """GIMP starts a plug-in process per call: four of them at once, each finding no server."""
     script = (
         "import sys; from impasto.launcher import ensure_local_server; "
-        "print(ensure_local_server(sys.argv[1], sys.argv[3:], log_dir=sys.argv[2]))"
+        "from impasto.client import impasto_answers; "
+        "print(ensure_local_server(sys.argv[1], sys.argv[3:], impasto_answers, log_dir=sys.argv[2]))"
     )
     callers = [
         subprocess.Popen(
@@ -119,7 +117,9 @@ def test_callers_at_the_same_moment_leave_one_server(port: int, command: list[st
 
 
 def test_an_unused_server_ends_itself(port: int, command: list[str], tmp_path: Path):
-    pid = ensure_local_server(f"127.0.0.1:{port}", command, log_dir=tmp_path, idle_minutes=0.02)
+    pid = ensure_local_server(
+        f"127.0.0.1:{port}", command, impasto_answers, log_dir=tmp_path, idle_minutes=0.02
+    )
     assert pid is not None
     assert wait_until_gone(pid, timeout=120), "the server did not end after its idle time"
     log = (tmp_path / "server.log").read_text()
@@ -131,7 +131,7 @@ def test_a_server_that_fails_to_start_is_reported_with_its_log(port: int, tmp_pa
     broken.write_text("#!/bin/sh\necho 'cannot load the model: the disk is full' >&2\nexit 1\n")
     broken.chmod(0o755)
     with pytest.raises(LaunchError) as caught:
-        ensure_local_server(f"127.0.0.1:{port}", [str(broken)], log_dir=tmp_path)
+        ensure_local_server(f"127.0.0.1:{port}", [str(broken)], impasto_answers, log_dir=tmp_path)
     message = str(caught.value)
     assert caught.value.reason == "exited"
     assert "stopped while starting" in message and "exit status 1" in message
@@ -142,7 +142,7 @@ def test_a_server_that_fails_to_start_is_reported_with_its_log(port: int, tmp_pa
 def test_no_server_installed_says_so(port: int, tmp_path: Path):
     for command in ([str(tmp_path / "nowhere" / "impasto-server")], None):
         with pytest.raises(LaunchError) as caught:
-            ensure_local_server(f"127.0.0.1:{port}", command, log_dir=tmp_path)
+            ensure_local_server(f"127.0.0.1:{port}", command, impasto_answers, log_dir=tmp_path)
         assert caught.value.reason == "not installed"
         assert "No Impasto server is installed on this computer" in str(caught.value)
         assert "--" not in str(caught.value)  # words for GIMP users, no command-line flags
@@ -154,7 +154,7 @@ def test_a_port_taken_by_another_program_is_named(port: int, command: list[str],
     threading.Thread(target=other.serve_forever, daemon=True).start()
     try:
         with pytest.raises(LaunchError) as caught:
-            ensure_local_server(f"127.0.0.1:{port}", command, log_dir=tmp_path)
+            ensure_local_server(f"127.0.0.1:{port}", command, impasto_answers, log_dir=tmp_path)
     finally:
         other.shutdown()
         other.server_close()
@@ -163,26 +163,10 @@ def test_a_port_taken_by_another_program_is_named(port: int, command: list[str],
     assert servers_on(port) == []
 
 
-LAUNCHER_ALONE = """
-import sys
-sys.path[:] = [p for p in sys.path if "-packages" not in p]  # nothing installed: the module alone
-folder, address = sys.argv[1:3]
-sys.path.insert(0, folder)
-import launcher
-print(launcher.ensure_local_server(address, None, log_dir=folder))
-"""
-
-
-def test_the_launcher_alone_finds_a_running_server_with_the_standard_library_only(tmp_path: Path):
-    """As vendored into the plug-in: no compiled module, no package; a token-protected server answers too
-    (the health service needs none), so no second server is started beside it."""
-    shutil.copy(launcher_module.__file__, tmp_path / "launcher.py")
+def test_a_server_that_wants_a_token_answers_and_none_is_started_beside_it():
+    """The plug-in may know no token yet: the server's refusal of a missing token still says that an
+    Impasto server answers there, so no second server is started."""
     with running_server(token="s3cret") as address:
-        result = subprocess.run(
-            [sys.executable, "-c", FORBID_COMPILED + LAUNCHER_ALONE, str(tmp_path), address],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "None"  # it answered: nothing to start
+        assert impasto_answers(address)
+        assert ensure_local_server(address, None, impasto_answers) is None
+    assert not impasto_answers(address)  # stopped: nothing answers

@@ -60,6 +60,16 @@ def least_busy(candidates: list[str], **client_args) -> str:
     return min(loads)[1]
 
 
+def impasto_answers(address: str, timeout: float = 2.0) -> bool:
+    """Whether an impasto-server answers at `address`: its info, or its refusal of a missing token."""
+    try:
+        with Client(address, timeout=timeout) as client:
+            client.info()
+    except ImpastoError as error:
+        return error.kind is Kind.UNAUTHENTICATED
+    return True
+
+
 class Client:
     """A connection to one server. Its calls block; a job's events arrive while it runs.
 

@@ -30,7 +30,6 @@ PROBE_TIMEOUT_SECONDS = 2.0
 LOG_NAME = "server.log"
 LOG_LIMIT_BYTES = 1 << 20  # beyond this the log becomes server.log.1 at the next start
 LOG_TAIL_LINES = 12
-HEALTH_SERVICE = b"impasto.v1.StyleTransfer"
 
 
 class LaunchError(Exception):
@@ -57,20 +56,20 @@ def default_log_dir() -> Path:
 def ensure_local_server(
     address: str,
     command: Sequence[str] | None,
+    probe: Callable[[str], bool],
     log_dir: Path | None = None,
     idle_minutes: float = 20.0,
     timeout: float = START_TIMEOUT_SECONDS,
-    probe: Callable[[str], bool] | None = None,
 ) -> int | None:
     """Makes sure an Impasto server answers at `address` (host:port, plaintext, this machine).
 
     If one answers, returns None at once. Otherwise starts `command` (the server's program and any
     arguments of its own) with --host, --port and --idle-exit, detached, and returns its process id once
     it answers; None if another caller's server answered first. `probe(address)` says whether an Impasto
-    server answers there (any reply from one counts, a refused token too); the default asks gRPC's
-    health service. Raises LaunchError.
+    server answers there (any reply from one counts, a refused token too): the client's
+    `impasto_answers`. Raises LaunchError.
     """
-    answers = probe or _impasto_answers
+    answers = probe
     if answers(address):
         return None
     host, port = _split_address(address)
@@ -269,79 +268,3 @@ class _StartLock:
             msvcrt.locking(self._file.fileno(), msvcrt.LK_UNLCK, 1)
         self._held = False
         self._file.close()
-
-
-# ---- "does an Impasto server answer?" in a few hand-made HTTP/2 frames ------------------------------
-# gRPC's health service, asked about impasto.v1.StyleTransfer, answers SERVING only from an Impasto
-# server, needs no token, and leaves the server's idle clock alone.
-
-_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x7
-_END_STREAM, _ACK, _END_HEADERS, _PADDED = 0x1, 0x1, 0x4, 0x8
-_SERVING = b"\x08\x01"  # grpc.health.v1.HealthCheckResponse{status: SERVING}
-
-
-def _impasto_answers(address: str) -> bool:
-    host, port = _split_address(address)
-    try:
-        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_SECONDS) as connection:
-            connection.sendall(_health_check(address))
-            return _health_reply(connection) == _SERVING
-    except OSError:
-        return False
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
-
-
-def _hpack_string(text: str) -> bytes:
-    """A string literal, not Huffman-coded: its length as an HPACK integer with a 7-bit prefix."""
-    data = text.encode()
-    if len(data) < 0x7F:
-        return bytes([len(data)]) + data
-    length, prefix = len(data) - 0x7F, bytearray([0x7F])
-    while length >= 0x80:
-        prefix.append(length & 0x7F | 0x80)
-        length >>= 7
-    return bytes(prefix) + bytes([length]) + data
-
-
-def _health_check(authority: str) -> bytes:
-    headers = (
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/grpc.health.v1.Health/Check"),
-        (":authority", authority),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    )
-    # Each a "literal header field without indexing, new name" (0x00).
-    block = b"".join(b"\x00" + _hpack_string(name) + _hpack_string(value) for name, value in headers)
-    request = b"\x0a" + bytes([len(HEALTH_SERVICE)]) + HEALTH_SERVICE  # HealthCheckRequest.service
-    message = b"\x00" + len(request).to_bytes(4, "big") + request  # gRPC: not compressed, length
-    return (
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-        + _frame(_SETTINGS, 0, 0, b"")
-        + _frame(_HEADERS, _END_HEADERS, 1, block)
-        + _frame(_DATA, _END_STREAM, 1, message)
-    )
-
-
-def _health_reply(connection: socket.socket) -> bytes | None:
-    """The health reply's message, or None where the stream ends without one (not an Impasto server)."""
-    reader = connection.makefile("rb")
-    while len(head := reader.read(9)) == 9:
-        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
-        stream = int.from_bytes(head[5:], "big") & 0x7FFFFFFF
-        if length > 1 << 16:  # no frame of a health reply is this large: not HTTP/2 at all
-            return None
-        payload = reader.read(length)
-        if kind == _SETTINGS and not flags & _ACK:
-            connection.sendall(_frame(_SETTINGS, _ACK, 0, b""))
-        elif kind == _DATA and stream == 1:
-            if flags & _PADDED:
-                payload = payload[1 : len(payload) - payload[0]]
-            return payload[5:]
-        elif kind in (_RST_STREAM, _GOAWAY) or (kind == _HEADERS and stream == 1 and flags & _END_STREAM):
-            return None
-    return None

@@ -238,7 +238,8 @@ def test_full_size_paints_the_layer_or_the_selection_box_at_its_own_size(
     assert out["differ"] > 96 * 64, out  # painted at 96×64, not at 48×32 and scaled up
     assert out["box"] == ["success", 40, 30, 10, 8, True], out
     assert out["unable"][0] == "execution-error", out
-    assert f"server at {server_without_full_size} cannot paint at the layer's full size" in out["unable"][1]
+    assert f"server at {server_without_full_size} is not compatible" in out["unable"][1]
+    assert "cannot paint at the content's full size" in out["unable"][1]
     assert out["layers"] == 4
     # The job log's pixels are the working size's: 96×64 and 40×30 at full size, else 48×32. The server
     # without full size got no job.
@@ -256,7 +257,8 @@ def test_server_down_is_an_execution_error_naming_the_address(gimp, images: Path
         out["layers"] = len(image.get_layers())
     """)
     assert out["status"] == "execution-error"
-    assert "127.0.0.1:9" in out["message"] and "impasto-server" in out["message"]
+    # In GIMP's words: the field to fix, never a command-line flag.
+    assert "127.0.0.1:9" in out["message"] and "Server field" in out["message"] and "--" not in out["message"]
     assert out["layers"] == 1
 
 
