@@ -192,7 +192,7 @@ def save_result(image: Image, output: Path) -> None:
 
     try:
         if output.suffix.lower() == ".png" and image.encoded:
-            # Already the PNG to write: decoding and compressing it again took 3 s of a 12-megapixel job.
+            # Already the PNG to write: decoding and compressing it again costs seconds on a large picture.
             output.write_bytes(image.data)
             return
         from PIL import Image as PILImage

@@ -57,9 +57,8 @@ CPU_ITERATIONS = 40
 
 
 def cpu_has_bf16() -> bool:
-    # bf16 convolutions beat fp32 only on CPUs with AMX's bf16 tiles (2.3–2.8× on a Xeon with AMX). With
-    # AVX512-BF16 alone they are about 1.5× *slower* than fp32 (9.6–10.7 against 5.4–6.9 µs per
-    # pixel-iteration on a Xeon without AMX), and without either they are emulated (docs/benchmarks.md).
+    # bf16 convolutions beat fp32 only on CPUs with AMX's bf16 tiles; with AVX512-BF16 alone they are
+    # slower than fp32, and without either they are emulated (docs/benchmarks.md, "Precision").
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
