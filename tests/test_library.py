@@ -30,7 +30,7 @@ from impasto.library import (
     slug,
 )
 from impasto.protocol import NO_PREVIEWS, Image, ImpastoError, Kind, Settings, StyleChoice
-from impasto.service.main import styles_main
+from impasto.service.styles_command import styles_main
 from PIL import Image as PILImage
 
 FAST = Settings(size=48, iterations=3, preview_seconds=NO_PREVIEWS)
