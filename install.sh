@@ -279,7 +279,9 @@ build_plugin() {
   for wheel in "$wheels"/*.whl; do
     "$venv/bin/python" -m zipfile -e "$wheel" "$stage/vendor"
   done
-  cp "$here/server/impasto/__init__.py" "$here/server/impasto/client.py" "$stage/vendor/impasto/"
+  # The client, and the launcher with which the plug-in starts the local server (standard library only).
+  cp "$here/server/impasto/__init__.py" "$here/server/impasto/client.py" "$here/server/impasto/launcher.py" \
+    "$stage/vendor/impasto/"
   cp "$here/server/impasto/protocol/"*.py "$stage/vendor/impasto/protocol/"
   cp "$here/server/impasto/v1/__init__.py" "$here/server/impasto/v1/impasto_pb2.py" "$stage/vendor/impasto/v1/"
   install -m 755 "$here/plugin/impasto/impasto.py" "$stage/impasto.py"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -122,3 +126,55 @@ def start_long_job(client, content_file: Path):
     while not isinstance(next(events), Progress):
         pass
     return job, events
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def servers_on(port: int) -> list[int]:
+    """The process ids of the impasto-servers told to listen on `port` (Linux: from /proc; also those
+    running in a chroot)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"impasto-server" in word for word in argv) and str(port).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0]:  # a server this process started, now ended
+            return True
+    except ChildProcessError:
+        pass  # started by another process, or already reaped
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def wait_until_gone(pid: int, timeout: float) -> bool:
+    """Polls until the process has ended or `timeout` passes: a guard, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while not gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def kill_servers_on(port: int) -> None:
+    """Ends every impasto-server told to listen on `port`: a test's cleanup."""
+    for pid in servers_on(port):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_until_gone(pid, 30)

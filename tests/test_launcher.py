@@ -2,66 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.server
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import running_server
+from helpers import free_port, kill_servers_on, running_server, servers_on, wait_until_gone
 from impasto.client import Client, impasto_answers
 from impasto.launcher import LaunchError, ensure_local_server
 
 SERVER = Path(sys.executable).with_name("impasto-server")  # this virtual environment's
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def servers_on(port: int) -> list[int]:
-    """The process ids of the impasto-servers told to listen on `port` (Linux: from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"impasto-server" in word for word in argv) and str(port).encode() in argv:
-            found.append(int(entry.name))
-    return found
-
-
-def gone(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0]:  # a server this process started, now ended
-            return True
-    except ChildProcessError:
-        pass  # started by another process, or already reaped
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def wait_until_gone(pid: int, timeout: float) -> bool:
-    """Polls until the process has ended or `timeout` passes: a guard, not a sleep."""
-    deadline = time.monotonic() + timeout
-    while not gone(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.fixture
@@ -69,10 +22,7 @@ def port(tmp_path: Path) -> Iterator[int]:
     """A free loopback port; every server started on it is killed afterwards."""
     chosen = free_port()
     yield chosen
-    for pid in servers_on(chosen):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        wait_until_gone(pid, 30)
+    kill_servers_on(chosen)
 
 
 @pytest.fixture
@@ -83,12 +33,19 @@ def command(tmp_path: Path) -> list[str]:
 
 def test_starts_a_server_once_and_reuses_it(port: int, command: list[str], tmp_path: Path):
     address = f"127.0.0.1:{port}"
-    pid = ensure_local_server(address, command, impasto_answers, log_dir=tmp_path)
-    assert pid is not None and servers_on(port) == [pid]
+    cues = []  # the caller's cue to say that a server is being started
+
+    def ensure() -> int | None:
+        return ensure_local_server(
+            address, command, impasto_answers, log_dir=tmp_path, starting=lambda: cues.append("starting")
+        )
+
+    pid = ensure()
+    assert pid is not None and servers_on(port) == [pid] and cues == ["starting"]
     with Client(address, timeout=10) as client:
         assert client.info().idle_exit_minutes == 20  # the launcher's default
-    assert ensure_local_server(address, command, impasto_answers, log_dir=tmp_path) is None
-    assert servers_on(port) == [pid]
+    assert ensure() is None
+    assert servers_on(port) == [pid] and cues == ["starting"]  # it answered: nothing to say
     assert "listening on" in (tmp_path / "server.log").read_text()
 
 

@@ -31,12 +31,15 @@ import json, sys
 sys.path[:] = [p for p in sys.path if "-packages" not in p]  # nothing installed: the zip alone
 vendor, address = sys.argv[1:3]
 sys.path.insert(0, vendor)
-from impasto.client import Client
+from impasto.client import Client, impasto_answers
+from impasto.launcher import ensure_local_server
 with Client(address) as client:
     info = client.info()
     presets = client.styles()
-print(json.dumps({"weights": info.weights, "presets": len(presets),
-                  "client": sys.modules["impasto.client"].__file__}))
+started = ensure_local_server(address, None, impasto_answers)  # one answers there: nothing to start
+print(json.dumps({"weights": info.weights, "presets": len(presets), "started": started,
+                  "client": sys.modules["impasto.client"].__file__,
+                  "launcher": sys.modules["impasto.launcher"].__file__}))
 """
 
 
@@ -96,8 +99,8 @@ def test_the_unzipped_client_talks_to_a_server_with_nothing_else(unpacked: Path,
         )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["weights"] == "vgg19-original" and out["presets"] >= 10
-    assert out["client"].startswith(str(unpacked))
+    assert out["weights"] == "vgg19-original" and out["presets"] >= 10 and out["started"] is None
+    assert out["client"].startswith(str(unpacked)) and out["launcher"].startswith(str(unpacked))
 
 
 @pytest.mark.parametrize("source", SOURCES)

@@ -103,7 +103,7 @@ class Impasto(Gimp.PlugIn):
             "Server",
             "host:port (plaintext) or https://host:port (TLS), or several separated by commas (the "
             "least busy that answers); empty = the last address used, else $IMPASTO_SERVER, else "
-            f"{DEFAULT_ADDRESS}",
+            f"{DEFAULT_ADDRESS}, where the plug-in starts its own server when none answers",
             "",
             RW,
         )

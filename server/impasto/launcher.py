@@ -30,6 +30,7 @@ PROBE_TIMEOUT_SECONDS = 2.0
 LOG_NAME = "server.log"
 LOG_LIMIT_BYTES = 1 << 20  # beyond this the log becomes server.log.1 at the next start
 LOG_TAIL_LINES = 12
+IDLE_EXIT_MINUTES = 20.0  # a started server's --idle-exit unless the caller says otherwise
 
 
 class LaunchError(Exception):
@@ -58,8 +59,9 @@ def ensure_local_server(
     command: Sequence[str] | None,
     probe: Callable[[str], bool],
     log_dir: Path | None = None,
-    idle_minutes: float = 20.0,
+    idle_minutes: float = IDLE_EXIT_MINUTES,
     timeout: float = START_TIMEOUT_SECONDS,
+    starting: Callable[[], None] | None = None,
 ) -> int | None:
     """Makes sure an Impasto server answers at `address` (host:port, plaintext, this machine).
 
@@ -67,11 +69,14 @@ def ensure_local_server(
     arguments of its own) with --host, --port and --idle-exit, detached, and returns its process id once
     it answers; None if another caller's server answered first. `probe(address)` says whether an Impasto
     server answers there (any reply from one counts, a refused token too): the client's
-    `impasto_answers`. Raises LaunchError.
+    `impasto_answers`. `starting()` is called once nothing answered, before this caller starts the server
+    or waits for another's start: a client's cue to say so. Raises LaunchError.
     """
     answers = probe
     if answers(address):
         return None
+    if starting is not None:
+        starting()
     host, port = _split_address(address)
     folder = Path(log_dir) if log_dir is not None else default_log_dir()
     folder.mkdir(parents=True, exist_ok=True)

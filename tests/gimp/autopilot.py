@@ -6,6 +6,8 @@ and the plug-in's hook (impasto_gimp/hook.py) calls `attach` with each window it
 "ok" or "cancel" are the style dialog's:
 
 - `sleep:SECONDS` waits (for a screenshot),
+- `connected` waits until the connection line says how connecting ended (connected, or why not): the
+  plug-in may be starting its own server first,
 - `preview` presses Preview and waits until the preview has ended (shown, or an error said),
 - `set:NAME=VALUE` sets an argument (`set:iterations=40`, `set:full-size=true`),
 - `ok`, `cancel` press the dialog's buttons.
@@ -19,6 +21,7 @@ import os
 
 from gi.repository import GLib, Gtk
 from impasto_gimp.dialog import StyleDialog
+from impasto_gimp.local_server import STARTING
 from impasto_gimp.progress import ProgressWindow
 
 STEPS = [step for step in os.environ.get("IMPASTO_AUTOPILOT", "").split(",") if step]
@@ -51,6 +54,8 @@ class DialogPilot:
         config = self.dialog.config
         if step.startswith("sleep:"):
             GLib.timeout_add(int(float(step.split(":", 1)[1]) * 1000), self.next_step)
+        elif step == "connected":
+            self._when_connected()
         elif step == "preview":
             self._preview()
         elif step.startswith("set:"):
@@ -65,6 +70,19 @@ class DialogPilot:
         else:
             raise ValueError(f"unknown autopilot step {step!r}")
         return False  # once, for GLib.idle_add and timeout_add
+
+    def _when_connected(self) -> None:
+        status = self.dialog.status
+        if status.get_text() not in ("", STARTING):
+            GLib.idle_add(self.next_step)
+            return
+
+        def changed(*_) -> None:
+            if status.get_text() not in ("", STARTING):
+                status.disconnect(handler)
+                GLib.idle_add(self.next_step)
+
+        handler = status.connect("notify::label", changed)
 
     def _preview(self) -> None:
         button = self.dialog.preview_button

@@ -36,6 +36,7 @@ PACKAGES = ["gimp", "python3-gi", "gir1.2-gimp-3.0", "gir1.2-gegl-0.4", "gir1.2-
 # Added after the first roots were built: a cached root without them gets them on first use.
 LATER_PACKAGES = {"xdotool": "usr/bin/xdotool"}  # package: a file it installs
 SCRIPTS = Path("/usr/share/debootstrap/scripts")
+AUTOPILOT = Path(__file__).with_name("autopilot.py")  # loaded by the plug-in's IMPASTO_TEST_HOOK
 
 
 @dataclass(frozen=True)
@@ -196,24 +197,79 @@ class Gimp:
 
     def run(self, script: str, timeout: float = 300) -> dict:
         """Runs `script` in GIMP; the script fills the dict `out`, which comes back here."""
-        result_file = self.work / "out.json"
-        result_file.unlink(missing_ok=True)
-        body = (
-            PRELUDE
-            + textwrap.indent(textwrap.dedent(script), "    ")
-            + EPILOGUE.format(out=self.inside(result_file))
-        )
-        (self.work / "script.py").write_text(body)
-        process = self.start(f"exec(open('{self.inside(self.work / 'script.py')}').read())")
-        output, _ = process.communicate(timeout=timeout)
-        if not result_file.exists():
-            raise AssertionError(f"GIMP produced no result (exit {process.returncode}):\n{output[-4000:]}")
-        return json.loads(result_file.read_text())
+        return self.run_together([script], timeout)[0]
+
+    def run_together(self, scripts: list[str], timeout: float = 300) -> list[dict]:
+        """Runs each script in a GIMP of its own, all at the same time (one config folder); each fills
+        the dict `out`: they come back here, in order."""
+        started = []
+        for index, script in enumerate(scripts):
+            result_file, script_file = self.work / f"out-{index}.json", self.work / f"script-{index}.py"
+            result_file.unlink(missing_ok=True)
+            body = PRELUDE + textwrap.indent(textwrap.dedent(script), "    ")
+            script_file.write_text(body + EPILOGUE.format(out=self.inside(result_file)))
+            started.append((self.start(f"exec(open({self.inside(script_file)!r}).read())"), result_file))
+        outs = []
+        for process, result_file in started:
+            output, _ = process.communicate(timeout=timeout)
+            if not result_file.exists():
+                raise AssertionError(
+                    f"GIMP produced no result (exit {process.returncode}):\n{output[-4000:]}"
+                )
+            outs.append(json.loads(result_file.read_text()))
+        return outs
+
+    def forget_last_values(self) -> None:
+        """An interactive run starts from GIMP's last values (the .last file) over what the script set:
+        each GUI test starts without another's."""
+        for path in (self.config / "plug-in-settings").glob("*impasto*.last"):
+            path.unlink()
 
     def start(self, batch: str) -> subprocess.Popen:
         command = [*self.command(), self.console, "-i", "--no-fonts",
                    "--batch-interpreter=python-fu-eval", "-b", batch, "--quit"]  # fmt: skip
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def hook(self) -> str:
+        """The GUI tests' autopilot (autopilot.py) copied into the root: IMPASTO_TEST_HOOK's value."""
+        return self.put(AUTOPILOT)
+
+    def run_gui(
+        self, name: str, script: str, autopilot: str, timeout: float = 900
+    ) -> tuple[dict | None, str]:
+        """Runs GIMP with its windows, under Xvfb: `script` is its batch command (Python, which writes its
+        findings as JSON to the path in the variable RESULT), while autopilot.py presses the plug-in's
+        buttons as `autopilot` says. Returns the findings (None if it wrote none) and what GIMP, the
+        plug-in and the autopilot printed."""
+        result, log = self.work / f"{name}.json", self.work / f"{name}.log"
+        result.unlink(missing_ok=True)
+        (self.work / f"{name}.py").write_text(f"RESULT = {self.inside(result)!r}\n{script}")
+        shell = self.work / f"{name}.sh"
+        shell.write_text(
+            GUI.format(
+                hook=self.hook(),
+                autopilot=autopilot,
+                gimp=self.gui,
+                script=self.inside(self.work / f"{name}.py"),
+                log=self.inside(log),
+                result=self.inside(result),
+            )
+        )
+        shell.chmod(0o755)
+        screen = ["xvfb-run", "-a", "-s", "-screen 0 1280x900x24", self.inside(shell)]
+        ran = subprocess.run([*self.command(), *screen], capture_output=True, text=True, timeout=timeout)
+        said = (log.read_text(errors="replace") if log.exists() else "") + ran.stdout + ran.stderr[-2000:]
+        return (json.loads(result.read_text()) if result.exists() else None), said
+
+
+# GIMP with its windows, the batch script run in it, and the plug-in's buttons pressed by the autopilot;
+# until the script has written its result (or 10 minutes have passed).
+GUI = """#!/bin/sh
+IMPASTO_TEST_HOOK={hook} IMPASTO_AUTOPILOT={autopilot} {gimp} --no-splash --batch-interpreter=python-fu-eval \\
+  -b "exec(open('{script}').read())" > {log} 2>&1 &
+for i in $(seq 1 1200); do test -s {result} && break; sleep 0.5; done
+kill $! 2>/dev/null
+"""
 
 
 PRELUDE = """

@@ -25,7 +25,6 @@ from wire import job_lines, outcome
 
 pytestmark = pytest.mark.slow
 QUICK = "size=48, iterations=3"
-AUTOPILOT = Path(__file__).with_name("autopilot.py")  # loaded by the plug-in's IMPASTO_TEST_HOOK
 
 
 @pytest.fixture(scope="module")
@@ -322,13 +321,6 @@ def test_killing_the_plug_in_leaves_no_job_on_the_server(gimp, server: str, imag
         gimp_process.wait()
 
 
-def forget_last_values(gimp) -> None:
-    """An interactive run starts from GIMP's last values (the .last file) over what the script set:
-    each GUI test starts without another's."""
-    for path in (gimp.config / "plug-in-settings").glob("*impasto*.last"):
-        path.unlink()
-
-
 GUI_SCRIPT = """
 import hashlib, json, subprocess, time
 import gi
@@ -410,7 +402,7 @@ def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_serve
     Ctrl+Z in the image window takes the result away; then Filters ▸ Repeat runs again with the last
     values. Screenshots are kept in build/screenshots/."""
     assert (gimp.root / "usr/bin/xdotool").exists(), f"no xdotool in {gimp.root} (conftest installs it)"
-    forget_last_values(gimp)
+    gimp.forget_last_values()
     address, cert = tls_server
     content = gimp.put(images / "content" / "chelsea.png")
     ca = gimp.put(cert)
@@ -422,7 +414,7 @@ def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_serve
     shell = gimp.work / "screenshot.sh"
     shell.write_text(
         SCREENSHOT.format(
-            hook=gimp.put(AUTOPILOT),
+            hook=gimp.hook(),
             gimp=gimp.gui,
             script=gimp.inside(gimp.work / "gui.py"),
             work=gimp.inside(gimp.work),
@@ -494,15 +486,8 @@ out["status"] = int(result.index(0))
 out["statuses"] = {{int(Gimp.PDBStatusType.CANCEL): "cancel", int(Gimp.PDBStatusType.SUCCESS): "success",
                    int(Gimp.PDBStatusType.EXECUTION_ERROR): "execution-error"}}
 out["after"] = [layer.get_name() for layer in image.get_layers()]
-with open({result!r}, "w") as f:
+with open(RESULT, "w") as f:
     json.dump(out, f)
-"""
-
-GUI = """#!/bin/sh
-IMPASTO_TEST_HOOK={hook} IMPASTO_AUTOPILOT={autopilot} {gimp} --no-splash --batch-interpreter=python-fu-eval \\
-  -b "exec(open('{script}').read())" > {log} 2>&1 &
-for i in $(seq 1 1200); do test -s {result} && break; sleep 0.5; done
-kill $! 2>/dev/null
 """
 
 
@@ -511,43 +496,21 @@ def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str
     progress → its Cancel: the server logs the job as cancelled, GIMP's run returns CANCEL (no error
     message) and the image keeps its layers."""
     caplog.set_level(logging.INFO, logger="impasto.jobs")
-    forget_last_values(gimp)
+    gimp.forget_last_values()
     content = gimp.put(images / "content" / "coffee.png")
-    result = gimp.work / "cancel.json"
-    result.unlink(missing_ok=True)
     servers = f"127.0.0.1:9,{server}"
-    (gimp.work / "cancel.py").write_text(
-        CANCEL_SCRIPT.format(content=content, server=servers, result=gimp.inside(result))
-    )
-    shell = gimp.work / "cancel.sh"
-    shell.write_text(
-        GUI.format(
-            hook=gimp.put(AUTOPILOT),
-            autopilot="sleep:1,set:size=64,set:iterations=5000,ok,cancel-progress",
-            gimp=gimp.gui,
-            script=gimp.inside(gimp.work / "cancel.py"),
-            log=gimp.inside(gimp.work / "cancel.log"),
-            result=gimp.inside(result),
-        )
-    )
-    shell.chmod(0o755)
     started = len(job_lines(caplog.records))
-    ran = subprocess.run(
-        [*gimp.command(), "xvfb-run", "-a", "-s", "-screen 0 1280x900x24", gimp.inside(shell)],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    out, said = gimp.run_gui(
+        "cancel",
+        CANCEL_SCRIPT.format(content=content, server=servers),
+        autopilot="sleep:1,set:size=64,set:iterations=5000,ok,cancel-progress",
     )
-    log_file = gimp.work / "cancel.log"
-    log = log_file.read_text(errors="replace") if log_file.exists() else ""
-    said = ran.stdout + ran.stderr[-2000:] + log[-3000:]
-    assert result.exists(), said
-    out = json.loads(result.read_text())
+    assert out is not None, said
     assert out["statuses"].get(str(out["status"])) == "cancel", (out, said)
     assert out["after"] == out["before"], out
     # The dialog connected to the server that answers, of the two; the progress window's Cancel was pressed.
-    assert f"status: Connected to {server} (the least busy of 2 servers)" in log, said
-    assert "impasto-autopilot: cancel-progress" in log, said
+    assert f"status: Connected to {server} (the least busy of 2 servers)" in said, said
+    assert "impasto-autopilot: cancel-progress" in said, said
     deadline = time.monotonic() + 10
     while not job_lines(caplog.records)[started:] and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -4,6 +4,8 @@ runs it. Read in this order:
 - job.py: one run, from the procedure's arguments to the new layer
 - remote.py: the only module that imports the network client (vendor/impasto/client.py): the
   connection, the style and the job's settings made from the arguments
+- local_server.py: the plug-in's own server (impasto-server.json), started when its address is the one
+  to use and nothing answers there
 - layers.py: the layer's pixels out, the result layer in
 - progress.py: a job's progress, in its own window or in GIMP's status bar
 - dialog.py: the style dialog, with its preview

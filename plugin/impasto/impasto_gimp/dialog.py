@@ -7,6 +7,7 @@ from gi.repository import Gimp, GimpUi, GLib, GObject, Gtk
 
 from . import hook
 from .layers import read_layer
+from .local_server import local_address, start_if_needed
 from .pictures import at_most, pixbuf_from_rgba, thumbnail_pixbuf
 from .progress import describe
 from .remote import (
@@ -47,7 +48,8 @@ class StyleDialog:
     ("Auto (40)"), and a Preview button that runs a quick small job on the layer.
 
     The server is asked for its presets and info when the dialog opens and on Connect (short calls,
-    3 s timeout); the preview job runs on a worker thread and reaches GTK through GLib.idle_add.
+    3 s timeout); the plug-in's own server, when it has to be started first, and the preview job are
+    waited for on worker threads, which reach GTK through GLib.idle_add.
     """
 
     def __init__(self, procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, layer: Gimp.Layer):
@@ -57,6 +59,7 @@ class StyleDialog:
         self.info: Info | None = None
         self.preview_generation = 0
         self.preview_cancel: threading.Event | None = None  # of the running preview
+        self.closed = False  # a worker's late news is dropped then
         self.dialog = GimpUi.ProcedureDialog.new(procedure, config, "Impasto Style Transfer")
         self.dialog.fill(DIALOG_ARGUMENTS)
         area = self.dialog.get_content_area()
@@ -140,6 +143,7 @@ class StyleDialog:
         self.load_presets()
         hook.attach(self)
         ok = self.dialog.run()
+        self.closed = True
         self.clear_preview()
         self.dialog.destroy()
         return ok
@@ -150,8 +154,41 @@ class StyleDialog:
         return server_address(self.config)
 
     def load_presets(self) -> None:
+        """Connects and lists the server's presets; the plug-in's own server is first made sure of on a
+        worker thread (started if nothing answers), so that the dialog stays responsive meanwhile."""
         address = self.address()
         self.presets.clear()
+        if address == local_address():
+            threading.Thread(target=self._start_then_connect, args=(address,), daemon=True).start()
+        else:
+            self._connect(address)
+
+    def _start_then_connect(self, address: str) -> None:
+        """On a worker thread: no GTK here, only idle callbacks."""
+        try:
+            start_if_needed(address, lambda text: GLib.idle_add(self._show_state, text, None))
+        except FAILURES as error:
+            GLib.idle_add(self._show_state, None, error)
+            return
+        GLib.idle_add(self._connect, address)
+
+    def _show_state(self, text: str | None, error: Exception | None) -> bool:
+        if self.closed:
+            return False
+        if error is None:
+            self.status.set_text(text)
+        else:
+            self.info = None
+            self._show_auto()
+            self.status.set_markup(
+                f"<b>{GLib.markup_escape_text(sentence(error))}</b>\nYou can still choose a style "
+                "image file, fix the server address and press Connect."
+            )
+        return False  # once, for GLib.idle_add
+
+    def _connect(self, address: str) -> bool:
+        if self.closed:
+            return False
         try:
             with connect(self.config, address, token_for(self.config, address), timeout=3) as client:
                 chosen_server = client.address  # of several: the least busy that answered
@@ -159,13 +196,7 @@ class StyleDialog:
                 presets = client.styles()
                 thumbnails = {p.id: _thumbnail_or_none(client, p.id) for p in presets}
         except FAILURES as error:
-            self.info = None
-            self._show_auto()
-            self.status.set_markup(
-                f"<b>{GLib.markup_escape_text(sentence(error))}</b>\nYou can still choose a style "
-                "image file, fix the server address and press Connect."
-            )
-            return
+            return self._show_state(None, error)
         self.info = info
         self._show_auto()
         chosen = self.config.get_property("style")
@@ -182,6 +213,7 @@ class StyleDialog:
             f"<b>Connected</b> to {GLib.markup_escape_text(chosen_server)}{which}: {count}.\n"
             f"{GLib.markup_escape_text(describe_server(info))}"
         )
+        return False  # once, for GLib.idle_add
 
     def _show_auto(self):
         info = self.info
@@ -250,6 +282,7 @@ class StyleDialog:
     def _preview_work(self, generation, cancel, address, token, content, style, settings):
         """On a worker thread: no GTK here, only idle callbacks."""
         try:
+            start_if_needed(address, lambda text: GLib.idle_add(self._preview_said, generation, text))
             with connect(self.config, address, token) as client:
                 job = style.start(client, content, settings)
                 watcher = threading.Thread(target=lambda: cancel.wait() and job.cancel(), daemon=True)
@@ -264,13 +297,15 @@ class StyleDialog:
             cancel.set()  # ends the watcher
 
     def _preview_event(self, generation, event):
-        if generation == self.preview_generation:
-            text = describe(event)
-            if isinstance(event, Progress):
-                text = f"{event.fraction:.0%}: {text}"
-            if text:
-                self.preview_line.set_text(text)
-        return False
+        text = describe(event)
+        if isinstance(event, Progress):
+            text = f"{event.fraction:.0%}: {text}"
+        return self._preview_said(generation, text)
+
+    def _preview_said(self, generation: int, text: str | None) -> bool:
+        if text and generation == self.preview_generation:
+            self.preview_line.set_text(text)
+        return False  # once, for GLib.idle_add
 
     def _preview_done(self, generation, result, error):
         if generation != self.preview_generation:

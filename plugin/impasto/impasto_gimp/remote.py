@@ -1,8 +1,9 @@
 """What the plug-in takes from Impasto's network client, and what it makes of the procedure's arguments
 for it: the connection, the style and the job's settings.
 
-The client (vendor/impasto/client.py, pure Python) knows nothing of GIMP; this is the only module of the
-plug-in that imports it, so the rest of the plug-in imports the client's names from here.
+The client (vendor/impasto/client.py, pure Python) and its launcher of the local server
+(vendor/impasto/launcher.py, standard library only) know nothing of GIMP; this is the only module of the
+plug-in that imports them, so the rest of the plug-in imports their names from here.
 """
 
 import dataclasses
@@ -10,7 +11,8 @@ import os
 from pathlib import Path
 
 from gi.repository import Gimp
-from impasto.client import Client, RemoteJob
+from impasto.client import Client, RemoteJob, impasto_answers
+from impasto.launcher import IDLE_EXIT_MINUTES, LaunchError, ensure_local_server
 from impasto.protocol import (
     DEFAULT_ADDRESS,
     NO_PREVIEWS,
@@ -24,16 +26,19 @@ from impasto.protocol import (
     Started,
     StyleChoice,
     addresses,
+    parse_address,
 )
 
 __all__ = [
     "DEFAULT_ADDRESS",
     "FAILURES",
+    "IDLE_EXIT_MINUTES",
     "NO_PREVIEWS",
     "Client",
     "Image",
     "ImpastoError",
     "Info",
+    "LaunchError",
     "Preview",
     "Progress",
     "Queued",
@@ -43,13 +48,16 @@ __all__ = [
     "addresses",
     "chosen_style",
     "connect",
+    "ensure_local_server",
+    "impasto_answers",
     "job_settings",
+    "parse_address",
     "sentence",
     "style_title",
 ]
 
 # What a run or a preview can end with; each carries a sentence for the user.
-FAILURES = (ImpastoError, OSError, ValueError)
+FAILURES = (ImpastoError, LaunchError, OSError, ValueError)
 
 
 def sentence(error: Exception) -> str:

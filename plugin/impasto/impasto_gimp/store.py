@@ -11,7 +11,7 @@ import os
 
 from gi.repository import Gimp
 
-from .remote import DEFAULT_ADDRESS
+from .local_server import local_address
 
 
 def settings_file() -> str:
@@ -28,7 +28,8 @@ def _saved() -> dict:
 
 
 def remembered_address() -> str:
-    return _saved().get("server") or os.environ.get("IMPASTO_SERVER") or DEFAULT_ADDRESS
+    """The last address used, else $IMPASTO_SERVER, else the address of the plug-in's own server."""
+    return _saved().get("server") or os.environ.get("IMPASTO_SERVER") or local_address()
 
 
 def server_address(config: Gimp.ProcedureConfig) -> str:
