@@ -17,6 +17,7 @@ import queue
 import socket
 import ssl
 import threading
+import uuid
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 
@@ -88,7 +89,11 @@ class Client:
         token = token if token is not None else os.environ.get("IMPASTO_TOKEN")
         if token and not tls and not insecure and not target.loopback:
             raise ImpastoError(Kind.INSECURE, server=self.address)
-        self._metadata = {"authorization": f"Bearer {token}"} if token else {}
+        # A random id per Client: behind a proxy every user may share one connection, and the server's
+        # limits per client count by this id.
+        self._metadata = {wire.CLIENT_ID_KEY: uuid.uuid4().hex}
+        if token:
+            self._metadata["authorization"] = f"Bearer {token}"
         context = _tls_context(tls_ca) if tls else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="impasto-client", daemon=True)

@@ -90,11 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a quarter of RAM, at most 16GiB)",
     )
     limits.add_argument(
+        "--parameters-timeout",
+        type=float,
+        default=Limits.parameters_timeout_seconds,
+        help="seconds for a call's first message, its parameters, to arrive; calls still waiting for "
+        "theirs hold no slot of --max-streams (default: %(default)g)",
+    )
+    limits.add_argument(
         "--upload-timeout",
         type=float,
         default=Limits.upload_timeout_seconds,
-        help="seconds for a call's parameters to arrive; its upload gets this plus its size at "
-        "--min-upload-rate (default: %(default)g)",
+        help="seconds for a call's upload, plus its size at --min-upload-rate (default: %(default)g)",
     )
     limits.add_argument(
         "--min-upload-rate",
@@ -104,10 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes a second (default: 1MiB)",
     )
     limits.add_argument(
+        "--download-timeout",
+        type=float,
+        default=Limits.download_timeout_seconds,
+        help="seconds for a client to take each message of the answer, plus its size at "
+        "--min-download-rate; a client that stops reading has its call ended (default: %(default)g)",
+    )
+    limits.add_argument(
+        "--min-download-rate",
+        type=byte_size(),
+        default=Limits.min_download_bytes_per_second,
+        metavar="BYTES",
+        help="bytes a second (default: 1MiB)",
+    )
+    limits.add_argument(
         "--max-streams-per-client",
         type=int,
         default=Limits.max_streams_per_client,
-        help="open Stylize calls per connection (default: %(default)s)",
+        help="open Stylize calls per client: per impasto-client-id (which the client sends and proxies "
+        "pass on), else per connection (default: %(default)s)",
     )
     limits.add_argument(
         "--max-streams",
@@ -294,7 +315,10 @@ def limits_from(args: argparse.Namespace, engines: list) -> Limits:
         max_request_bytes=args.max_request_bytes,
         max_inflight_bytes=args.max_inflight_bytes or min(16 << 30, host_memory_bytes() // 4),
         memory_budget=args.memory_budget,
+        parameters_timeout_seconds=args.parameters_timeout,
         upload_timeout_seconds=args.upload_timeout,
+        download_timeout_seconds=args.download_timeout,
+        min_download_bytes_per_second=args.min_download_rate,
         min_upload_bytes_per_second=args.min_upload_rate,
         max_streams_per_client=args.max_streams_per_client,
         max_streams=args.max_streams,
