@@ -44,7 +44,9 @@ def through_the_wire(message):
     [
         Settings(),
         Settings(strength=0.0, iterations=1, size=16, seed=0, style_scale=0.01, preview_seconds=0.05),
-        Settings(strength=2.5, full_size=True, preserve_colors=True, seed=2**64 - 1, preview_seconds=NO_PREVIEWS),
+        Settings(
+            strength=2.5, full_size=True, preserve_colors=True, seed=2**64 - 1, preview_seconds=NO_PREVIEWS
+        ),
     ],
 )
 def test_settings_cross_the_wire_unchanged_none_included(settings: Settings):

@@ -8,7 +8,10 @@ from .addresses import (
     DEFAULT_PORT,
     Address,
     addresses,
+    certificate_fingerprint,
+    display_address,
     is_loopback,
+    pairing_string,
     parse_address,
     resolve_address,
 )
@@ -83,8 +86,11 @@ __all__ = [
     "Started",
     "StyleChoice",
     "addresses",
+    "certificate_fingerprint",
+    "display_address",
     "from_status",
     "is_loopback",
+    "pairing_string",
     "parse_address",
     "resolve_address",
 ]

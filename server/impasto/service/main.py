@@ -17,16 +17,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .. import __version__
 from ..arguments import add_engine_arguments, byte_size
-from ..paths import DEFAULT_STYLES_DIR
-from ..protocol import CHUNK_BYTES, Limits, is_loopback
+from ..paths import DEFAULT_STATE_DIR, DEFAULT_STYLES_DIR
+from ..protocol import CHUNK_BYTES, Limits, is_loopback, pairing_string
 from ..v1 import impasto_pb2 as pb
 from .auth import TokenInterceptor, read_token, server_credentials
+from .pairing import advertised_host, fingerprint_of, secrets_in
 from .servicer import SERVICE_NAME, StyleTransferServicer, lenient
 
 log = logging.getLogger("impasto.server")
 # Host bytes per uploaded pixel while a job lives (raw RGBA, float RGB, resized copies, the reply):
 # the default largest image is what a host's memory holds.
 HOST_BYTES_PER_PIXEL = 160
+DEFAULT_HOST = "127.0.0.1"  # this machine only
 LINGER_SECONDS = 0.5  # at shutdown, for the last statuses to leave the machine
 
 
@@ -39,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"impasto-server {__version__}")
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+        "--host",
+        help="address to listen on (default: 127.0.0.1, this machine only; with --remote every interface)",
     )
     parser.add_argument("--port", type=int, default=50051, help="port (default: 50051; 0 picks a free one)")
     add_engine_arguments(parser, DEFAULT_STYLES_DIR, several_devices=True)
@@ -50,6 +53,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-cert", type=Path, help="PEM certificate chain, with --tls-key, to serve over TLS"
     )
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    remote = parser.add_argument_group(
+        "a GPU machine for other machines (README: The GPU machine)",
+    )
+    remote.add_argument(
+        "--remote",
+        action="store_true",
+        help="listen on every interface with TLS and a token, both made the first time and kept in "
+        "--state-dir, and print the one pairing string (address, token, certificate fingerprint) that "
+        "GIMP's Server field and `impasto --server` take; the same string every time. --tls-cert/--tls-key "
+        "and --token-file, if given, are used instead of the made ones",
+    )
+    remote.add_argument(
+        "--new-secrets",
+        action="store_true",
+        help="with --remote: make a new token and certificate; clients paired before must take the new "
+        "string",
+    )
+    remote.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="where --remote keeps its token and certificate, readable by this user only "
+        "(default: %(default)s)",
+    )
+    remote.add_argument(
+        "--advertise",
+        metavar="HOST",
+        help="the name or address clients reach this machine by, for the pairing string (default: its "
+        "address on the default route)",
+    )
     parser.add_argument(
         "--insecure",
         action="store_true",
@@ -161,11 +194,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if args.new_secrets and not args.remote:
+        print("impasto-server: --new-secrets goes with --remote", file=sys.stderr)
+        return 2
+    args.host = args.host or ("[::]" if args.remote else DEFAULT_HOST)
     try:
-        token = read_token(args.token_file, os.environ.get("IMPASTO_TOKEN"))
+        # With --remote, $IMPASTO_TOKEN (a client's setting, too) does not replace the server's own.
+        token = read_token(args.token_file, None if args.remote else os.environ.get("IMPASTO_TOKEN"))
     except (OSError, ValueError) as error:
         print(f"impasto-server: cannot read the token: {error}", file=sys.stderr)
         return 2
+    if args.remote:
+        try:
+            made = secrets_in(args.state_dir, renew=args.new_secrets)
+        except OSError as error:
+            print(f"impasto-server: cannot keep the secrets in {args.state_dir}: {error}", file=sys.stderr)
+            return 2
+        token = token or made.token
+        if args.tls_cert is None and args.tls_key is None:
+            args.tls_cert, args.tls_key = made.cert, made.key
     if not is_loopback(args.host) and token is None and not args.insecure:
         print(
             f"impasto-server: refusing to listen on {args.host} without a token: anyone who can reach this "
@@ -177,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("impasto-server: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    # Before anything is printed: whoever reads the first line may stop the server at once.
+    stop = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop.set())
     port, shutdown = start(args, token)
     scheme = "TLS" if args.tls_cert else "plaintext"
     print(
@@ -184,9 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    stop = threading.Event()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: stop.set())
+    if args.remote:
+        host = args.advertise or advertised_host(args.host)
+        print(pairing_string(host, port, token, fingerprint_of(args.tls_cert)), flush=True)
+        print(
+            "impasto-server: paste the line above into GIMP's Impasto dialog (Server), or give it to "
+            "`impasto --server`; it holds the token, so keep it as private as a password",
+            file=sys.stderr,
+            flush=True,
+        )
     stop.wait()
     shutdown()
     return 0
@@ -338,7 +395,7 @@ async def _serve(args: argparse.Namespace, token: str | None, servicer: StyleTra
     server.add_generic_rpc_handlers([_handlers(servicer)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"{args.host}:{args.port}"
+    address = f"{args.host or DEFAULT_HOST}:{args.port}"
     if args.tls_cert:
         port = server.add_secure_port(address, server_credentials(args.tls_cert, args.tls_key))
     else:
