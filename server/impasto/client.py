@@ -304,11 +304,20 @@ def _failure(error: BaseException, address: str, stream: Stream | None) -> Impas
     if isinstance(error, asyncio.TimeoutError):
         return from_status("DEADLINE_EXCEEDED", "", None, address)
     if isinstance(error, GRPCError):
-        trailers = getattr(stream, "trailing_metadata", None) or {}
-        return from_status(error.status.name, (error.message or "").strip(), trailers.get(KIND_KEY), address)
+        return from_status(error.status.name, (error.message or "").strip(), _kind_sent(stream), address)
     if isinstance(error, OSError | StreamTerminatedError | ProtocolError):
         return ImpastoError(Kind.UNREACHABLE, _why_unreachable(error), address)
     return ImpastoError(Kind.BUG, f"this client failed ({type(error).__name__}: {error})", address)
+
+
+def _kind_sent(stream: Stream | None) -> str | None:
+    """The kind in the server's trailers. A refusal that came while the request was still being sent
+    (through a proxy, say) is raised by grpclib before it reads them: then from the frames received."""
+    trailers = getattr(stream, "trailing_metadata", None)
+    if trailers is None:
+        received = getattr(stream, "_stream", None)  # grpclib's HTTP/2 stream: the raw headers
+        trailers = dict(getattr(received, "trailers", None) or getattr(received, "headers", None) or ())
+    return trailers.get(KIND_KEY)
 
 
 def _why_unreachable(error: BaseException) -> str:
