@@ -25,7 +25,8 @@ CHUNK_BYTES = 1 << 20
 _CLOSE = object()
 
 # gRPC shares one TCP connection among a process's channels to the same address unless told not to;
-# the server's limits are per connection, so a channel that stands for another client needs its own.
+# a call without an impasto-client-id is counted by its connection, so a channel that stands for another
+# client needs its own.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
