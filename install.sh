@@ -11,7 +11,8 @@
 #   ./install.sh --uninstall           remove the plug-in and the virtual environment
 #   ./install.sh --test [ARGS]         install everything needed for the tests, then run them
 #                                      (ARGS go to pytest; the real-GIMP tests need root, which also
-#                                      installs debootstrap to build their Debian roots)
+#                                      installs debootstrap to build their Debian roots, and nginx
+#                                      and HAProxy for the proxy tests)
 # Options:
 #   --gimp-dir DIR                     a GIMP config folder (holding plug-ins/) instead of the found ones
 #   --cpu                              PyTorch's CPU-only build, from PyTorch's own index (the default on
@@ -108,16 +109,22 @@ if [ "$uninstall" = 1 ]; then
 fi
 
 if [ "$run_tests" = 1 ]; then
-  # The real-GIMP tests run GIMP in Debian roots (chroot), built on first use with debootstrap.
+  # The real-GIMP tests run GIMP in Debian roots (chroot), built on first use with debootstrap; the proxy
+  # tests run deploy/'s configurations with nginx and HAProxy. All come from the system's packages.
+  missing=()
+  command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
   if [ "$(id -u)" != 0 ]; then
     say "The real-GIMP tests will not run: GIMP runs in Debian roots with chroot, which needs root (sudo ./install.sh --test)"
-  elif ! command -v debootstrap >/dev/null 2>&1; then
+    [ ${#missing[@]} -eq 0 ] || say "The proxy tests will not run without ${missing[*]} (as root, --test installs them)"
+  elif [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
-      say "Installing debootstrap, which builds the real-GIMP tests' Debian roots"
-      { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap; } ||
-        say "The real-GIMP tests may not run: debootstrap could not be installed (pytest says so before the first test)"
+      say "Installing what the tests need from the system: ${missing[*]}"
+      { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; } ||
+        say "Some tests may not run: ${missing[*]} could not be installed (pytest says so before the first test)"
     else
-      say "The real-GIMP tests will not run unless their Debian roots exist: debootstrap is missing and this system has no apt-get"
+      say "Some tests will not run: ${missing[*]} missing and this system has no apt-get"
     fi
   fi
 fi

@@ -129,9 +129,9 @@ def start_long_job(client, content_file: Path):
 
 
 def free_port() -> int:
-    """A loopback port that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+    """A port nothing listens on now, on every interface (for a server that must keep its port)."""
+    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
+        probe.bind(("", 0))
         return probe.getsockname()[1]
 
 
@@ -178,3 +178,75 @@ def kill_servers_on(port: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         wait_until_gone(pid, 30)
+
+
+def system_tool(binary: str, packages: list[str], required_in_ci: bool) -> str:
+    """The path of `binary`, installed from Debian's `packages` with apt-get where it is missing (as root).
+    Where it cannot be had the test skips with the reason, or fails under CI=true if `required_in_ci`."""
+    import os
+    import shutil
+
+    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+        if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
+            subprocess.run(install, env=env, capture_output=True, check=False)
+        found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+    if found is None:
+        reason = f"needs {binary} (apt-get install {' '.join(packages)}, as root)"
+        if required_in_ci and os.environ.get("CI"):
+            import pytest
+
+            pytest.fail(f"these tests must run in CI, but {reason}")
+        import pytest
+
+        pytest.skip(reason)
+    return found
+
+
+class ServerProcess:
+    """`impasto-server FLAGS` in a process of its own; its log (stderr) in `log_file`."""
+
+    def __init__(self, log_file: Path, *flags: str, env: dict[str, str] | None = None):
+        import os
+
+        self.log_file = log_file
+        self._log = open(log_file, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "impasto.service.main", "--device", "cpu", *flags],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env={**os.environ, **(env or {})},
+        )
+
+    def first_line(self) -> str:
+        """The first line it prints (the pairing string, with --remote), once it serves."""
+        line = self.process.stdout.readline().decode().strip()
+        assert line, f"impasto-server ended without printing: {self.log()[-2000:]}"
+        return line
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_file.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                return text in self.log()
+            time.sleep(0.1)
+        return True
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=60)
+        finally:
+            self.process.stdout.close()
+            self._log.close()
+        return code

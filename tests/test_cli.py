@@ -424,3 +424,27 @@ def test_the_bar_shows_a_time_left_before_the_first_iteration(images: Path, tmp_
 def test_local_info_prints_the_defaults_a_job_gets(capsys):
     assert main(["info", "--local"]) == 0
     assert "defaults:  384 px long side, 40 iterations" in capsys.readouterr().out
+
+
+def test_byte_sizes_take_units_in_both_commands(capsys: pytest.CaptureFixture[str]):
+    from impasto.service.main import build_parser as server_parser
+
+    server = server_parser().parse_args(["--memory-budget", "300MiB", "--max-request-bytes", "1GiB"])
+    assert (server.memory_budget, server.max_request_bytes) == (300 << 20, 1 << 30)
+    client = build_parser().parse_args(
+        ["stylize", "a.png", "--style", "x", "-o", "o.png", "--memory-budget", "400MiB"]
+    )
+    assert client.memory_budget == 400 << 20
+    said = []
+    for parse, args in (
+        (server_parser().parse_args, ["--memory-budget", "300 MiBs"]),
+        (
+            build_parser().parse_args,
+            ["stylize", "a.png", "--style", "x", "-o", "o.png", "--memory-budget", "300 MiBs"],
+        ),
+    ):
+        with pytest.raises(SystemExit):
+            parse(args)
+        said.append(capsys.readouterr().err.strip().splitlines()[-1].split("error: ", 1)[1])
+    assert said[0] == said[1], said
+    assert "'300 MiBs' is not a size in bytes" in said[0] and "400MiB" in said[0], said

@@ -123,3 +123,89 @@ def test_of_several_servers_the_least_busy_that_answers(images: Path):
             with Client(f"{down},{busy},{free}") as chosen:
                 assert chosen.address == free
             job.cancel()
+
+
+PAIRED_RUN = """
+import json
+from impasto.client import Client
+print(json.dumps({"weights": Client(sys.argv[1]).info().weights, "grpc": "grpc" in sys.modules}))
+"""
+
+
+def test_a_pairing_string_connects_with_the_standard_library_alone(tls_server):
+    from impasto.protocol import pairing_string
+    from impasto.service.pairing import fingerprint_of
+
+    address, cert = tls_server
+    string = pairing_string("127.0.0.1", int(address.rsplit(":", 1)[1]), "s3cret", fingerprint_of(cert))
+    result = subprocess.run(
+        [sys.executable, "-c", FORBID_COMPILED + PAIRED_RUN, string],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == {"weights": "vgg19-original", "grpc": False}
+
+
+class RecordingTLSServer:
+    """A TLS server with a certificate of its own that keeps every byte a client sends it."""
+
+    def __init__(self, cert: Path, key: Path):
+        import socket
+        import ssl
+        import threading
+
+        self.received: list[bytes] = []
+        self.connections = 0
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        context.set_alpn_protocols(["h2"])
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._tls = context
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import ssl
+
+        while True:
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            try:
+                with self._tls.wrap_socket(raw, server_side=True) as connection:
+                    connection.settimeout(10)
+                    while data := connection.recv(65536):
+                        self.received.append(data)
+            except (OSError, ssl.SSLError):
+                continue
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_server_with_another_certificate_gets_no_token(tmp_path: Path):
+    from impasto.client import Client
+    from impasto.protocol import ImpastoError, Kind, pairing_string
+    from impasto.service.pairing import fingerprint_of
+
+    (tmp_path / "paired").mkdir()
+    (tmp_path / "other").mkdir()
+    paired_cert, _ = self_signed(tmp_path / "paired")
+    other_cert, other_key = self_signed(tmp_path / "other")
+
+    impostor = RecordingTLSServer(other_cert, other_key)
+    try:
+        string = pairing_string("127.0.0.1", impostor.port, "s3cret-token", fingerprint_of(paired_cert))
+        with pytest.raises(ImpastoError) as caught:
+            Client(string)
+        assert caught.value.kind is Kind.NOT_PAIRED
+        assert "not the one this was paired with" in caught.value.sentence("gimp")
+        assert "Server field" in caught.value.sentence("gimp")
+        assert impostor.connections == 1  # the certificate was fetched, and then nothing
+        assert b"".join(impostor.received) == b""
+    finally:
+        impostor.close()

@@ -131,8 +131,8 @@ class Session:
         self.channels.append(channel)
         return channel
 
-    def call(self, channel: grpc.Channel, timeout: float = 120.0, raw: bool = False) -> Call:
-        call = Call(channel, timeout=timeout, raw=raw)
+    def call(self, channel: grpc.Channel, timeout: float = 120.0, **options) -> Call:
+        call = Call(channel, timeout=timeout, **options)
         self.calls.append(call)
         return call
 
@@ -294,6 +294,30 @@ def test_the_fifth_stream_on_one_connection_is_refused_but_not_on_another(server
     other = tiny_job(session.channel(server))
     assert other.code == OK, other
     assert sum(call.done for call in calls) == 1
+
+
+def client_id(name: str) -> tuple[tuple[str, str], ...]:
+    return (("impasto-client-id", name),)
+
+
+def test_users_behind_one_connection_are_counted_by_their_client_id(
+    fault_cache: Path, styles_dir: Path, session: Session
+):
+    with serving(fault_cache, "--styles-dir", str(styles_dir), "--max-queue", "12") as address:
+        # A proxy carries every user over one connection: 12 users at once, 12 ids, all served.
+        proxy = session.channel(address)
+        users = [session.call(proxy, metadata=client_id(f"user-{n}")) for n in range(12)]
+        for call in users:
+            call.parameters(tiny_params(side=32, size=32, iterations=20)).upload(0, tiny_content(32))
+        for call in users:
+            call.close()
+        assert [call.wait(120) for call in users] == [OK] * 12, [c for c in users if c.code != OK][:2]
+        # One user over five connections is still one user: the fifth call is refused.
+        same = [session.call(session.channel(address), metadata=client_id("one-user")) for _ in range(5)]
+        for call in same[:4]:
+            assert call.parameters(tiny_params()).wait_sent(10)
+        assert refusal(same[4].parameters(tiny_params())) == (EXHAUSTED, same[4].details), same[4]
+        assert "this client has 4" in same[4].details, same[4]
 
 
 def test_streams_over_the_server_wide_cap_are_refused(frugal_server: str, session: Session):
@@ -960,3 +984,105 @@ def test_a_soak_of_tiny_jobs_keeps_memory_flat(server: str, log: pytest.LogCaptu
     assert grown < 60 << 20, f"RSS grew by {grown / 2**20:.0f} MiB over 150 tiny jobs"
     assert not errors(log.records)
     assert len([line for line in job_lines(log.records) if outcome(line) == "ok"]) >= 200
+
+
+# ---- 13. the second hostile probe -----------------------------------------------------------
+
+SAVES_UNDER_ONE_ID = {
+    "two uploads, one name": (["Dupe One", "Dupe One"], 2),
+    "one upload chosen twice": (["Dupe Two", "Dupe Two"], 1),
+    "two names, one id": (["Dupe Three", "dupe-three"], 2),
+}
+
+
+@pytest.mark.parametrize("case", list(SAVES_UNDER_ONE_ID))
+def test_two_saves_under_one_id_are_refused_before_anything_is_saved(
+    fault_cache: Path, tmp_path: Path, styles_dir: Path, session: Session, case: str
+):
+    names, upload_count = SAVES_UNDER_ONE_ID[case]
+    folder = tmp_path / "styles"
+    shutil.copytree(styles_dir, folder)
+    styles = [encode(gradient(40, 32, seed=seed), "PNG") for seed in range(upload_count)]
+    params = parameters(rgba_header(16, 16), uploads=[encoded_header(style) for style in styles])
+    del params.styles[:]
+    for index, name in enumerate(names):
+        params.styles.add(upload=index % upload_count, save_as_preset=name)
+    with serving(fault_cache, "--styles-dir", str(folder)) as address:
+        channel = session.channel(address)
+        call = stylize(channel, params, [tiny_content(), *styles])
+        assert call.code == INVALID, call
+        assert "own name" in call.details, call
+        listed = {s.id for s in stub(channel).ListStyles(pb.ListStylesRequest(), timeout=30).styles}
+        assert not {"dupe-one", "dupe-two", "dupe-three"} & listed, listed
+    assert {path.name for path in folder.iterdir()} == {path.name for path in styles_dir.iterdir()}
+
+
+def service_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="impasto.service")
+    return caplog
+
+
+@pytest.fixture(scope="module")
+def one_call_server(fault_cache: Path, styles_dir: Path) -> Iterator[str]:
+    """One Stylize call at a time, and 3 s (plus 1 MiB a second) for each write of an answer."""
+    flags = ("--max-streams", "1", "--download-timeout", "3", "--min-download-rate", "1MiB")
+    with serving(fault_cache, "--styles-dir", str(styles_dir), *flags) as address:
+        yield address
+
+
+def stalled_reader(session: Session, address: str, log: pytest.LogCaptureFixture) -> Call:
+    """A call whose job has finished with a 16 MB result that its client never reads."""
+    side = 2000
+    call = session.call(session.channel(address), timeout=300, read=False)
+    call.parameters(parameters(rgba_header(side, side), ["style-a"], size=32, iterations=2))
+    call.upload(0, noise(side, side, 4, seed=5).tobytes()).close()
+    finished = lambda: any(outcome(line) == "ok" for line in job_lines(log.records))  # noqa: E731
+    assert wait_until(finished, 120), "the stalled client's job did not finish"
+    return call
+
+
+def served_once_free(session: Session, address: str, timeout: float) -> bool:
+    """True once a tiny job of another client has been served (it is refused while the slot is held)."""
+    return wait_until(lambda: tiny_job(session.channel(address)).code == OK, timeout, interval=0.25)
+
+
+def test_a_client_that_stops_reading_is_ended_and_frees_its_slot(
+    one_call_server: str, session: Session, log: pytest.LogCaptureFixture
+):
+    service_log(log)
+    assert wait_idle(one_call_server)
+    stalled_reader(session, one_call_server, log)
+    # Before the fix the server waited on the stalled client forever, and every other client was refused.
+    assert served_once_free(session, one_call_server, 60), "the stalled call still holds the only slot"
+    said = [r.getMessage() for r in log.records if r.name == "impasto.service" and r.levelno == logging.INFO]
+    assert any("did not read" in line for line in said), said
+    assert not errors(log.records)
+
+
+def test_a_client_leaving_while_its_answer_is_blocked_is_one_info_line(
+    one_call_server: str, session: Session, log: pytest.LogCaptureFixture
+):
+    service_log(log)
+    assert wait_idle(one_call_server)
+    stalled = stalled_reader(session, one_call_server, log)
+    stalled.cancel()
+    assert served_once_free(session, one_call_server, 60)
+    assert not errors(log.records), errors(log.records)
+    gone = [r for r in log.records if r.name == "impasto.service" and "went away" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO, [r.getMessage() for r in log.records]
+
+
+def test_silent_streams_lock_a_sending_user_out_for_seconds_at_most(
+    fault_cache: Path, styles_dir: Path, session: Session
+):
+    with serving(fault_cache, "--styles-dir", str(styles_dir), "--max-streams", "8") as address:
+        silent = [session.call(session.channel(address), timeout=120) for _ in range(40)]
+        assert wait_until(lambda: sum(call.done for call in silent) >= 32, 30), silent[:3]
+        held = [call for call in silent if not call.done]
+        began = time.monotonic()
+        assert served_once_free(session, address, 60), "a sending user was never served"
+        locked_out = time.monotonic() - began
+        # The parameters' own deadline (5 s by default) ends the silent streams; before, the upload's 30 s.
+        assert locked_out < 15, f"a sending user was locked out for {locked_out:.0f} s"
+        for call in held:
+            assert call.wait(30) == DEADLINE and "parameters" in call.details, call

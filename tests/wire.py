@@ -25,7 +25,8 @@ CHUNK_BYTES = 1 << 20
 _CLOSE = object()
 
 # gRPC shares one TCP connection among a process's channels to the same address unless told not to;
-# the server's limits are per connection, so a channel that stands for another client needs its own.
+# a call without an impasto-client-id is counted by its connection, so a channel that stands for another
+# client needs its own.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
@@ -33,9 +34,18 @@ class Call:
     """One Stylize call whose requests the test sends one at a time; events are read in a thread.
 
     `raw=True` sends bytes as they are (no serialisation), for messages that are not StylizeRequests.
+    `read=False` never reads the server's answer: a client that has stopped reading. `metadata`: sent
+    with the call (an `impasto-client-id`, a token).
     """
 
-    def __init__(self, channel: grpc.Channel, timeout: float = 120.0, raw: bool = False):
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        timeout: float = 120.0,
+        raw: bool = False,
+        read: bool = True,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ):
         self._outbox: queue.Queue = queue.Queue()
         self._queued = self._taken = 0
         self._stop = threading.Event()
@@ -49,9 +59,10 @@ class Call:
         method = channel.stream_stream(
             STYLIZE, request_serializer=serializer, response_deserializer=pb.StylizeEvent.FromString
         )
-        self._call = method(self._requests(), timeout=timeout)
+        self._call = method(self._requests(), timeout=timeout, metadata=metadata or None)
         self._reader = threading.Thread(target=self._read, daemon=True, name="wire-reader")
-        self._reader.start()
+        if read:
+            self._reader.start()
 
     # ---- sending -----------------------------------------------------------------------------
 

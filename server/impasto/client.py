@@ -17,6 +17,7 @@ import queue
 import socket
 import ssl
 import threading
+import uuid
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from .protocol import (
     KIND_KEY,
+    Address,
     Event,
     Image,
     ImpastoError,
@@ -36,6 +38,8 @@ from .protocol import (
     Settings,
     StyleChoice,
     addresses,
+    certificate_fingerprint,
+    display_address,
     from_status,
     parse_address,
     wire,
@@ -53,10 +57,10 @@ def least_busy(candidates: list[str], **client_args) -> str:
             with Client(address, **{"timeout": 3.0, **client_args}) as client:
                 loads.append((client.info().load, address))
         except ImpastoError as error:
-            errors.append(f"{address}: {error.detail or error}")
+            errors.append(f"{display_address(address)}: {error.detail or error}")
     if not loads:
         detail = "none of them answered: " + "; ".join(errors)
-        raise ImpastoError(Kind.UNREACHABLE, detail, ", ".join(candidates))
+        raise ImpastoError(Kind.UNREACHABLE, detail, ", ".join(map(display_address, candidates)))
     return min(loads)[1]
 
 
@@ -85,21 +89,31 @@ class Client:
         timeout: float = 10.0,
         insecure: bool = False,
     ):
-        """`address`: `host:port` (plaintext) or `https://host:port` (TLS, verified against the system's
-        roots, or `tls_ca`); several separated by commas: the least busy one that answers. A token goes
-        in clear only to this machine, or with `insecure` (else ImpastoError INSECURE, nothing sent)."""
+        """`address`: `host:port` (plaintext), `https://host:port` (TLS, verified against the system's
+        roots, or `tls_ca`) or a pairing string (TLS to the server whose certificate it pins, with its
+        token); several separated by commas: the least busy one that answers. A token goes in clear only
+        to this machine, or with `insecure` (else ImpastoError INSECURE, nothing sent); to a paired
+        server only once its certificate is the pinned one (else ImpastoError NOT_PAIRED, nothing sent)."""
         servers = addresses(address)
         if len(servers) > 1:
             servers = [least_busy(servers, token=token, tls_ca=tls_ca, insecure=insecure)]
-        self.address = servers[0]
+        target = parse_address(servers[0])
+        self.address = display_address(servers[0])  # for sentences: without a pairing string's token
         self.timeout = timeout
-        target = parse_address(self.address)
         tls = target.tls or tls_ca is not None
-        token = token if token is not None else os.environ.get("IMPASTO_TOKEN")
+        if not token:  # a pairing string's own token, else $IMPASTO_TOKEN unless "" said "none"
+            token = target.token or (os.environ.get("IMPASTO_TOKEN") if token is None else None)
         if token and not tls and not insecure and not target.loopback:
             raise ImpastoError(Kind.INSECURE, server=self.address)
-        self._metadata = {"authorization": f"Bearer {token}"} if token else {}
-        context = _tls_context(tls_ca) if tls else None
+        # A random id per Client: behind a proxy every user may share one connection, and the server's
+        # limits per client count by this id.
+        self._metadata = {wire.CLIENT_ID_KEY: uuid.uuid4().hex}
+        if token:
+            self._metadata["authorization"] = f"Bearer {token}"
+        if target.fingerprint:
+            context = _pinned_context(target, timeout)
+        else:
+            context = _tls_context(tls_ca) if tls else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="impasto-client", daemon=True)
         self._thread.start()
@@ -242,9 +256,39 @@ async def _open_channel(host: str, port: int, context: ssl.SSLContext | None) ->
 
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    return _for_grpc(context)
+
+
+def _for_grpc(context: ssl.SSLContext) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["h2"])  # gRPC runs on HTTP/2
     return context
+
+
+def _pinned_context(target: Address, timeout: float) -> ssl.SSLContext:
+    """A TLS context that trusts exactly the certificate a pairing string pins, and nothing else.
+
+    The certificate is fetched first over a TLS handshake that verifies nothing and sends nothing, and
+    compared with the pinned SHA-256; only the same certificate becomes the context's one trust anchor,
+    so the real connection (and the token in it) can reach no other server. Host names are not checked:
+    the pin says which server this is, whatever name or address reached it."""
+    server = str(target)
+    probe = _for_grpc(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((target.host, target.port), timeout=timeout) as raw,
+            probe.wrap_socket(raw) as connection,
+        ):
+            certificate = connection.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as error:
+        raise ImpastoError(Kind.UNREACHABLE, _why_unreachable(error), server) from None
+    if certificate is None or certificate_fingerprint(certificate) != target.fingerprint:
+        raise ImpastoError(Kind.NOT_PAIRED, server=server)
+    pinned = _for_grpc(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    pinned.check_hostname = False
+    pinned.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(certificate))
+    return pinned
 
 
 async def _receive(stream: Stream, job: RemoteJob) -> Image:

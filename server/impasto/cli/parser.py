@@ -118,8 +118,9 @@ def _remote_options() -> argparse.ArgumentParser:
     remote.add_argument(
         "--server",
         metavar="HOST:PORT",
-        help="an impasto-server, https://HOST:PORT for TLS, or several separated by commas (a batch is "
-        "spread over them; default for info/styles: $IMPASTO_SERVER, else 127.0.0.1:50051)",
+        help="an impasto-server, https://HOST:PORT for TLS, the string `impasto-server --remote` printed "
+        "(impasto://…: TLS to that server alone, with its token), or several separated by commas (a batch "
+        "is spread over them; default for info/styles: $IMPASTO_SERVER, else 127.0.0.1:50051)",
     )
     remote.add_argument(
         "--token",

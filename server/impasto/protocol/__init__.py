@@ -9,7 +9,10 @@ from .addresses import (
     DEFAULT_PORT,
     Address,
     addresses,
+    certificate_fingerprint,
+    display_address,
     is_loopback,
+    pairing_string,
     parse_address,
     resolve_address,
 )
@@ -60,8 +63,11 @@ __all__ = [
     "StyleChoice",
     "addresses",
     "bounds",
+    "certificate_fingerprint",
+    "display_address",
     "from_status",
     "is_loopback",
+    "pairing_string",
     "parse_address",
     "resolve_address",
 ]

@@ -37,6 +37,12 @@ class Kind(enum.Enum):
         "FAILED_PRECONDITION",
         "not sending the token in clear to {address}: anyone on the network could read it",
     )
+    # Found by the client before anything is sent: the certificate is not the pairing string's.
+    NOT_PAIRED = (
+        "UNAUTHENTICATED",
+        "the server at {address} is not the one this was paired with: its certificate is not the one the "
+        "pairing string names, so nothing was sent to it",
+    )
 
     @property
     def status(self) -> str:
@@ -89,6 +95,8 @@ HINTS = {
         Kind.NOT_FOUND: "`impasto styles --server ADDRESS` lists the presets",
         Kind.INSECURE: "use TLS (https://HOST:PORT, with --tls-ca CERT for a self-signed server), an SSH "
         "tunnel to 127.0.0.1, or --insecure if the network is private and you accept that",
+        Kind.NOT_PAIRED: "if its secrets were renewed (--new-secrets), pass the string `impasto-server "
+        "--remote` prints now with --server; if not, another machine may be answering at that address",
     },
     "gimp": {
         Kind.UNREACHABLE: "check the Server field, or start the server there",
@@ -97,6 +105,8 @@ HINTS = {
         Kind.INSECURE: "use an https:// server (with its certificate in the TLS certificate field if it is "
         "self-signed), an SSH tunnel to 127.0.0.1, or tick “Send the token unencrypted” if the network "
         "is private and you accept that",
+        Kind.NOT_PAIRED: "if its secrets were renewed, paste the string `impasto-server --remote` prints now "
+        "into the Server field; if not, another machine may be answering at that address",
     },
 }
 
@@ -161,4 +171,6 @@ def _kind_named(name: str | None) -> Kind | None:
     return None if kind in CLIENT_KINDS else kind
 
 
-CLIENT_KINDS = frozenset({Kind.UNREACHABLE, Kind.INSECURE})  # found by a client; no server sends them
+CLIENT_KINDS = frozenset(
+    {Kind.UNREACHABLE, Kind.INSECURE, Kind.NOT_PAIRED}
+)  # found by a client; no server sends them

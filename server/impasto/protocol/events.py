@@ -44,14 +44,19 @@ class Limits:
     max_iterations: int = 5000
     max_styles: int = 8  # style choices per request, and style uploads per request
     max_request_bytes: int = 512 << 20  # the sum of one request's announced image bytes
-    upload_timeout_seconds: float = 30.0  # for the parameters; the upload gets this plus its size's worth
+    upload_timeout_seconds: float = 30.0  # for the whole upload, plus its size at the rate below
     min_upload_bytes_per_second: int = 1 << 20
-    max_streams_per_client: int = 4  # open Stylize calls per connection
+    max_streams_per_client: int = 4  # open Stylize calls per client (its impasto-client-id, else connection)
     max_strength: float = 100.0
     full_size: bool = True  # honours Settings.full_size (an older server leaves this false)
     max_streams: int = 32  # open Stylize calls in all
     max_inflight_bytes: int = 4 << 30  # uploads and their decoded pixels, over all requests
     memory_budget: int | None = None  # device bytes a job may use; None: free memory less a margin
+    parameters_timeout_seconds: float = 5.0  # for a call's first message, its parameters
+    # Each message of the server's answer must be taken by the client within this plus its size at the
+    # rate below; a client that stops reading has its call ended, and its slot freed.
+    download_timeout_seconds: float = 10.0
+    min_download_bytes_per_second: int = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,10 @@ from .settings import NO_PREVIEWS, Image, ImageHeader, Parameters, Settings, Sty
 
 T = typing.TypeVar("T")
 
+# Request metadata: a client's random id, so that a server counts the calls of each user apart when all
+# arrive over one connection (through a proxy); its limits per client count per id.
+CLIENT_ID_KEY = "impasto-client-id"
+
 
 def to_message(value: Any, message: Message) -> Message:
     """Fills `message` from the dataclass `value`'s fields of the same names; returns it."""

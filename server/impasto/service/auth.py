@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from pathlib import Path
 
 import grpc
 
 from ..protocol import ImpastoError, Kind
 from .servicer import abort
+
+log = logging.getLogger("impasto.server")
 
 # Load balancers and `grpc_health_probe` ask without a token; the answer reveals only "serving".
 _OPEN_METHODS = ("/grpc.health.v1.Health/",)
@@ -27,6 +30,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if hmac.compare_digest(given.encode(), self._expected):
             return handler
         detail = "no token was sent" if not given else "the token sent is not this server's"
+        log.info("refused a call to %s: %s", handler_call_details.method, detail)
         return _refusal(handler, ImpastoError(Kind.UNAUTHENTICATED, detail))
 
 

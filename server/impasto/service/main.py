@@ -6,25 +6,22 @@ import argparse
 import asyncio
 import errno
 import logging
-import math
 import os
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from .. import __version__
-from ..arguments import add_engine_arguments, byte_size
 from ..launcher import EXIT_PORT_IN_USE
-from ..paths import DEFAULT_STYLES_DIR
-from ..protocol import CHUNK_BYTES, Limits, is_loopback
+from ..protocol import CHUNK_BYTES, Limits, is_loopback, pairing_string
 from ..v1 import impasto_pb2 as pb
 from .auth import TokenInterceptor, read_token, server_credentials
+from .pairing import advertised_host, fingerprint_of, secrets_in
+from .parser import DEFAULT_HOST, build_parser
 from .servicer import SERVICE_NAME, StyleTransferServicer, lenient
 from .styles_command import styles_main, take_styles_dir
 
@@ -33,118 +30,6 @@ log = logging.getLogger("impasto.server")
 # the default largest image is what a host's memory holds.
 HOST_BYTES_PER_PIXEL = 160
 LINGER_SECONDS = 0.5  # at shutdown, for the last statuses to leave the machine
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="impasto-server",
-        description="Serve Impasto's style transfer over gRPC.",
-        epilog="Manage the style presets without a running server: impasto-server styles list | "
-        "fetch | import FOLDER [--styles-dir DIR] (see impasto-server styles --help).",
-    )
-    parser.add_argument("--version", action="version", version=f"impasto-server {__version__}")
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
-    )
-    parser.add_argument("--port", type=int, default=50051, help="port (default: 50051; 0 picks a free one)")
-    add_engine_arguments(parser, DEFAULT_STYLES_DIR, several_devices=True)
-    parser.add_argument(
-        "--token-file", type=Path, help="file holding the token clients must send (else IMPASTO_TOKEN)"
-    )
-    parser.add_argument(
-        "--tls-cert", type=Path, help="PEM certificate chain, with --tls-key, to serve over TLS"
-    )
-    parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow listening beyond this machine without a token (anyone who can reach it may use it)",
-    )
-    limits = parser.add_argument_group(
-        "limits (a client that crosses one gets a status naming it; byte sizes take units: 512MiB, 4GiB)"
-    )
-    limits.add_argument(
-        "--max-queue", type=int, default=Limits.max_queue, help="jobs that may wait (default: %(default)s)"
-    )
-    limits.add_argument(
-        "--max-pixels",
-        type=int,
-        help=f"largest image accepted, in pixels (default: from RAM, ≤ {Limits.max_pixels:,})",
-    )
-    limits.add_argument(
-        "--max-size", type=int, help="largest working long side (default: from device memory)"
-    )
-    limits.add_argument(
-        "--max-styles",
-        type=int,
-        default=Limits.max_styles,
-        help="styles per job, and uploads (default: %(default)s)",
-    )
-    limits.add_argument(
-        "--max-request-bytes",
-        type=byte_size(),
-        default=Limits.max_request_bytes,
-        metavar="BYTES",
-        help="image bytes one job may upload (default: 512MiB)",
-    )
-    limits.add_argument(
-        "--max-inflight-bytes",
-        type=byte_size(),
-        metavar="BYTES",
-        help="memory for all uploads in progress and their decoded pixels "
-        "(default: a quarter of RAM, at most 16GiB)",
-    )
-    limits.add_argument(
-        "--upload-timeout",
-        type=float,
-        default=Limits.upload_timeout_seconds,
-        help="seconds for a call's parameters to arrive; its upload gets this plus its size at "
-        "--min-upload-rate (default: %(default)g)",
-    )
-    limits.add_argument(
-        "--min-upload-rate",
-        type=byte_size(),
-        default=Limits.min_upload_bytes_per_second,
-        metavar="BYTES",
-        help="bytes a second (default: 1MiB)",
-    )
-    limits.add_argument(
-        "--max-streams-per-client",
-        type=int,
-        default=Limits.max_streams_per_client,
-        help="open Stylize calls per connection (default: %(default)s)",
-    )
-    limits.add_argument(
-        "--max-streams",
-        type=int,
-        default=Limits.max_streams,
-        help="open Stylize calls in all (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--idle-exit",
-        type=_minutes,
-        default=0.0,
-        metavar="MINUTES",
-        help="end the server once it has had no call and no job for this long (fractions allowed); "
-        "a job running or waiting is never cut (default: 0, run until stopped)",
-    )
-    parser.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=10.0,
-        help="on SIGTERM/SIGINT, how long a running job may finish before it is stopped (default: 10)",
-    )
-    return parser
-
-
-def _minutes(text: str) -> float:
-    try:
-        minutes = float(text)
-    except ValueError:
-        minutes = math.nan
-    if not (math.isfinite(minutes) and minutes >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes (e.g. 20, or 0.5)")
-    return minutes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,11 +48,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if args.new_secrets and not args.remote:
+        print("impasto-server: --new-secrets goes with --remote", file=sys.stderr)
+        return 2
+    args.host = args.host or ("[::]" if args.remote else DEFAULT_HOST)
     try:
-        token = read_token(args.token_file, os.environ.get("IMPASTO_TOKEN"))
+        # With --remote, $IMPASTO_TOKEN (a client's setting, too) does not replace the server's own.
+        token = read_token(args.token_file, None if args.remote else os.environ.get("IMPASTO_TOKEN"))
     except (OSError, ValueError) as error:
         print(f"impasto-server: cannot read the token: {error}", file=sys.stderr)
         return 2
+    if args.remote:
+        try:
+            made = secrets_in(args.state_dir, renew=args.new_secrets)
+        except OSError as error:
+            print(f"impasto-server: cannot keep the secrets in {args.state_dir}: {error}", file=sys.stderr)
+            return 2
+        token = token or made.token
+        if args.tls_cert is None and args.tls_key is None:
+            args.tls_cert, args.tls_key = made.cert, made.key
     if not is_loopback(args.host) and token is None and not args.insecure:
         print(
             f"impasto-server: refusing to listen on {args.host} without a token: anyone who can reach this "
@@ -179,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("impasto-server: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    # Before anything is printed: whoever reads the first line may stop the server at once.
     stop = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop.set())
     try:
         port, shutdown = start(args, token, on_idle=stop.set)
     except CannotListen as error:
@@ -191,8 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: stop.set())
+    if args.remote:
+        host = args.advertise or advertised_host(args.host)
+        print(pairing_string(host, port, token, fingerprint_of(args.tls_cert)), flush=True)
+        print(
+            "impasto-server: paste the line above into GIMP's Impasto dialog (Server), or give it to "
+            "`impasto --server`; it holds the token, so keep it as private as a password",
+            file=sys.stderr,
+            flush=True,
+        )
     stop.wait()
     shutdown()
     return 0
@@ -289,7 +198,10 @@ def limits_from(args: argparse.Namespace, engines: list) -> Limits:
         max_request_bytes=args.max_request_bytes,
         max_inflight_bytes=args.max_inflight_bytes or min(16 << 30, host_memory_bytes() // 4),
         memory_budget=args.memory_budget,
+        parameters_timeout_seconds=args.parameters_timeout,
         upload_timeout_seconds=args.upload_timeout,
+        download_timeout_seconds=args.download_timeout,
+        min_download_bytes_per_second=args.min_download_rate,
         min_upload_bytes_per_second=args.min_upload_rate,
         max_streams_per_client=args.max_streams_per_client,
         max_streams=args.max_streams,
@@ -320,14 +232,14 @@ async def _serve(args: argparse.Namespace, token: str | None, servicer: StyleTra
     server.add_generic_rpc_handlers([_handlers(servicer)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"{args.host}:{args.port}"
+    address = f"{args.host or DEFAULT_HOST}:{args.port}"
     try:
         if args.tls_cert:
             port = server.add_secure_port(address, server_credentials(args.tls_cert, args.tls_key))
         else:
             port = server.add_insecure_port(address)
     except RuntimeError as error:  # gRPC says only "Failed to bind to address"
-        if _port_in_use(args.host, args.port):
+        if _port_in_use(args.host or DEFAULT_HOST, args.port):
             raise CannotListen(
                 f"cannot listen on {address}: the port is in use, by another impasto-server or another "
                 "program; stop that one, or give another --port",

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from grpc._cython.cygrpc import ExecuteBatchError  # what a write raises once the call has ended
 
 from .. import __version__
 from ..jobs import Job, Jobs, Request, Upload, shutting_down
@@ -84,6 +85,31 @@ def _answers_with_status(method: Callable[..., Awaitable]) -> Callable[..., Awai
     return call
 
 
+def client_key(context: grpc.aio.ServicerContext) -> str:
+    """Whom a call counts against: the id its client sends (behind a proxy, every user may arrive on one
+    connection), else its connection. An id can be forged; the server-wide caps bound what that takes."""
+    for key, value in context.invocation_metadata() or ():
+        if key == wire.CLIENT_ID_KEY and 0 < len(value) <= 64 and value.isprintable():
+            return f"client {value}"
+    return f"connection {context.peer()}"
+
+
+class _Slot:
+    """One Stylize call's place in the counts: its client's, and the waiting or the working calls'."""
+
+    def __init__(self, client: str):
+        self.client = client
+        self.working = False  # its parameters have come
+
+
+class _ClientGone(Exception):
+    """The client cancelled, or its connection dropped, while a message was being written to it."""
+
+
+class _ClientStalled(Exception):
+    """The client did not take a message of the answer in the time allowed."""
+
+
 class StyleTransferServicer:
     def __init__(self, jobs: Jobs, idle_exit_minutes: float = 0.0):
         """`idle_exit_minutes`: --idle-exit, told in GetServerInfo (0: never)."""
@@ -92,7 +118,9 @@ class StyleTransferServicer:
         self.activity = Activity(lambda: bool(jobs.queue.waiting or jobs.queue.running))  # for --idle-exit
         self.closing = asyncio.Event()  # set when the server begins to shut down
         self._streams_changed = asyncio.Event()
-        self._streams: collections.Counter[str] = collections.Counter()  # per peer; loop thread only
+        # Loop thread only: open calls per client; calls waiting for their parameters, and the others.
+        self._streams: collections.Counter[str] = collections.Counter()
+        self._waiting = self._working = 0
         self._decoders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="impasto-decode")
 
     @_answers_with_status
@@ -128,16 +156,19 @@ class StyleTransferServicer:
 
     @_answers_with_status
     async def Stylize(self, requests, context: grpc.aio.ServicerContext) -> None:
-        peer = context.peer()  # one connection: every user behind one tunnel or NAT is not one peer
-        self._open_stream(peer)
+        slot = self._open_stream(client_key(context))
         # Counted until the call has fully ended, its status sent: what `drain` waits for.
-        context.add_done_callback(lambda _: self._stream_done(peer))
-        await self._stylize(context)
+        context.add_done_callback(lambda _: self._stream_done(slot))
+        await self._stylize(context, slot)
 
-    def _stream_done(self, peer: str) -> None:
-        self._streams[peer] -= 1
-        if not self._streams[peer]:
-            del self._streams[peer]
+    def _stream_done(self, slot: _Slot) -> None:
+        self._streams[slot.client] -= 1
+        if not self._streams[slot.client]:
+            del self._streams[slot.client]
+        if slot.working:
+            self._working -= 1
+        else:
+            self._waiting -= 1
         self._streams_changed.set()
 
     async def drain(self, timeout: float) -> bool:
@@ -158,8 +189,8 @@ class StyleTransferServicer:
             log.warning("%d Stylize calls still open at shutdown", sum(self._streams.values()))
         return True
 
-    async def _stylize(self, context: grpc.aio.ServicerContext) -> None:
-        upload = await self._receive(context)
+    async def _stylize(self, context: grpc.aio.ServicerContext, slot: _Slot) -> None:
+        upload = await self._receive(context, slot)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         cancel = threading.Event()
@@ -174,6 +205,20 @@ class StyleTransferServicer:
         try:
             job = await asyncio.shield(submitted)
             await self._send_events(job, events, context)
+        except (_ClientGone, _ClientStalled) as error:
+            if isinstance(error, _ClientStalled):
+                limits = self.limits
+                log.info(
+                    "job id=%s: its client did not read the answer in time (%g s plus %g MiB a second for "
+                    "each message); its call is ended",
+                    job.id,
+                    limits.download_timeout_seconds,
+                    limits.min_download_bytes_per_second / 2**20,
+                )
+            # No status can reach such a client: gRPC would wait for the write it is blocked in. Ending the
+            # handler as a cancelled one frees the call's slot and job here; gRPC's asyncio server has no
+            # way to reset one stream, which it ends when the client leaves or the server stops.
+            raise asyncio.CancelledError() from None
         finally:
             # The client is gone, or the call failed: a job must never outlive its call.
             cancel.set()
@@ -182,40 +227,62 @@ class StyleTransferServicer:
             if job is not None:
                 self.jobs.cancel(job)
 
-    def _open_stream(self, peer: str) -> None:
+    def _open_stream(self, client: str) -> _Slot:
+        """Counts a new call as waiting for its parameters. Waiting calls have a cap of their own, so
+        that calls which never send anything cannot take the places of clients that are sending."""
         limits = self.limits
         if self.closing.is_set():
             raise shutting_down()
-        if self._streams[peer] >= limits.max_streams_per_client:
+        if self._streams[client] >= limits.max_streams_per_client:
             raise ImpastoError(
                 Kind.BUSY,
-                f"this connection has {limits.max_streams_per_client} Stylize calls open, this server's "
-                "limit per connection; wait for one to finish",
+                f"this client has {limits.max_streams_per_client} Stylize calls open, this server's "
+                "limit per client; wait for one to finish",
             )
-        if sum(self._streams.values()) >= limits.max_streams:
+        if self._waiting >= limits.max_streams:
+            raise ImpastoError(
+                Kind.BUSY,
+                f"the server has {limits.max_streams} Stylize calls waiting for their parameters, its "
+                f"limit; try again in {limits.parameters_timeout_seconds:g} s",
+            )
+        self._streams[client] += 1
+        self._waiting += 1
+        return _Slot(client)
+
+    def _start_working(self, slot: _Slot) -> None:
+        """Moves a call whose parameters have come from the waiting calls to the working ones."""
+        limits = self.limits
+        if self._working >= limits.max_streams:
             raise ImpastoError(
                 Kind.BUSY,
                 f"the server has {limits.max_streams} Stylize calls open, its limit; try again shortly",
             )
-        self._streams[peer] += 1
+        self._waiting -= 1
+        self._working += 1
+        slot.working = True
 
     # ---- proto -> job ----------------------------------------------------------------------------
 
-    async def _receive(self, context: grpc.aio.ServicerContext) -> Upload:
+    async def _receive(self, context: grpc.aio.ServicerContext, slot: _Slot) -> Upload:
         limits = self.limits
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limits.upload_timeout_seconds
-        first = await self._read(context, deadline, "the parameters")
+        began = asyncio.get_running_loop().time()
+        waited = limits.parameters_timeout_seconds
+        first = await self._read(context, began + waited, "the parameters", f"{waited:g} s")
         if first is EOF or not first.HasField("parameters"):
             raise ImpastoError(Kind.INVALID, "the first message must carry the parameters")
+        self._start_working(slot)
         request = Request(wire.parameters_from_message(first.parameters))
         upload = await asyncio.to_thread(self.jobs.admit, request)  # it reads the style folders
         try:
             total = sum(image.total_bytes for image in upload.request.images)
-            deadline += total / limits.min_upload_bytes_per_second
+            deadline = began + limits.upload_timeout_seconds + total / limits.min_upload_bytes_per_second
+            allowed = (
+                f"{limits.upload_timeout_seconds:g} s plus "
+                f"{limits.min_upload_bytes_per_second / 2**20:g} MiB a second"
+            )
             # Until the client closes its side: bytes beyond the announced ones are an error too.
             while (
-                message := await self._read(context, deadline, f"the images ({total:,} bytes)")
+                message := await self._read(context, deadline, f"the images ({total:,} bytes)", allowed)
             ) is not EOF:
                 if not message.HasField("chunk"):
                     raise ImpastoError(Kind.INVALID, "parameters may be sent only once, in the first message")
@@ -231,8 +298,9 @@ class StyleTransferServicer:
             raise
         return upload
 
-    async def _read(self, context: grpc.aio.ServicerContext, deadline: float, what: str):
-        """The next message, or ImpastoError if it does not come by `deadline` or the server is closing."""
+    async def _read(self, context: grpc.aio.ServicerContext, deadline: float, what: str, allowed: str):
+        """The next message, or ImpastoError if it does not come by `deadline` (`allowed` says how that
+        was reckoned) or the server is closing."""
         loop = asyncio.get_running_loop()
         reading = asyncio.ensure_future(context.read())
         closing = asyncio.ensure_future(self.closing.wait())
@@ -246,9 +314,8 @@ class StyleTransferServicer:
                 raise shutting_down()
             raise ImpastoError(
                 Kind.TIMEOUT,
-                f"the upload was too slow: {what} did not arrive in time (this server allows "
-                f"{self.limits.upload_timeout_seconds:g} s plus "
-                f"{self.limits.min_upload_bytes_per_second / 2**20:g} MiB a second); check the network",
+                f"the upload was too slow: {what} did not arrive in time (this server allows {allowed}); "
+                "check the network",
             )
         message = reading.result()
         if isinstance(message, Malformed):
@@ -263,10 +330,26 @@ class StyleTransferServicer:
             if isinstance(event, Failed):
                 raise event.error
             if isinstance(event, Result):
-                for message in wire.result_messages(event.image):
-                    await context.write(message)
+                try:
+                    for message in wire.result_messages(event.image):
+                        await self._write(context, message)
+                except _ClientGone:
+                    log.info("job id=%s: its client went away before it had the whole result", job.id)
+                    raise
                 return
-            await context.write(wire.event_message(event))
+            await self._write(context, wire.event_message(event))
+
+    async def _write(self, context: grpc.aio.ServicerContext, message: pb.StylizeEvent) -> None:
+        """Writes a message within the time its size allows; _ClientStalled if the client does not take
+        it by then, _ClientGone if it leaves meanwhile."""
+        limits = self.limits
+        allowed = limits.download_timeout_seconds + message.ByteSize() / limits.min_download_bytes_per_second
+        try:
+            await asyncio.wait_for(context.write(message), allowed)
+        except TimeoutError:
+            raise _ClientStalled() from None
+        except ExecuteBatchError:  # gRPC fails a write when the call is cancelled or its connection drops
+            raise _ClientGone() from None
 
 
 async def _quietly(future: Awaitable[Job]) -> Job | None:
