@@ -306,23 +306,32 @@ async def _hung_up(port: int, timeout: float) -> bool:
     """Waits, up to `timeout`, until no client is connected to `port`; True if none is left."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while _connections(port):
+    while port in _connected_ports():
         if loop.time() >= deadline:
             return False
         await asyncio.sleep(0.02)
     return True
 
 
-def _connections(port: int) -> int:
-    """Client connections open to `port`, from gRPC's own register of its sockets (channelz, which
-    grpcio-channelz serves; gRPC has no public call that counts a server's connections)."""
-    count = 0
+def _connected_ports() -> set[int]:
+    """The local ports of this process's open server connections, from gRPC's own register of its
+    sockets (channelz, which grpcio-channelz serves; gRPC has no public call that lists them)."""
+    ports = set()
     for server in json.loads(cygrpc.channelz_get_servers(0)).get("server", []):
-        sockets = json.loads(cygrpc.channelz_get_server_sockets(int(server["ref"]["serverId"]), 0, 0))
-        for reference in sockets.get("socketRef", []):
-            socket = json.loads(cygrpc.channelz_get_socket(int(reference["socketId"])))["socket"]
-            count += socket.get("local", {}).get("tcpipAddress", {}).get("port") == port
-    return count
+        server_id = int(server["ref"]["serverId"])
+        sockets = _channelz(cygrpc.channelz_get_server_sockets, server_id, 0, 0).get("socketRef", [])
+        for reference in sockets:
+            socket = _channelz(cygrpc.channelz_get_socket, int(reference["socketId"])).get("socket", {})
+            ports.add(socket.get("local", {}).get("tcpipAddress", {}).get("port"))
+    return ports
+
+
+def _channelz(query: Callable[..., str], *ids: int) -> dict:
+    """A channelz entry; empty if it has gone since it was listed (a closed connection, a stopped server)."""
+    try:
+        return json.loads(query(*ids))
+    except ValueError:
+        return {}
 
 
 async def _serve(args: argparse.Namespace, token: str | None, servicer: StyleTransferServicer):
