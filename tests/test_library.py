@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -363,11 +362,8 @@ def test_listing_500_presets_is_cheap(tmp_path: Path, images: Path, monkeypatch:
     with monkeypatch.context() as patch:
         # Cheap means no image is opened: a listing reads names, sizes and metadata only.
         patch.setattr(PILImage, "open", lambda *args, **kwargs: pytest.fail("a listing decoded an image"))
-        start = time.perf_counter()
         assert len(library.presets()) == 500
         assert library.find("style-499").title == "Style 499"
-        seconds = time.perf_counter() - start
-    assert seconds < 10, seconds  # generous: a busy machine must not fail this
 
 
 def test_metadata_strings_are_bounded(tmp_path: Path, images: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 import struct
@@ -38,13 +39,19 @@ from impasto.service import idle as idle_module
 from impasto.v1 import impasto_pb2 as pb
 from impasto.v1 import impasto_pb2_grpc
 from PIL import Image as PILImage
+from wire import job_lines, outcome
 
 FAST = Settings(size=48, iterations=4, preview_seconds=NO_PREVIEWS)
 
 
+# Explicit, so that the limit does not follow this machine's RAM: the 24-megapixel test needs it.
+MAX_PIXELS = 25_000_000
+
+
 @pytest.fixture(scope="module")
 def server(images: Path) -> Iterator[str]:
-    with running_server("--styles-dir", str(images / "styles"), "--grace-seconds", "1") as address:
+    flags = ("--styles-dir", str(images / "styles"), "--grace-seconds", "1", "--max-pixels", str(MAX_PIXELS))
+    with running_server(*flags) as address:
         yield address
 
 
@@ -99,7 +106,7 @@ def test_info(server: str, capsys: pytest.CaptureFixture[str]):
         info = client.info()
     assert info.device.kind == "cpu" and info.device.memory_bytes > 0
     assert info.weights == "vgg19-original"
-    assert info.limits.max_pixels > 24_000_000 and info.limits.max_queue == 8
+    assert info.limits.max_pixels == MAX_PIXELS and info.limits.max_queue == 8
     assert info.default_size == 384 and info.protocol_version == pb.PROTOCOL_VERSION_CURRENT
     assert info.default_iterations == 40  # a CPU's (engine/device.py): a 12-megapixel photo in a minute
     assert info.limits.full_size
@@ -205,9 +212,17 @@ def test_uploaded_style_and_encoded_content(server: str, images: Path):
     )
 
 
-def cancel_after_first_progress(address: str, content: Image) -> float:
-    """Starts a long job, cancels it at its first progress event; returns seconds until the worker is free."""
-    with Client(address) as client:
+def last_outcome(caplog: pytest.LogCaptureFixture) -> str | None:
+    """The outcome of the last job the server logged ("ok", "cancelled", …), None before any."""
+    lines = job_lines(caplog.records)
+    return outcome(lines[-1]) if lines else None
+
+
+def test_cancel_frees_the_worker(server: str, images: Path, caplog: pytest.LogCaptureFixture):
+    """Stopped, not finished (test_stylize: within an iteration), and the worker is free for the next."""
+    caplog.set_level(logging.INFO, logger="impasto.jobs")
+    content, _ = rgba(images / "content" / "camera.png")
+    with Client(server) as client:
         job = client.stylize(
             content,
             [StyleChoice(preset_id="udnie")],
@@ -217,16 +232,9 @@ def cancel_after_first_progress(address: str, content: Image) -> float:
             for event in job.events():
                 if isinstance(event, Progress):
                     job.cancel()
-                    cancelled = time.monotonic()
         assert caught.value.kind.status == "CANCELLED"
-    assert wait_until(lambda: idle(address), timeout=30)
-    return time.monotonic() - cancelled
-
-
-def test_cancel_frees_the_worker(server: str, images: Path):
-    """Within an iteration (docs/benchmarks.md measures it); the bound here is generous for busy machines."""
-    content, _ = rgba(images / "content" / "camera.png")
-    assert cancel_after_first_progress(server, content) < 10
+    assert wait_until(lambda: idle(server), timeout=120)
+    assert last_outcome(caplog) == "cancelled", job_lines(caplog.records)
     _, result = run_job(server, content, [StyleChoice(preset_id="udnie")])
     assert result.width == content.width
 
@@ -244,8 +252,9 @@ for event in job.events():
 """
 
 
-def test_dropped_connection_cancels_the_job(server: str, images: Path):
+def test_dropped_connection_cancels_the_job(server: str, images: Path, caplog: pytest.LogCaptureFixture):
     """GIMP's Cancel SIGKILLs the plug-in: the server must notice and stop the job."""
+    caplog.set_level(logging.INFO, logger="impasto.jobs")
     client = subprocess.Popen(
         [sys.executable, "-c", CLIENT_THAT_DIES, server, str(images / "content" / "camera.png")],
         stdout=subprocess.PIPE,
@@ -256,9 +265,8 @@ def test_dropped_connection_cancels_the_job(server: str, images: Path):
         assert observer.info().running_jobs == 1
     client.kill()
     client.wait()
-    killed = time.monotonic()
-    assert wait_until(lambda: idle(server), timeout=30), "the job outlived its client"
-    assert time.monotonic() - killed < 10
+    assert wait_until(lambda: idle(server), timeout=120), "the job outlived its client"
+    assert last_outcome(caplog) == "cancelled", job_lines(caplog.records)
     content, _ = rgba(images / "content" / "camera.png")
     _, result = run_job(server, content, [StyleChoice(preset_id="udnie")])
     assert result.height == content.height

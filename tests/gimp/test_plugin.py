@@ -285,8 +285,10 @@ def test_grayscale_image_and_offset_layer(gimp, server: str, images: Path):
     assert out["names"][:2] == ["Impasto: Udnie", "small"]
 
 
-def test_killing_the_plug_in_leaves_no_job_on_the_server(gimp, server: str, images: Path):
+def test_killing_the_plug_in_leaves_no_job_on_the_server(gimp, server: str, images: Path, caplog):
     """GIMP's status-bar Cancel SIGKILLs the plug-in; the server must drop the job."""
+    caplog.set_level(logging.INFO, logger="impasto.jobs")
+    started = len(job_lines(caplog.records))
     content = gimp.put(images / "content" / "astronaut.png")
     script = gimp.work / "long.py"
     script.write_text(
@@ -312,10 +314,12 @@ def test_killing_the_plug_in_leaves_no_job_on_the_server(gimp, server: str, imag
             assert pids, "the plug-in process was not found"
             for pid in pids:
                 subprocess.run(["kill", f"-{signal.SIGKILL.value}", str(pid)], check=True)
-            killed = time.monotonic()
+            deadline = time.monotonic() + 120  # a guard: the server notices at once, a loaded machine later
             while client.info().running_jobs or client.info().queue_length:
-                assert time.monotonic() - killed < 1.0, "the job outlived the killed plug-in by more than 1 s"
+                assert time.monotonic() < deadline, "the job outlived the killed plug-in"
                 time.sleep(0.02)
+        # Stopped by the dropped connection, not run to its end.
+        assert [outcome(line) for line in job_lines(caplog.records)[started:]] == ["cancelled"]
     finally:
         gimp_process.kill()
         gimp_process.wait()
@@ -369,7 +373,7 @@ out["parasites"] = {{name: bytes(image.get_parasite(name).get_data()).decode(err
 # One Undo takes the whole result away: the image is as it was before the run.
 after = state()
 out["undo"] = {{"before": before, "after": after, "press": press_undo()}}
-deadline = time.monotonic() + 10
+deadline = time.monotonic() + 60  # a guard: the undo shows at once
 while len(image.get_layers()) != len(before[0]) and time.monotonic() < deadline:
     time.sleep(0.1)  # with two undo steps, the first undoes only part, and this waits in vain
 out["undo"]["undone"] = state()
@@ -511,7 +515,7 @@ def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str
     # The dialog connected to the server that answers, of the two; the progress window's Cancel was pressed.
     assert f"status: Connected to {server} (the least busy of 2 servers)" in said, said
     assert "impasto-autopilot: cancel-progress" in said, said
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a guard: the line comes as the job ends
     while not job_lines(caplog.records)[started:] and time.monotonic() < deadline:
         time.sleep(0.1)
     lines = job_lines(caplog.records)[started:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable
 
 import grpc
+from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..launcher import EXIT_PORT_IN_USE
@@ -29,7 +31,8 @@ log = logging.getLogger("impasto.server")
 # Host bytes per uploaded pixel while a job lives (raw RGBA, float RGB, resized copies, the reply):
 # the default largest image is what a host's memory holds.
 HOST_BYTES_PER_PIXEL = 160
-LINGER_SECONDS = 0.5  # at shutdown, for the last statuses to leave the machine
+# At shutdown, how long clients told "shutting down" get to read that status and hang up.
+HANG_UP_SECONDS = 5.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,12 +169,15 @@ def start(
         servicer.closing.set()
         await health_servicer.enter_graceful_shutdown()
         stopped = await asyncio.to_thread(jobs.close, args.grace_seconds)
-        # Every job has ended and told its call; only then does gRPC's stop send GOAWAY (on which some
-        # clients, grpclib among them, drop every stream of the connection at once).
-        if await servicer.drain(timeout=5):
-            # A call's status handed to gRPC at the last moment is not yet on the wire, and gRPC offers
-            # nothing to await for that; measured: without this linger 3 of 10 clients lost it.
-            await asyncio.sleep(LINGER_SECONDS)
+        await servicer.drain(timeout=5)
+        # Every job has ended and told its call. gRPC's stop then sends GOAWAY and a PING, which grpclib
+        # (the plug-in's and the CLI's client) takes as the end of every stream of the connection: a
+        # status it has received but not yet handed to its caller is lost, and one read together with
+        # the GOAWAY too (h2 refuses the PING that follows, and with it the whole read). So the server
+        # stops once its clients have read their statuses, which they show by hanging up; one that
+        # stays connected (an idle dialog) holds it for HANG_UP_SECONDS at most.
+        if not await _hung_up(port, HANG_UP_SECONDS):
+            log.info("a client is still connected after %.0f s; stopping", HANG_UP_SECONDS)
         await server.stop(grace=1)
         log.info("stopped%s", "" if stopped else "; a job did not stop in time")
 
@@ -214,6 +220,38 @@ def _watch_idle(
     if servicer.activity.wait_until_idle(minutes * 60, stopped):
         log.info("no call and no job for %g minutes (--idle-exit %g): shutting down", minutes, minutes)
         on_idle()
+
+
+async def _hung_up(port: int, timeout: float) -> bool:
+    """Waits, up to `timeout`, until no client is connected to `port`; True if none is left."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while port in _connected_ports():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def _connected_ports() -> set[int]:
+    """The local ports of this process's open server connections, from gRPC's own register of its
+    sockets (channelz, which grpcio-channelz serves; gRPC has no public call that lists them)."""
+    ports = set()
+    for server in json.loads(cygrpc.channelz_get_servers(0)).get("server", []):
+        server_id = int(server["ref"]["serverId"])
+        sockets = _channelz(cygrpc.channelz_get_server_sockets, server_id, 0, 0).get("socketRef", [])
+        for reference in sockets:
+            entry = _channelz(cygrpc.channelz_get_socket, int(reference["socketId"])).get("socket", {})
+            ports.add(entry.get("local", {}).get("tcpipAddress", {}).get("port"))
+    return ports
+
+
+def _channelz(query: Callable[..., str], *ids: int) -> dict:
+    """A channelz entry; empty if it has gone since it was listed (a closed connection, a stopped server)."""
+    try:
+        return json.loads(query(*ids))
+    except ValueError:
+        return {}
 
 
 async def _serve(args: argparse.Namespace, token: str | None, servicer: StyleTransferServicer):
