@@ -17,23 +17,25 @@ import pytest
 import torch
 from impasto.engine import Cancelled, Options
 from impasto.images import picture_from_rgba8
-from impasto.jobs import (
-    Failed,
-    Finished,
-    ImageSpec,
-    Job,
-    JobError,
-    Kind,
-    Limits,
-    Queued,
-    Request,
-    Started,
-    StyleRef,
-    Upload,
-)
+from impasto.jobs import Expert, Job, Request, Upload
 from impasto.jobs.budget import ByteBudget
 from impasto.jobs.queue import JobQueue
 from impasto.jobs.request import check_request
+from impasto.protocol import (
+    NO_PREVIEWS,
+    Device,
+    Failed,
+    ImageHeader,
+    ImpastoError,
+    Kind,
+    Limits,
+    Parameters,
+    Queued,
+    Result,
+    Settings,
+    Started,
+    StyleChoice,
+)
 
 WAIT = 30  # seconds: a guard for waits on threads, never reached unless something is broken
 
@@ -79,7 +81,12 @@ class FakeEngine:
         self.runs: queue.Queue[Run] = queue.Queue()
 
     def plan(self, content_shape, style_shapes, options):
-        return SimpleNamespace(estimate=SimpleNamespace(peak_bytes=self.peak_bytes, seconds=1.0))
+        return SimpleNamespace(
+            estimate=SimpleNamespace(peak_bytes=self.peak_bytes, seconds=1.0),
+            working_size=tuple(content_shape),
+            scales=[SimpleNamespace(iterations=options.iterations)],
+            total_iterations=options.iterations,
+        )
 
     def stylize(self, content, styles, options, *, plan, on_progress, on_preview, cancel):
         run = Run(content, cancel)
@@ -102,11 +109,11 @@ class Owner:
 
     def __call__(self, event) -> None:
         self.events.append(event)
-        if isinstance(event, Finished | Failed):
+        if isinstance(event, Result | Failed):
             self.used_at_end = self.budget.used
             self._ended.set()
 
-    def ended(self) -> Finished | Failed:
+    def ended(self) -> Result | Failed:
         assert self._ended.wait(WAIT), f"the job never ended: {self.events}"
         return self.events[-1]
 
@@ -140,7 +147,8 @@ def make_job(budget: ByteBudget, held: int = 1000) -> tuple[Job, Owner]:
 
 
 def make_queue(engines: list[FakeEngine], max_queue: int = 8, free: int = 1 << 40) -> JobQueue:
-    return JobQueue(engines, max_queue, free_memory=lambda device: free)
+    devices = [Device("cpu", f"fake {index}", 0, "fp32") for index in range(len(engines))]
+    return JobQueue(engines, devices, max_queue, free_memory=lambda device: free)
 
 
 @pytest.fixture
@@ -170,10 +178,10 @@ def test_a_job_is_queued_started_and_finished_and_its_memory_released_first(jobs
     assert budget.used == 1000 and jobs.running == 1
     run.finish()
     end = owner.ended()
-    assert owner.kinds() == ["Queued", "Started", "Finished"]
+    assert owner.kinds() == ["Queued", "Started", "Result"]
     assert owner.positions() == [0]
-    assert isinstance(end, Finished) and (end.result.width, end.result.height) == (8, 8)
-    assert len(end.result.data) == 8 * 8 * 4
+    assert isinstance(end, Result) and (end.image.width, end.image.height) == (8, 8)
+    assert len(end.image.data) == 8 * 8 * 4
     assert owner.used_at_end == 0  # released before its owner heard the end
 
 
@@ -189,10 +197,10 @@ def test_waiting_jobs_are_told_their_place_as_the_queue_moves(jobs, engine, budg
     engine.next_run().finish()  # the second starts once the first has finished, then ends
     engine.next_run().finish()
     for owner in (first_owner, second, third):
-        assert isinstance(owner.ended(), Finished)
+        assert isinstance(owner.ended(), Result)
     # A place may be told again unchanged, never a worse one; the third moved up to the front.
     assert third.positions() == sorted(third.positions(), reverse=True) and third.positions()[-1] == 0
-    assert second.kinds()[-2:] == ["Started", "Finished"] and budget.used == 0
+    assert second.kinds()[-2:] == ["Started", "Result"] and budget.used == 0
 
 
 def test_cancelling_a_waiting_job_ends_it_at_once_and_moves_the_others_up(jobs, engine, budget):
@@ -207,7 +215,7 @@ def test_cancelling_a_waiting_job_ends_it_at_once_and_moves_the_others_up(jobs, 
     assert jobs.waiting == 1 and third_owner.positions() == [2, 1]
     first_run.finish()
     engine.next_run().finish()  # the third runs next: the cancelled job never reaches the engine
-    assert isinstance(third_owner.ended(), Finished) and isinstance(first_owner.ended(), Finished)
+    assert isinstance(third_owner.ended(), Result) and isinstance(first_owner.ended(), Result)
     assert engine.runs.empty() and budget.used == 0
 
 
@@ -218,12 +226,12 @@ def test_cancelling_a_running_job_stops_it_and_frees_the_worker(jobs, engine, bu
     assert isinstance(end, Failed) and end.error.kind == Kind.CANCELLED and owner.used_at_end == 0
     _, next_owner, next_run = running(jobs, engine, budget)
     next_run.finish()
-    assert isinstance(next_owner.ended(), Finished)
+    assert isinstance(next_owner.ended(), Result)
 
 
 def test_a_cancel_with_a_reason_reports_the_reason(jobs, engine, budget):
     job, owner, _ = running(jobs, engine, budget)
-    jobs.cancel(job, JobError(Kind.ALREADY_EXISTS, "a preset 'x' exists already"))
+    jobs.cancel(job, ImpastoError(Kind.ALREADY_EXISTS, "a preset 'x' exists already"))
     end = owner.ended()
     assert isinstance(end, Failed) and end.error.kind == Kind.ALREADY_EXISTS
 
@@ -231,7 +239,7 @@ def test_a_cancel_with_a_reason_reports_the_reason(jobs, engine, budget):
 def test_a_job_cancelled_before_it_is_queued_is_refused(jobs, budget):
     job, owner = make_job(budget)
     job.cancel.set()
-    with pytest.raises(JobError) as caught:
+    with pytest.raises(ImpastoError) as caught:
         jobs.submit(job)
     assert caught.value.kind == Kind.CANCELLED and owner.events == [] and jobs.waiting == 0
 
@@ -243,12 +251,12 @@ def test_a_full_queue_refuses_with_its_limit(engine, budget):
         waiting, _ = make_job(budget)
         jobs.submit(waiting)
         refused, refused_owner = make_job(budget)
-        with pytest.raises(JobError) as caught:
+        with pytest.raises(ImpastoError) as caught:
             jobs.submit(refused)
-        assert caught.value.kind == Kind.EXHAUSTED and "1 waiting" in caught.value.message
+        assert caught.value.kind == Kind.BUSY and "1 waiting" in caught.value.detail
         assert refused_owner.events == [] and jobs.waiting == 1
         first_run.finish()
-        assert isinstance(first_owner.ended(), Finished)
+        assert isinstance(first_owner.ended(), Result)
     finally:
         jobs.close(grace_seconds=0)
 
@@ -268,9 +276,9 @@ def test_two_workers_run_two_jobs_and_the_third_takes_the_first_free_one(budget)
         runs[1].finish()
         engines[1].next_run().finish()  # the third ran on the worker that freed up
         started = [e for e in owners[2].events if isinstance(e, Started)]
-        assert [e.worker for e in started] == [1]
+        assert [e.device.name for e in started] == ["fake 1"]
         runs[0].finish()
-        assert all(isinstance(owner.ended(), Finished) for owner in owners) and budget.used == 0
+        assert all(isinstance(owner.ended(), Result) for owner in owners) and budget.used == 0
     finally:
         jobs.close(grace_seconds=0)
 
@@ -279,13 +287,13 @@ def test_a_failing_engine_fails_the_job_not_the_worker(jobs, engine, budget, cap
     _, owner, run = running(jobs, engine, budget)
     run.fail(ValueError("boom"))
     end = owner.ended()
-    assert isinstance(end, Failed) and end.error.kind == Kind.BUG and "boom" not in end.error.message
+    assert isinstance(end, Failed) and end.error.kind == Kind.BUG and "boom" not in end.error.detail
     assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)  # the log has it
     _, oom_owner, oom_run = running(jobs, engine, budget)
     oom_run.fail(torch.OutOfMemoryError("CUDA out of memory"))
     end = oom_owner.ended()
-    assert isinstance(end, Failed) and end.error.kind == Kind.EXHAUSTED
-    assert "smaller working size" in end.error.message and budget.used == 0
+    assert isinstance(end, Failed) and end.error.kind == Kind.OUT_OF_MEMORY
+    assert "smaller working size" in end.error.detail and budget.used == 0
 
 
 def test_a_job_that_needs_more_memory_than_is_free_is_refused_with_a_size_that_fits(budget):
@@ -295,8 +303,8 @@ def test_a_job_that_needs_more_memory_than_is_free_is_refused_with_a_size_that_f
         job, owner = make_job(budget)
         jobs.submit(job)
         end = owner.ended()
-        assert isinstance(end, Failed) and end.error.kind == Kind.EXHAUSTED
-        assert "8.0 GiB" in end.error.message and "1.0 GiB are free" in end.error.message
+        assert isinstance(end, Failed) and end.error.kind == Kind.OUT_OF_MEMORY
+        assert "8.0 GiB" in end.error.detail and "1.0 GiB are free" in end.error.detail
         assert "Started" not in owner.kinds() and engine.runs.empty() and budget.used == 0
     finally:
         jobs.close(grace_seconds=0)
@@ -315,12 +323,12 @@ def test_close_fails_waiting_jobs_at_once_and_lets_the_running_one_finish_in_its
         end = owner.ended()  # while the running job still runs
         assert isinstance(end, Failed) and end.error.kind == Kind.UNAVAILABLE
     assert running_owner.kinds()[-1] == "Started"
-    with pytest.raises(JobError) as caught:
+    with pytest.raises(ImpastoError) as caught:
         jobs.submit(make_job(budget)[0])
     assert caught.value.kind == Kind.UNAVAILABLE
     run.finish()
     closer.join(WAIT)
-    assert closed == [True] and isinstance(running_owner.ended(), Finished)
+    assert closed == [True] and isinstance(running_owner.ended(), Result)
     assert budget.used == 1000  # only the job refused above holds its bytes: its caller releases them
 
 
@@ -330,7 +338,7 @@ def test_close_stops_the_running_job_after_its_grace(engine, budget):
     assert jobs.close(grace_seconds=0)
     end = owner.ended()
     assert isinstance(end, Failed) and end.error.kind == Kind.UNAVAILABLE
-    assert "shutting down; the job was stopped" in end.error.message and budget.used == 0
+    assert "shutting down; the job was stopped" in end.error.detail and budget.used == 0
 
 
 # ---- the byte budget -------------------------------------------------------------------------
@@ -352,12 +360,12 @@ def test_reservations_hold_bytes_until_released():
 
 def test_a_reservation_over_the_whole_budget_says_so():
     budget = ByteBudget(10 << 20)
-    with pytest.raises(JobError) as caught:
+    with pytest.raises(ImpastoError) as caught:
         budget.reserve(11 << 20, "this request's images")
-    assert caught.value.kind == Kind.EXHAUSTED
+    assert caught.value.kind == Kind.TOO_LARGE
     assert (
-        "this request's images needs 11 MiB" in caught.value.message
-        and "limit of 10 MiB" in caught.value.message
+        "this request's images needs 11 MiB" in caught.value.detail
+        and "limit of 10 MiB" in caught.value.detail
     )
     assert budget.used == 0
 
@@ -366,10 +374,10 @@ def test_a_busy_budget_refuses_at_once_and_accepts_once_bytes_are_back():
     budget = ByteBudget(10 << 20)
     held = budget.reserve(8 << 20, "another upload")
     growing = budget.reserve(1 << 20, "an upload")
-    with pytest.raises(JobError) as caught:
+    with pytest.raises(ImpastoError) as caught:
         growing.grow(2 << 20, "its decoded pixels")
-    assert caught.value.kind == Kind.EXHAUSTED and "busy with other uploads" in caught.value.message
-    assert "1 MiB are free" in caught.value.message
+    assert caught.value.kind == Kind.BUSY and "busy with other uploads" in caught.value.detail
+    assert "1 MiB are free" in caught.value.detail
     assert growing.amount == 1 << 20 and budget.used == 9 << 20  # a refused growth holds nothing more
     held.release()
     growing.grow(2 << 20, "its decoded pixels")
@@ -384,7 +392,7 @@ def test_concurrent_reservations_never_overdraw_the_budget():
         for _ in range(200):
             try:
                 reservation = budget.reserve(300, "an upload")
-            except JobError:
+            except ImpastoError:
                 refused.append(1)
                 continue
             peaks.append(budget.used)
@@ -400,116 +408,141 @@ def test_concurrent_reservations_never_overdraw_the_budget():
 
 # ---- the request checks ----------------------------------------------------------------------
 
-LIMITS = Limits(max_pixels=10_000, max_size=64, default_size=32, max_request_bytes=100_000)
-CONTENT = ImageSpec("rgba8", 16 * 16 * 4, 16, 16)
-GOOD = Request(content=CONTENT, styles=(StyleRef(preset_id="udnie"),))
-UPLOADED = replace(GOOD, styles=(StyleRef(upload=0),), uploads=(ImageSpec("encoded", 500),))
+LIMITS = Limits(max_pixels=10_000, max_size=64, max_request_bytes=100_000, full_size=False)
+CONTENT = ImageHeader("rgba8", 16 * 16 * 4, 16, 16)
+UDNIE = StyleChoice(preset_id="udnie")
+
+
+def request(
+    styles: tuple[StyleChoice, ...] = (UDNIE,),
+    content: ImageHeader = CONTENT,
+    uploads: tuple[ImageHeader, ...] = (),
+    expert: Expert | None = None,
+    **settings,
+) -> Request:
+    return Request(Parameters(content, styles, uploads, Settings(**settings)), expert or Expert())
+
+
+GOOD = request()
+UPLOADED = request(styles=(StyleChoice(upload=0),), uploads=(ImageHeader("encoded", 500),))
+ONE_UPLOAD = {"styles": (StyleChoice(upload=0),)}
 
 
 def test_a_good_request_passes():
     check_request(GOOD, LIMITS)
     check_request(UPLOADED, LIMITS)
-    check_request(replace(GOOD, size="full"), replace(LIMITS, full_size=True))
-    check_request(replace(GOOD, preview_seconds=None, size=64, iterations=5000, seed=2**64 - 1), LIMITS)
+    check_request(request(full_size=True), replace(LIMITS, full_size=True))
+    check_request(request(preview_seconds=NO_PREVIEWS, size=64, iterations=5000, seed=2**64 - 1), LIMITS)
 
 
 BAD = {
-    "no style": (replace(GOOD, styles=()), Kind.INVALID, "at least one style"),
-    "9 styles": (replace(GOOD, styles=(StyleRef(preset_id="udnie"),) * 9), Kind.EXHAUSTED, "9 style choices"),
+    "no style": (request(styles=()), Kind.INVALID, "at least one style"),
+    "9 styles": (request(styles=(UDNIE,) * 9), Kind.TOO_LARGE, "9 style choices"),
     "9 uploads": (
-        replace(UPLOADED, uploads=(ImageSpec("encoded", 5),) * 9),
-        Kind.EXHAUSTED,
+        request(**ONE_UPLOAD, uploads=(ImageHeader("encoded", 5),) * 9),
+        Kind.TOO_LARGE,
         "9 style uploads",
     ),
-    "no pixels": (replace(GOOD, content=ImageSpec("rgba8", 0, 0, 16)), Kind.INVALID, "no pixels"),
+    "no pixels": (request(content=ImageHeader("rgba8", 0, 0, 16)), Kind.INVALID, "no pixels"),
     "too many pixels": (
-        replace(GOOD, content=ImageSpec("rgba8", 101 * 100 * 4, 101, 100)),
-        Kind.EXHAUSTED,
+        request(content=ImageHeader("rgba8", 101 * 100 * 4, 101, 100)),
+        Kind.TOO_LARGE,
         "limit of 10,000",
     ),
-    "wrong byte count": (replace(GOOD, content=ImageSpec("rgba8", 99, 16, 16)), Kind.INVALID, "announces 99"),
-    "empty file": (replace(GOOD, content=ImageSpec("encoded", 0)), Kind.INVALID, "empty"),
-    "file too big": (replace(GOOD, content=ImageSpec("encoded", 40_001)), Kind.EXHAUSTED, "larger than any"),
-    "no format": (replace(GOOD, content=ImageSpec("", 100)), Kind.INVALID, "pixel format"),
+    "wrong byte count": (request(content=ImageHeader("rgba8", 99, 16, 16)), Kind.INVALID, "announces 99"),
+    "empty file": (request(content=ImageHeader("encoded", 0)), Kind.INVALID, "empty"),
+    "file too big": (request(content=ImageHeader("encoded", 40_001)), Kind.TOO_LARGE, "larger than any"),
+    "no format": (request(content=ImageHeader("", 100)), Kind.INVALID, "pixel format"),
     "request too big": (
-        replace(UPLOADED, uploads=(ImageSpec("encoded", 40_000),) * 3),
-        Kind.EXHAUSTED,
+        request(**ONE_UPLOAD, uploads=(ImageHeader("encoded", 40_000),) * 3),
+        Kind.TOO_LARGE,
         "limit of 100,000",
     ),
     "preset and upload": (
-        replace(UPLOADED, styles=(StyleRef(preset_id="udnie", upload=0),)),
+        request(styles=(StyleChoice(preset_id="udnie", upload=0),), uploads=(ImageHeader("encoded", 5),)),
         Kind.INVALID,
         "either a preset or an upload",
     ),
-    "neither": (replace(GOOD, styles=(StyleRef(),)), Kind.INVALID, "either a preset or an upload"),
-    "path as preset": (replace(GOOD, styles=(StyleRef(preset_id="../udnie"),)), Kind.INVALID, "preset id"),
+    "neither": (request(styles=(StyleChoice(),)), Kind.INVALID, "either a preset or an upload"),
+    "path as preset": (request(styles=(StyleChoice(preset_id="../udnie"),)), Kind.INVALID, "preset id"),
     "saving a preset": (
-        replace(GOOD, styles=(StyleRef(preset_id="udnie", save_as="mine"),)),
+        request(styles=(StyleChoice(preset_id="udnie", save_as_preset="mine"),)),
         Kind.INVALID,
         "only an uploaded style",
     ),
-    "unknown upload": (replace(UPLOADED, styles=(StyleRef(upload=1),)), Kind.INVALID, "refers to upload 1"),
+    "unknown upload": (
+        request(styles=(StyleChoice(upload=1),), uploads=(ImageHeader("encoded", 5),)),
+        Kind.INVALID,
+        "refers to upload 1",
+    ),
     "NaN weight": (
-        replace(GOOD, styles=(StyleRef(preset_id="udnie", weight=math.nan),)),
+        request(styles=(StyleChoice(preset_id="udnie", weight=math.nan),)),
         Kind.INVALID,
         "weight",
     ),
-    "negative weight": (
-        replace(GOOD, styles=(StyleRef(preset_id="udnie", weight=-1),)),
-        Kind.INVALID,
-        "weight",
-    ),
-    "huge weight": (replace(GOOD, styles=(StyleRef(preset_id="udnie", weight=1e7),)), Kind.INVALID, "weight"),
+    "negative weight": (request(styles=(StyleChoice(preset_id="udnie", weight=-1),)), Kind.INVALID, "weight"),
+    "huge weight": (request(styles=(StyleChoice(preset_id="udnie", weight=1e7),)), Kind.INVALID, "weight"),
     "weights add to 0": (
-        replace(GOOD, styles=(StyleRef(preset_id="udnie", weight=0),)),
+        request(styles=(StyleChoice(preset_id="udnie", weight=0),)),
         Kind.INVALID,
         "add up to 0",
     ),
     "unnamable preset": (
-        replace(UPLOADED, styles=(StyleRef(upload=0, save_as="!!!"),)),
+        request(styles=(StyleChoice(upload=0, save_as_preset="!!!"),), uploads=(ImageHeader("encoded", 5),)),
         Kind.INVALID,
         "cannot save a preset",
     ),
-    "full size not served": (replace(GOOD, size="full"), Kind.INVALID, "full size"),
-    "size 15": (replace(GOOD, size=15), Kind.INVALID, "size"),
-    "size over the limit": (replace(GOOD, size=65), Kind.EXHAUSTED, "limit of 64 px"),
-    "no iterations": (replace(GOOD, iterations=0), Kind.INVALID, "iterations"),
-    "too many iterations": (replace(GOOD, iterations=5001), Kind.INVALID, "iterations"),
-    "NaN strength": (replace(GOOD, strength=math.nan), Kind.INVALID, "strength"),
-    "strength over the limit": (replace(GOOD, strength=101), Kind.INVALID, "strength"),
-    "style scale 9": (replace(GOOD, style_scale=9), Kind.INVALID, "style_scale"),
-    "preview every 10 ms": (replace(GOOD, preview_seconds=0.01), Kind.INVALID, "preview interval"),
-    "negative seed": (replace(GOOD, seed=-1), Kind.INVALID, "seed"),
-    "seed over 64 bits": (replace(GOOD, seed=2**64), Kind.INVALID, "seed"),
-    "unknown recipe": (replace(GOOD, recipe="nope"), Kind.INVALID, "unknown recipe"),
-    "unknown optimiser": (replace(GOOD, optimizer="sgd"), Kind.INVALID, "optimiser"),
-    "tiny memory budget": (replace(GOOD, memory_budget=1000), Kind.INVALID, "below 1 MiB"),
-    "unknown init upload": (replace(GOOD, init_upload=0), Kind.INVALID, "init_upload 0"),
+    "one name saved twice": (
+        request(
+            styles=(
+                StyleChoice(upload=0, save_as_preset="Dupe Three"),
+                StyleChoice(upload=0, save_as_preset="dupe-three"),
+            ),
+            uploads=(ImageHeader("encoded", 5),),
+        ),
+        Kind.INVALID,
+        "saves two styles as preset 'dupe-three'",
+    ),
+    "full size not served": (request(full_size=True), Kind.INVALID, "full size"),
+    "size 15": (request(size=15), Kind.INVALID, "size"),
+    "size over the limit": (request(size=65), Kind.TOO_LARGE, "limit of 64 px"),
+    "no iterations": (request(iterations=0), Kind.INVALID, "iterations"),
+    "too many iterations": (request(iterations=5001), Kind.INVALID, "iterations"),
+    "NaN strength": (request(strength=math.nan), Kind.INVALID, "strength"),
+    "strength over the limit": (request(strength=101), Kind.INVALID, "strength"),
+    "style scale 9": (request(style_scale=9), Kind.INVALID, "style scale"),
+    "preview every 10 ms": (request(preview_seconds=0.01), Kind.INVALID, "preview interval"),
+    "negative seed": (request(seed=-1), Kind.INVALID, "seed"),
+    "seed over 64 bits": (request(seed=2**64), Kind.INVALID, "seed"),
+    "unknown recipe": (request(expert=Expert(recipe="nope")), Kind.INVALID, "unknown recipe"),
+    "unknown optimiser": (request(expert=Expert(optimizer="sgd")), Kind.INVALID, "optimiser"),
+    "tiny memory budget": (request(expert=Expert(memory_budget=1000)), Kind.INVALID, "memory budget"),
+    "unknown init upload": (request(expert=Expert(init_upload=0)), Kind.INVALID, "init_upload 0"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_a_bad_request_is_refused_with_what_to_change(case: str):
     request, kind, words = BAD[case]
-    with pytest.raises(JobError) as caught:
+    with pytest.raises(ImpastoError) as caught:
         check_request(request, LIMITS)
-    assert caught.value.kind == kind and words in caught.value.message, caught.value.message
+    assert caught.value.kind == kind and words in caught.value.detail, caught.value.detail
 
 
 def test_an_upload_takes_the_announced_bytes_and_no_more():
     budget = ByteBudget(10_000)
-    upload = Upload(UPLOADED, budget.reserve(2000, "the images"))
-    with pytest.raises(JobError) as caught:
+    upload = Upload(UPLOADED, budget.reserve(2000, "the images"), presets={})
+    with pytest.raises(ImpastoError) as caught:
         upload.add(2, b"x")
-    assert caught.value.kind == Kind.INVALID and "only 2 were announced" in caught.value.message
+    assert caught.value.kind == Kind.INVALID and "only 2 were announced" in caught.value.detail
     upload.add(0, b"\0" * 1024)
-    with pytest.raises(JobError) as caught:
+    with pytest.raises(ImpastoError) as caught:
         upload.check_complete()
-    assert "uploaded image 1: the upload ended after 0 of 500 bytes" in caught.value.message
+    assert "uploaded image 1: the upload ended after 0 of 500 bytes" in caught.value.detail
     upload.add(1, b"\0" * 500)
-    with pytest.raises(JobError) as caught:
+    with pytest.raises(ImpastoError) as caught:
         upload.add(1, b"\0")
-    assert "more bytes than the 500" in caught.value.message
+    assert "more bytes than the 500" in caught.value.detail
     upload.check_complete()
     upload.release()
     assert budget.used == 0

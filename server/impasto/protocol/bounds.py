@@ -22,7 +22,8 @@ class Bound:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{self.name} must be a number, got {value!r}")
         if not (math.isfinite(value) and self.low <= value <= top):
-            raise ValueError(f"{self.name} must be between {self.low:g} and {top:g}, got {value:g}")
+            low, high, got = (_number(x) for x in (self.low, top, value))
+            raise ValueError(f"{self.name} must be between {low} and {high}, got {got}")
 
     def or_default(self, value: float | None) -> float:
         return self.default if value is None else value
@@ -36,3 +37,10 @@ PREVIEW_SECONDS = Bound("the preview interval (seconds)", 0.05, 3600, default=2.
 SEED = Bound("seed", 0, 2**64 - 1, default=0)
 STYLE_WEIGHT = Bound("a style's weight", 0, 1e6, default=1.0)
 MEMORY_BUDGET = Bound("the memory budget (bytes)", 1 << 20, 1 << 50)
+
+
+def _number(value: float) -> str:
+    """1048576 -> "1,048,576"; 0.05 -> "0.05"; nan -> "nan"."""
+    if math.isfinite(value) and value == int(value) and abs(value) >= 1000:
+        return f"{int(value):,}"
+    return f"{value:g}"
