@@ -326,6 +326,15 @@ with open("{out}", "w") as f:
 """
 
 
+@pytest.fixture(scope="module")
+def server(images: Path) -> Iterator[str]:
+    """An impasto-server on loopback whose presets are the test paintings (tests/data/styles)."""
+    from helpers import running_server  # tests/helpers.py: tests/ is on the path once its conftest loaded
+
+    with running_server("--styles-dir", str(images / "styles"), "--grace-seconds", "1") as address:
+        yield address
+
+
 @pytest.fixture(scope="session")
 def gimp(gimp_suite: Suite) -> Iterator[Gimp]:
     root = gimp_suite.root

@@ -268,7 +268,7 @@ def test_other_addresses_are_never_started_and_a_missing_server_says_what_to_do(
     assert "exception" not in out, out.get("exception")
     assert out["other"][0] == "execution-error", out
     assert (
-        f"cannot reach an Impasto server at {other}" in out["other"][1] and "Server field" in out["other"][1]
+        f"Cannot reach an Impasto server at {other}" in out["other"][1] and "Server field" in out["other"][1]
     )
     assert servers_on(int(other.rpartition(":")[2])) == [] and own_server.starts() == 0
     status, message = out["missing"]
