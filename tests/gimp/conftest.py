@@ -220,10 +220,12 @@ class Gimp:
         return outs
 
     def forget_last_values(self) -> None:
-        """An interactive run starts from GIMP's last values (the .last file) over what the script set:
-        each GUI test starts without another's."""
+        """An interactive run starts from GIMP's last values (the .last file) over what the script set, and
+        the plug-in remembers the last server and the tokens that worked (impasto.json): each GUI test
+        starts without another's."""
         for path in (self.config / "plug-in-settings").glob("*impasto*.last"):
             path.unlink()
+        (self.config / "impasto.json").unlink(missing_ok=True)
 
     def start(self, batch: str) -> subprocess.Popen:
         command = [*self.command(), self.console, "-i", "--no-fonts",

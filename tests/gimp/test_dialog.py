@@ -8,9 +8,11 @@ Slow (a GIMP start is about 5 s): run alone with `pytest -m slow`. CI runs them.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import running_server
 from impasto.client import Client
 from interactive import interactive_run
 
@@ -105,18 +107,29 @@ def test_the_dialog_fits_reads_in_order_and_opens_its_help(gimp, server: str, im
     assert "mnemonic" not in said, said
 
 
-def test_an_unreachable_server_is_said_in_the_dialog_which_stays_open(gimp, server: str, images: Path):
+@pytest.fixture(scope="module")
+def token_server(images: Path) -> Iterator[str]:
+    """An impasto-server on loopback that wants the token "s3cret"."""
+    with running_server("--styles-dir", str(images / "styles"), token="s3cret") as address:
+        yield address
+
+
+def test_an_unreachable_server_and_a_refused_token_are_said_in_the_open_dialog(
+    gimp, token_server: str, images: Path
+):
     """A server that cannot be reached: the dialog opens anyway, the reason in its status line (in GIMP's
     words) and its Server section open; OK is greyed out until a style is chosen, and OK with the server
-    still unreachable keeps the dialog open with the choices made. Fixing the Server field and pressing
-    Connect lists the presets and closes the section; OK then paints."""
+    still unreachable keeps the dialog open with the choices made. The Server field fixed and Connect
+    pressed: the token is refused, said in place; the token typed and Connect pressed: the presets come
+    and the section closes; OK then paints."""
     gimp.forget_last_values()
     content = gimp.put(images / "content" / "coffee.png")
     style_file = gimp.put(images / "styles" / "udnie.jpg")
-    steps = ["connected", "measure", f"set:style-file={style_file}", "ok", f"set:server={server}", "connect",
-             "connected", "measure", "choose:starry-night", "set:size=48", "set:iterations=3", "ok"]  # fmt: skip
+    steps = ["connected", "measure", f"set:style-file={style_file}", "ok", f"set:server={token_server}",
+             "set:token=wrong", "connect", "set:token=s3cret", "connect", "connected", "measure",
+             "choose:starry-night", "set:size=48", "set:iterations=3", "ok"]  # fmt: skip
     out, said = gimp.run_gui(
-        "unreachable", interactive_run(content, server="127.0.0.1:9"), autopilot=",".join(steps)
+        "in-place", interactive_run(content, server="127.0.0.1:9"), autopilot=",".join(steps)
     )
     assert out is not None and out["status"] == "success", (out, said)
     assert out["after"] == ["Impasto: Starry Night", *out["before"]], out
@@ -135,9 +148,13 @@ def test_an_unreachable_server_is_said_in_the_dialog_which_stays_open(gimp, serv
         "ok",
         "status: ",  # OK tried the server again, and said so
         "dialog still open",
-        f"set:server={server}",
+        f"set:server={token_server}",
         "connect",
-        f"status: Connected to {server}",
+        f"status: The server at {token_server} did not accept the token: the token sent is not this server's; "
+        "enter the server's token in the Token field.",
+        "set:token=s3cret",
+        "connect",
+        f"status: Connected to {token_server}",
         "server section: closed",
         "choose:starry-night",
         "style: starry-night",

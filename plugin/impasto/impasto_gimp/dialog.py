@@ -74,8 +74,8 @@ class StyleDialog:
         style_row.pack_start(heading, False, False, 0)
         style_row.pack_end(style_file, False, False, 0)
         self.preview = PreviewPane(config, layer, lambda: self.info)
-        # Filled by the server's plan of the job (what OK will cost); hidden until then.
-        # Wrapped lines ask for little width, and use all there is: their text never widens the dialog.
+        # The cost line is for the server's plan of the job (what OK will cost), hidden until filled. Both
+        # lines wrap, asking for little width and using all there is: their text never widens the dialog.
         self.cost_line = Gtk.Label(xalign=0, wrap=True, max_width_chars=40, no_show_all=True)
         self.status = Gtk.Label(xalign=0, wrap=True, max_width_chars=40, selectable=True)
         self.connect_button = Gtk.Button.new_with_mnemonic("Connec_t")
