@@ -293,6 +293,7 @@ build_plugin() {
   cp "$here/server/impasto/v1/__init__.py" "$here/server/impasto/v1/impasto_pb2.py" "$stage/vendor/impasto/v1/"
   install -m 755 "$here/plugin/impasto/impasto.py" "$stage/impasto.py"
   install -m 644 "$here"/plugin/impasto/impasto_gimp/*.py "$stage/impasto_gimp/"
+  install -m 644 "$here/plugin/impasto/help.html" "$stage/help.html"  # the dialog's Help
   local compiled
   compiled="$(find "$stage" -name '*.so' -o -name '*.pyd' -o -name '*.dylib' -o -name '*.dll')"
   [ -z "$compiled" ] || die "the plug-in folder must hold no compiled file, but has: $compiled"

@@ -21,10 +21,12 @@ from test_client import FORBID_COMPILED
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "plugin" / "impasto"
-# The plug-in's own files (the entry GIMP runs and its package), as they are in the zip's impasto/.
+# The plug-in's own files (the entry GIMP runs and its package; and the dialog's help page), as they are in
+# the zip's impasto/.
 SOURCES = sorted(
     path.relative_to(PLUGIN).as_posix() for path in PLUGIN.rglob("*.py") if "vendor" not in path.parts
 )
+SHIPPED = sorted([*SOURCES, "help.html"])
 
 CLIENT_FROM_ZIP = """
 import json, sys
@@ -77,8 +79,8 @@ def test_the_zip_holds_the_plugin_and_no_compiled_file(archive: Path, unpacked: 
         if path.is_file() and "vendor" not in path.relative_to(unpacked).parts
     )
     # The plug-in's files, unchanged, and nothing else beside vendor/: no test autopilot, no tests.
-    assert shipped == SOURCES and "impasto_gimp/hook.py" in shipped
-    assert all((unpacked / name).read_text() == (PLUGIN / name).read_text() for name in SOURCES)
+    assert shipped == SHIPPED and "impasto_gimp/hook.py" in shipped
+    assert all((unpacked / name).read_text() == (PLUGIN / name).read_text() for name in SHIPPED)
     with zipfile.ZipFile(archive) as zipped:
         mode = zipped.getinfo("impasto/impasto.py").external_attr >> 16
     assert mode & 0o111, "impasto.py must stay executable: GIMP on Linux and macOS skips it otherwise"

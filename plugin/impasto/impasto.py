@@ -49,6 +49,8 @@ class Impasto(Gimp.PlugIn):
             name,
         )
         procedure.set_attribution("Impasto developers", "Impasto developers", "2026")
+        # Each nick marks its mnemonic with _ (GIMP 3.2 warns of a field without one), a letter of its own
+        # in the dialog: GIMP's buttons take O, C, R, L and S, the dialog's own H, P, T, V and N.
         procedure.add_string_argument(
             "style",
             "Style preset",
@@ -58,7 +60,7 @@ class Impasto(Gimp.PlugIn):
         )
         procedure.add_file_argument(
             "style-file",
-            "Style image",
+            "Style i_mage",
             "Any image to take the style from",
             Gimp.FileChooserAction.OPEN,
             True,
@@ -67,7 +69,7 @@ class Impasto(Gimp.PlugIn):
         )
         procedure.add_double_argument(
             "strength",
-            "Strength",
+            "Stren_gth",
             "Style versus content: 0 keeps the picture, 0.25 paints gently, 2 lets the style take over",
             0.0,
             10.0,
@@ -75,11 +77,11 @@ class Impasto(Gimp.PlugIn):
             RW,
         )
         procedure.add_int_argument(
-            "iterations", "Iterations", "At full size; smaller steps run half; 0 = default", 0, 5000, 0, RW
+            "iterations", "_Iterations", "At full size; smaller steps run half; 0 = default", 0, 5000, 0, RW
         )
         procedure.add_int_argument(
             "size",
-            "Working size",
+            "_Working size",
             "Long side in px that the style is painted at; 0 = the server's default",
             0,
             16384,
@@ -88,19 +90,19 @@ class Impasto(Gimp.PlugIn):
         )
         procedure.add_boolean_argument(
             "full-size",
-            "Full size (the layer's own resolution; slower)",
+            "_Full size (the layer's own resolution; slower)",
             "Paint at the layer's own size (with a selection: its bounding box at its own size), in tiles "
             "where the server's memory is short; the working size is then ignored",
             False,
             RW,
         )
         procedure.add_boolean_argument(
-            "preserve-colors", "Preserve colors", "Keep the picture's colours", False, RW
+            "preserve-colors", "Preserve colo_urs", "Keep the picture's colours", False, RW
         )
-        procedure.add_int_argument("seed", "Seed", "Same seed, same result", 0, 2**31 - 1, 0, RW)
+        procedure.add_int_argument("seed", "See_d", "Same seed, same result", 0, 2**31 - 1, 0, RW)
         procedure.add_string_argument(
             "server",
-            "Server",
+            "S_erver",
             "host:port (plaintext) or https://host:port (TLS), or several separated by commas (the "
             "least busy that answers); empty = the last address used, else $IMPASTO_SERVER, else "
             f"{DEFAULT_ADDRESS}, where the plug-in starts its own server when none answers",
@@ -109,14 +111,14 @@ class Impasto(Gimp.PlugIn):
         )
         procedure.add_string_argument(
             "token",
-            "Token",
+            "To_ken",
             "The server's token, if it needs one; in the dialog, empty = the one last used with this server",
             "",
             RW,
         )
         procedure.add_file_argument(
             "tls-ca",
-            "TLS certificate",
+            "TLS certific_ate",
             "The certificate (PEM) of a self-signed https:// server; empty = the system's roots",
             Gimp.FileChooserAction.OPEN,
             True,
@@ -125,7 +127,7 @@ class Impasto(Gimp.PlugIn):
         )
         procedure.add_boolean_argument(
             "insecure",
-            "Send the token unencrypted (only on a network you trust)",
+            "Send the token unencr_ypted (only on a network you trust)",
             "Allow the token over plain host:port to another machine; without it that is refused",
             False,
             RW,

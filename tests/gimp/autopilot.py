@@ -3,28 +3,42 @@ presses its buttons in that order, printing each step on stdout ("impasto-autopi
 
 Not part of the plug-in: the tests copy this file into the GIMP root and name it in IMPASTO_TEST_HOOK,
 and the plug-in's hook (impasto_gimp/hook.py) calls `attach` with each window it shows. Steps up to
-"ok" or "cancel" are the style dialog's:
+the "ok" that closes the dialog, or "cancel", are the style dialog's:
 
 - `sleep:SECONDS` waits (for a screenshot),
-- `connected` waits until the connection line says how connecting ended (connected, or why not): the
+- `connected` waits until the status line says how connecting ended (connected, or why not): the
   plug-in may be starting its own server first,
 - `preview` presses Preview and waits until the preview has ended (shown, or an error said),
-- `set:NAME=VALUE` sets an argument (`set:iterations=40`, `set:full-size=true`),
-- `ok`, `cancel` press the dialog's buttons.
+- `preview-shown` waits until a preview shows (one that started by itself),
+- `choose:ID` chooses the preset ID in the grid, as a click does,
+- `set:NAME=VALUE` sets an argument (`set:iterations=40`, `set:full-size=true`, `set:style-file=PATH`),
+- `connect` presses Connect,
+- `open:SECTION`, `close:SECTION` open or close the section `server` or `advanced`,
+- `help:PATH` presses Help and waits until the file PATH exists (the test's stand-in browser writes it),
+- `measure` prints the dialog window's size as the X server has it ("window: WIDTHxHEIGHT"),
+- `windows` prints the names of all windows on the screen ("windows: NAME | NAME…"),
+- `ok`, `cancel` press the dialog's buttons; after `ok` it prints whether the dialog is still open.
 
-The steps after "ok" are the progress window's: `cancel-progress` presses its Cancel once the job's first
-progress shows. Besides the steps it prints "status: TEXT" whenever the dialog's connection line changes
-and "preview shown" when a preview appears.
+The steps after the "ok" that closes the dialog are the progress window's: `cancel-progress` presses its
+Cancel once the job's first progress shows. Besides the steps it prints "status: TEXT" whenever the
+dialog's status line changes, "server section: open" (or closed), "ok: sensitive" (or insensitive) and
+"style: ID" as they change, and "preview shown" when a preview appears.
 """
 
 import os
+import re
+import subprocess
 
-from gi.repository import GLib, Gtk
-from impasto_gimp.dialog import StyleDialog
-from impasto_gimp.local_server import STARTING
-from impasto_gimp.progress import ProgressWindow
+import gi
+
+gi.require_version("GdkX11", "3.0")
+from gi.repository import GdkX11, Gio, GLib, Gtk  # noqa: E402, F401 - GdkX11: the dialog's X window id
+from impasto_gimp.dialog import StyleDialog  # noqa: E402
+from impasto_gimp.local_server import STARTING  # noqa: E402
+from impasto_gimp.progress import ProgressWindow  # noqa: E402
 
 STEPS = [step for step in os.environ.get("IMPASTO_AUTOPILOT", "").split(",") if step]
+FILES = ("style-file", "tls-ca")  # the arguments that take a file
 
 
 def say(text: str) -> None:
@@ -41,9 +55,21 @@ def attach(window: object) -> None:
 class DialogPilot:
     def __init__(self, dialog: StyleDialog):
         self.dialog = dialog
-        say(f"status: {dialog.status.get_text()}")
-        dialog.status.connect("notify::label", lambda label, _: say(f"status: {label.get_text()}"))
-        dialog.preview_image.connect("notify::pixbuf", self._preview_changed)
+        ok = dialog.dialog.get_widget_for_response(Gtk.ResponseType.OK)
+        section, config = dialog.server_section, dialog.config
+        report(dialog.status, "notify::label", lambda: f"status: {dialog.status.get_text()}")
+        report(
+            section,
+            "notify::expanded",
+            lambda: f"server section: {'open' if section.get_expanded() else 'closed'}",
+        )
+        report(
+            ok,
+            "notify::sensitive",
+            lambda: f"ok: {'' if ok.get_sensitive() else 'in'}sensitive {ok.get_tooltip_text() or ''}",
+        )
+        report(config, "notify::style", lambda: f"style: {config.get_property('style')}")
+        dialog.preview.image.connect("notify::pixbuf", self._preview_changed)
         GLib.idle_add(self.next_step)
 
     def next_step(self) -> bool:
@@ -51,56 +77,107 @@ class DialogPilot:
             return False
         step = STEPS.pop(0)
         say(step)
-        config = self.dialog.config
-        if step.startswith("sleep:"):
-            GLib.timeout_add(int(float(step.split(":", 1)[1]) * 1000), self.next_step)
-        elif step == "connected":
-            self._when_connected()
-        elif step == "preview":
-            self._preview()
-        elif step.startswith("set:"):
-            name, _, value = step[4:].partition("=")
-            kind = type(config.get_property(name))
-            config.set_property(name, value == "true" if kind is bool else kind(value))
-            GLib.idle_add(self.next_step)
-        elif step == "ok":
-            self.dialog.dialog.response(Gtk.ResponseType.OK)
-        elif step == "cancel":
+        name, _, argument = step.partition(":")
+        if name == "sleep":
+            GLib.timeout_add(int(float(argument) * 1000), self.next_step)
+            return False
+        if name in ("connected", "preview", "preview-shown", "help", "ok"):
+            getattr(self, "_" + name.replace("-", "_"))(argument)
+            return False
+        if name == "choose":
+            assert self.dialog.grid.select(argument), f"no preset {argument!r} in the grid"
+        elif name == "set":
+            self._set(*argument.split("=", 1))
+        elif name == "connect":
+            self.dialog.connect_button.clicked()
+        elif name in ("open", "close"):
+            getattr(self.dialog, f"{argument}_section").set_expanded(name == "open")
+        elif name == "measure":
+            self._measure()
+        elif name == "windows":
+            tree = subprocess.run(["xwininfo", "-root", "-tree"], capture_output=True, text=True).stdout
+            say("windows: " + " | ".join(sorted(set(re.findall(r'^\s+0x[0-9a-f]+ "([^"]+)"', tree, re.M)))))
+        elif name == "cancel":
             self.dialog.dialog.response(Gtk.ResponseType.CANCEL)
+            return False
         else:
             raise ValueError(f"unknown autopilot step {step!r}")
+        GLib.idle_add(self.next_step)
         return False  # once, for GLib.idle_add and timeout_add
 
-    def _when_connected(self) -> None:
-        status = self.dialog.status
-        if status.get_text() not in ("", STARTING):
+    def _set(self, name: str, value: str) -> None:
+        config = self.dialog.config
+        if name in FILES:
+            config.set_property(name, Gio.File.new_for_path(value) if value else None)
+            return
+        kind = type(config.get_property(name))
+        config.set_property(name, value == "true" if kind is bool else kind(value))
+
+    def _measure(self) -> None:
+        """The window's size as the X server has it, once GTK has laid out and drawn what is pending."""
+        while Gtk.events_pending():
+            Gtk.main_iteration()
+        window = self.dialog.dialog.get_window()
+        window.get_display().sync()
+        info = subprocess.run(["xwininfo", "-id", str(window.get_xid())], capture_output=True, text=True)
+        width, height = (re.search(rf"{side}: (\d+)", info.stdout).group(1) for side in ("Width", "Height"))
+        say(f"window: {width}x{height}")
+
+    def _when(self, ready, widget: Gtk.Widget, signal: str) -> None:
+        """The next step once `ready()`: at once, or when `widget` emits `signal` and it has become so."""
+        if ready():
             GLib.idle_add(self.next_step)
             return
 
         def changed(*_) -> None:
-            if status.get_text() not in ("", STARTING):
-                status.disconnect(handler)
+            if ready():
+                widget.disconnect(handler)
                 GLib.idle_add(self.next_step)
 
-        handler = status.connect("notify::label", changed)
+        handler = widget.connect(signal, changed)
 
-    def _preview(self) -> None:
-        button = self.dialog.preview_button
-        button.clicked()
-        if button.get_sensitive():  # ended at once: its line says why
+    def _connected(self, _) -> None:
+        status = self.dialog.status
+        self._when(lambda: status.get_text() not in ("", STARTING), status, "notify::label")
+
+    def _preview(self, _) -> None:
+        stop = self.dialog.preview.stop
+        self.dialog.preview.button.clicked()
+        self._when(lambda: not stop.get_sensitive(), stop, "notify::sensitive")  # ended: shown, or why not
+
+    def _preview_shown(self, _) -> None:
+        preview = self.dialog.preview
+        self._when(lambda: preview.result_shown, preview.image, "notify::pixbuf")
+
+    def _help(self, opened: str) -> None:
+        self.dialog.help_button.clicked()
+
+        def look() -> bool:
+            if not os.path.exists(opened):
+                return True  # again, GLib.timeout_add
             GLib.idle_add(self.next_step)
-            return
+            return False
 
-        def ended(*_) -> None:
-            if button.get_sensitive():
-                button.disconnect(handler)
-                GLib.idle_add(self.next_step)
+        GLib.timeout_add(100, look)
 
-        handler = button.connect("notify::sensitive", ended)
+    def _ok(self, _) -> None:
+        self.dialog.dialog.response(Gtk.ResponseType.OK)
+        GLib.idle_add(self._after_ok)
+
+    def _after_ok(self) -> bool:
+        """Runs in the dialog's loop again when it stayed open, else in the progress window's or after."""
+        say("dialog closed" if self.dialog.closed else "dialog still open")
+        return self.next_step()
 
     def _preview_changed(self, image: Gtk.Image, _) -> None:
-        if image.get_pixbuf() is not None:
+        if self.dialog.preview.result_shown:
             say("preview shown")
+
+
+def report(widget, signal: str, describe) -> None:
+    """Says `describe()` now, and again each time `widget` emits `signal`."""
+    say(describe())
+    widget.connect(signal, lambda *_: say(describe()))
 
 
 def cancel_on_first_progress(window: ProgressWindow) -> None:

@@ -220,10 +220,12 @@ class Gimp:
         return outs
 
     def forget_last_values(self) -> None:
-        """An interactive run starts from GIMP's last values (the .last file) over what the script set:
-        each GUI test starts without another's."""
+        """An interactive run starts from GIMP's last values (the .last file) over what the script set, and
+        the plug-in remembers the last server and the tokens that worked (impasto.json): each GUI test
+        starts without another's."""
         for path in (self.config / "plug-in-settings").glob("*impasto*.last"):
             path.unlink()
+        (self.config / "impasto.json").unlink(missing_ok=True)
 
     def start(self, batch: str) -> subprocess.Popen:
         command = [*self.command(), self.console, "-i", "--no-fonts",
@@ -324,6 +326,15 @@ except Exception:
 with open("{out}", "w") as f:
     json.dump(out, f)
 """
+
+
+@pytest.fixture(scope="module")
+def server(images: Path) -> Iterator[str]:
+    """An impasto-server on loopback whose presets are the test paintings (tests/data/styles)."""
+    from helpers import running_server  # tests/helpers.py: tests/ is on the path once its conftest loaded
+
+    with running_server("--styles-dir", str(images / "styles"), "--grace-seconds", "1") as address:
+        yield address
 
 
 @pytest.fixture(scope="session")

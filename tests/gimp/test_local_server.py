@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers import free_port, kill_servers_on, servers_on, wait_until_gone
+from interactive import interactive_run
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -153,29 +154,10 @@ def test_the_dialog_starts_the_server_then_connects_and_ok_paints(gimp, own_serv
     the plug-in starts its server, then that it is connected; OK gives the new layer."""
     gimp.forget_last_values()
     content = gimp.put(images / "content" / "coffee.png")
-    script = f"""
-import json
-import gi
-gi.require_version("Gimp", "3.0")
-from gi.repository import Gimp, Gio
-image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path({content!r}))
-Gimp.Display.new(image)
-procedure = Gimp.get_pdb().lookup_procedure("python-fu-impasto")
-config = procedure.create_config()
-config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
-config.set_property("image", image)
-config.set_core_object_array("drawables", [image.get_layers()[-1]])
-config.set_property("server", "")
-config.set_property("style", "starry-night")
-result = procedure.run(config)
-out = {{"success": int(result.index(0)) == int(Gimp.PDBStatusType.SUCCESS),
-        "layers": [layer.get_name() for layer in image.get_layers()]}}
-with open(RESULT, "w") as f:
-    json.dump(out, f)
-"""
+    script = interactive_run(content, server="", style="starry-night")
     out, said = gimp.run_gui("own-server", script, autopilot="connected,set:size=48,set:iterations=3,ok")
-    assert out is not None and out["success"], (out, said)
-    assert out["layers"][0] == NEW_LAYER and len(out["layers"]) == 2, out
+    assert out is not None and out["status"] == "success", (out, said)
+    assert out["after"] == [NEW_LAYER, *out["before"]], out
     starting = said.find(f"status: {STARTING}")
     connected = said.find(f"status: Connected to {own_server.address}")
     assert 0 <= starting < connected, said
@@ -268,7 +250,7 @@ def test_other_addresses_are_never_started_and_a_missing_server_says_what_to_do(
     assert "exception" not in out, out.get("exception")
     assert out["other"][0] == "execution-error", out
     assert (
-        f"cannot reach an Impasto server at {other}" in out["other"][1] and "Server field" in out["other"][1]
+        f"Cannot reach an Impasto server at {other}" in out["other"][1] and "Server field" in out["other"][1]
     )
     assert servers_on(int(other.rpartition(":")[2])) == [] and own_server.starts() == 0
     status, message = out["missing"]

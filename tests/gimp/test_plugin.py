@@ -21,16 +21,11 @@ from helpers import running_server, self_signed
 from impasto.client import Client
 from impasto.v1 import impasto_pb2 as pb
 from impasto.v1 import impasto_pb2_grpc
+from interactive import interactive_run
 from wire import job_lines, outcome
 
 pytestmark = pytest.mark.slow
 QUICK = "size=48, iterations=3"
-
-
-@pytest.fixture(scope="module")
-def server(images: Path) -> Iterator[str]:
-    with running_server("--styles-dir", str(images / "styles"), "--grace-seconds", "1") as address:
-        yield address
 
 
 @pytest.fixture(scope="module")
@@ -385,14 +380,17 @@ with open({result!r}, "w") as f:
 """
 
 # Starts GIMP with the dialog's buttons pressed by IMPASTO_AUTOPILOT (autopilot.py); saves the screen as PNG at
-# each stage: the dialog connected, the dialog with a preview, the progress window.
+# each stage: the dialog connected with the preview it made by itself, the dialog with another preset's
+# preview and its Advanced section open, the progress window.
+PILOT = ("connected,preview-shown,sleep:3,choose:the-scream,open:advanced,preview-shown,sleep:2,close:advanced,"
+         "choose:starry-night,set:size=128,set:iterations=40,ok")  # fmt: skip
 SCREENSHOT = """#!/bin/sh
-IMPASTO_TEST_HOOK={hook} IMPASTO_AUTOPILOT=sleep:3,preview,sleep:3,set:size=128,set:iterations=40,ok {gimp} --no-splash --batch-interpreter=python-fu-eval \\
+IMPASTO_TEST_HOOK={hook} IMPASTO_AUTOPILOT={pilot} {gimp} --no-splash --batch-interpreter=python-fu-eval \\
   -b "exec(open('{script}').read())" > {log} 2>&1 &
 shot() {{ xwd -root -silent | xwdtopnm 2>/dev/null | pnmtopng > "$1"; }}
 wait_for() {{ for i in $(seq 1 $2); do if sh -c "$1"; then return 0; fi; sleep 0.5; done; return 1; }}
 wait_for "grep -q 'impasto-autopilot: sleep:3' {log}" 360 && sleep 1.5 && shot {work}/dialog.png && echo dialog
-wait_for "grep -q 'preview shown' {log}" 240 && sleep 0.5 && shot {work}/preview.png && echo preview
+wait_for "grep -q 'impasto-autopilot: sleep:2' {log}" 240 && sleep 1 && shot {work}/preview.png && echo preview
 wait_for "xwininfo -root -tree | grep -q 'Impasto: Starry Night'" 60 && sleep 3.5 && shot {work}/progress.png \\
   && echo progress
 wait_for "test -s {result}" 600 && echo finished
@@ -402,7 +400,7 @@ kill $! 2>/dev/null
 
 def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_server, images: Path):
     """The interactive dialog against a TLS server with a token: it connects (presets, "Auto (N)",
-    the server's state), Preview shows a small result, OK runs the job in the progress window; one
+    the server's state), the preview comes by itself, OK runs the job in the progress window; one
     Ctrl+Z in the image window takes the result away; then Filters ▸ Repeat runs again with the last
     values. Screenshots are kept in build/screenshots/."""
     assert (gimp.root / "usr/bin/xdotool").exists(), f"no xdotool in {gimp.root} (conftest installs it)"
@@ -419,6 +417,7 @@ def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_serve
     shell.write_text(
         SCREENSHOT.format(
             hook=gimp.hook(),
+            pilot=PILOT,
             gimp=gimp.gui,
             script=gimp.inside(gimp.work / "gui.py"),
             work=gimp.inside(gimp.work),
@@ -470,31 +469,6 @@ def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_serve
         screenshot.save(kept / f"impasto-{stage}-{gimp.suite.id}.png")  # for a look, and for docs/images/
 
 
-CANCEL_SCRIPT = """
-import json
-import gi
-gi.require_version("Gimp", "3.0")
-from gi.repository import Gimp, Gio
-image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path({content!r}))
-Gimp.Display.new(image)
-procedure = Gimp.get_pdb().lookup_procedure("python-fu-impasto")
-out = {{"before": [layer.get_name() for layer in image.get_layers()]}}
-config = procedure.create_config()
-config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
-config.set_property("image", image)
-config.set_core_object_array("drawables", [image.get_layers()[-1]])
-config.set_property("server", {server!r})
-config.set_property("style", "udnie")
-result = procedure.run(config)
-out["status"] = int(result.index(0))
-out["statuses"] = {{int(Gimp.PDBStatusType.CANCEL): "cancel", int(Gimp.PDBStatusType.SUCCESS): "success",
-                   int(Gimp.PDBStatusType.EXECUTION_ERROR): "execution-error"}}
-out["after"] = [layer.get_name() for layer in image.get_layers()]
-with open(RESULT, "w") as f:
-    json.dump(out, f)
-"""
-
-
 def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str, images: Path, caplog):
     """Dialog (with two servers, one of them down) → OK → the progress window shows the job's
     progress → its Cancel: the server logs the job as cancelled, GIMP's run returns CANCEL (no error
@@ -506,11 +480,11 @@ def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str
     started = len(job_lines(caplog.records))
     out, said = gimp.run_gui(
         "cancel",
-        CANCEL_SCRIPT.format(content=content, server=servers),
-        autopilot="sleep:1,set:size=64,set:iterations=5000,ok,cancel-progress",
+        interactive_run(content, server=servers, style="udnie"),
+        autopilot="connected,set:size=64,set:iterations=5000,ok,cancel-progress",
     )
     assert out is not None, said
-    assert out["statuses"].get(str(out["status"])) == "cancel", (out, said)
+    assert out["status"] == "cancel", (out, said)
     assert out["after"] == out["before"], out
     # The dialog connected to the server that answers, of the two; the progress window's Cancel was pressed.
     assert f"status: Connected to {server} (the least busy of 2 servers)" in said, said
@@ -519,4 +493,5 @@ def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str
     while not job_lines(caplog.records)[started:] and time.monotonic() < deadline:
         time.sleep(0.1)
     lines = job_lines(caplog.records)[started:]
-    assert [outcome(line) for line in lines] == ["cancelled"] and " style=udnie " in lines[0], lines
+    # The job OK started, cancelled; before it, the preview that the dialog ran by itself, if it had ended.
+    assert outcome(lines[-1]) == "cancelled" and " style=udnie " in lines[-1] and len(lines) <= 2, lines

@@ -8,7 +8,8 @@ runs it. Read in this order:
   to use and nothing answers there
 - layers.py: the layer's pixels out, the result layer in
 - progress.py: a job's progress, in its own window or in GIMP's status bar
-- dialog.py: the style dialog, with its preview
+- dialog.py: the style dialog; presets.py: its grid of the server's presets; preview.py: its preview
+  (and ../help.html: the page its Help button opens)
 - store.py: impasto.json, the server last used and a token per server
 - pictures.py: pictures for the dialogs (GdkPixbuf)
 - hook.py: the GUI tests' door (IMPASTO_TEST_HOOK), unused otherwise
@@ -21,5 +22,6 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
+gi.require_version("Gdk", "3.0")
 gi.require_version("GdkPixbuf", "2.0")
 gi.require_version("Gtk", "3.0")

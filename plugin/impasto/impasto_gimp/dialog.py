@@ -1,152 +1,178 @@
-"""The style dialog: GIMP's own procedure dialog for the arguments, plus the server's presets, the
-connection's state and a quick preview on the layer."""
+"""The style dialog, in the order of the choices: the style (the server's presets as a grid, or a style
+image), the strength, the preview, then the cost; the connection's fields in a "Server" section that
+opens by itself while not connected, and the rest in "Advanced".
 
+Every argument's widget is GIMP's own (GimpProcedureDialog), so that GIMP keeps them as last values and
+Filters ▸ Repeat reuses them. Errors stay in the dialog: OK is greyed out until a style is chosen, and
+OK with an unreachable server or a refused token keeps the dialog open with the reason in its status
+line, the choices as they were."""
+
+import os
 import threading
 
-from gi.repository import Gimp, GimpUi, GLib, GObject, Gtk
+from gi.repository import Gdk, Gimp, GimpUi, GLib, GObject, Gtk
 
 from . import hook
-from .layers import read_layer
 from .local_server import local_address, start_if_needed
-from .pictures import at_most, pixbuf_from_rgba, thumbnail_pixbuf
-from .progress import describe
+from .pictures import thumbnail_pixbuf
+from .presets import THUMBNAIL, Preset, PresetGrid
+from .preview import PreviewPane
 from .remote import (
     FAILURES,
-    NO_PREVIEWS,
     Client,
     ImpastoError,
     Info,
-    Progress,
     addresses,
     chosen_style,
     connect,
-    job_settings,
     sentence,
+    style_chosen,
+    style_file_path,
 )
 from .store import server_address, token_for
 
-DIALOG_ARGUMENTS = [
-    "style-file",
-    "strength",
-    "iterations",
-    "size",
-    "full-size",
-    "preserve-colors",
-    "seed",
-    "server",
-    "token",
-    "tls-ca",
-    "insecure",
-]
-PREVIEW_SIZE = 160  # the Preview button's working long side, at most
+SERVER_FIELDS = ["server", "token", "tls-ca", "insecure"]  # a change: connect again before a job
+ADVANCED_FIELDS = ["iterations", "size", "full-size", "preserve-colors", "seed"]
+STRENGTH_SLIDER = (0.0, 3.0)  # the slider's range; the number field takes the argument's whole range
+HELP_PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "help.html")
+NO_STYLE_YET = "Choose a style first: a preset above, or a style image file"
 FULL_SIZE_UNAVAILABLE = "This server cannot paint at full size (an older impasto-server)"
 
 
 class StyleDialog:
-    """GIMP's own procedure dialog, plus: a preset list fetched from the server (with thumbnails), the
-    connection's state (address, devices, queue), what "0 = server default" means on that server
-    ("Auto (40)"), and a Preview button that runs a quick small job on the layer.
-
-    The server is asked for its presets and info when the dialog opens and on Connect (short calls,
-    3 s timeout); the plug-in's own server, when it has to be started first, and the preview job are
-    waited for on worker threads, which reach GTK through GLib.idle_add.
-    """
+    """The server is asked for its presets and info when the dialog opens and on Connect (short calls,
+    3 s timeout); the plug-in's own server, when it has to be started first, is waited for on a worker
+    thread, which reaches GTK through GLib.idle_add."""
 
     def __init__(self, procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, layer: Gimp.Layer):
         GimpUi.init(procedure.get_name())
         self.config = config
-        self.layer = layer
         self.info: Info | None = None
-        self.preview_generation = 0
-        self.preview_cancel: threading.Event | None = None  # of the running preview
+        self.connected_with: tuple | None = None  # the Server section's fields when it connected
+        self.choices: tuple | None = None  # the style, style file and strength the preview was made for
         self.closed = False  # a worker's late news is dropped then
-        self.dialog = GimpUi.ProcedureDialog.new(procedure, config, "Impasto Style Transfer")
-        self.dialog.fill(DIALOG_ARGUMENTS)
-        area = self.dialog.get_content_area()
+        self.ok_when_connected = False  # OK was pressed while the plug-in's own server was starting
+        self.server_opened_by_itself = False
+        self.dialog = dialog = GimpUi.ProcedureDialog.new(procedure, config, "Impasto Style Transfer")
+        dialog.get_scale_entry("strength", 1.0).set_bounds(*STRENGTH_SLIDER, False)
+        style_file = dialog.fill_box("style-file-box", ["style-file"])
+        strength = dialog.fill_box("strength-box", ["strength"])
+        server_fields = dialog.fill_box("server-fields", SERVER_FIELDS)
+        server_fields.set_margin_start(12)  # a section's fields under its title
+        dialog.get_label("server-title", "Ser_ver", False, True)
+        self.server_section = dialog.fill_expander("server-section", "server-title", False, "server-fields")
+        dialog.fill_box("advanced-fields", ADVANCED_FIELDS).set_margin_start(12)
+        dialog.get_label("advanced-title", "Adva_nced", False, True)
+        self.advanced_section = dialog.fill_expander(
+            "advanced-section", "advanced-title", False, "advanced-fields"
+        )
 
-        # The preset list and the connection's state, above GIMP's own widgets.
-        self.presets = Gtk.ListStore(str, str, GObject.TYPE_OBJECT)
-        self.combo = Gtk.ComboBox.new_with_model(self.presets)
-        thumbnail, title = Gtk.CellRendererPixbuf(), Gtk.CellRendererText()
-        self.combo.pack_start(thumbnail, False)
-        self.combo.add_attribute(thumbnail, "pixbuf", 2)
-        self.combo.pack_start(title, True)
-        self.combo.add_attribute(title, "text", 1)
-        self.combo.connect("changed", self._preset_chosen)
-        retry = Gtk.Button(label="Connect")
-        retry.connect("clicked", lambda *_: self.load_presets())
-        row = Gtk.Box(spacing=6)
-        row.pack_start(Gtk.Label(label="Style preset"), False, False, 0)
-        row.pack_start(self.combo, True, True, 0)
-        row.pack_start(retry, False, False, 0)
-        self.status = Gtk.Label(xalign=0, wrap=True, max_width_chars=60, selectable=True)
-        area.pack_start(row, False, False, 0)
-        area.pack_start(self.status, False, False, 0)
-        area.reorder_child(row, 0)
-        area.reorder_child(self.status, 1)
+        self.grid = PresetGrid(self._preset_chosen)
+        heading = Gtk.Label(xalign=0)
+        heading.set_markup("<b>Style</b>")
+        style_row = Gtk.Box(spacing=12)
+        style_row.pack_start(heading, False, False, 0)
+        style_row.pack_end(style_file, False, False, 0)
+        self.preview = PreviewPane(config, layer, lambda: self.info)
+        # The cost line is for the server's plan of the job (what OK will cost), hidden until filled. Both
+        # lines wrap, asking for little width and using all there is: their text never widens the dialog.
+        self.cost_line = Gtk.Label(xalign=0, wrap=True, max_width_chars=40, no_show_all=True)
+        self.status = Gtk.Label(xalign=0, wrap=True, max_width_chars=40, selectable=True)
+        self.connect_button = Gtk.Button.new_with_mnemonic("Connec_t")
+        self.connect_button.set_tooltip_text("Connect to the server in the Server field; list its presets")
+        self.connect_button.connect("clicked", lambda *_: self.load_presets())
+        connect_row = Gtk.Box()
+        connect_row.pack_end(self.connect_button, False, False, 0)
+        server_fields.pack_start(connect_row, False, False, 0)
+        area = dialog.get_content_area()
+        area.set_spacing(6)
+        for widget in (style_row, self.grid.widget, strength, self.preview.widget, self.cost_line,
+                       self.status, self.server_section, self.advanced_section):  # fmt: skip
+            area.pack_start(widget, False, False, 0)
+        self._own_help()
 
         # "Auto (N)" beside the two arguments whose 0 means the server's default.
         self.auto = {}
         for name in ("iterations", "size"):
             label = Gtk.Label(xalign=0)
             label.get_style_context().add_class("dim-label")
-            self._beside(name, label)
+            _beside(dialog.get_widget(name, GObject.TYPE_NONE), label)
             self.auto[name] = label
             config.connect(f"notify::{name}", lambda *_: self._show_auto())
         # Full size: the working size means nothing then; a server that cannot paint at full size (its
         # info says so) greys the box out.
-        full_size = self.dialog.get_widget("full-size", GObject.TYPE_NONE)
-        self.full_size_tooltip = full_size.get_tooltip_text() if full_size is not None else None
+        full_size = dialog.get_widget("full-size", GObject.TYPE_NONE)
+        self.full_size_tooltip = full_size.get_tooltip_text()
         config.connect("notify::full-size", lambda *_: self._show_auto())
         self._show_auto()
-        token_widget = self.dialog.get_widget("token", GObject.TYPE_NONE)
-        entry = token_widget.get_entry() if hasattr(token_widget, "get_entry") else None
-        if isinstance(entry, Gtk.Entry):
-            entry.set_visibility(False)  # a password: dots, not letters
+        token_entry = dialog.get_widget("token", GObject.TYPE_NONE).get_entry()
+        token_entry.set_visibility(False)  # a password: dots, not letters
 
-        # Preview: a quick small job on this layer.
-        self.preview_button = Gtk.Button.new_with_mnemonic("_Preview")
-        self.preview_button.connect("clicked", lambda *_: self.start_preview())
-        self.preview_stop = Gtk.Button(label="Stop")
-        self.preview_stop.set_sensitive(False)
-        self.preview_stop.connect("clicked", lambda *_: self.clear_preview("Preview stopped."))
-        self.preview_line = Gtk.Label(xalign=0, wrap=True, max_width_chars=50)
-        self.preview_image = Gtk.Image()
-        self.preview_image.set_size_request(PREVIEW_SIZE + 16, PREVIEW_SIZE)
-        buttons = Gtk.Box(spacing=6)
-        buttons.pack_start(self.preview_button, False, False, 0)
-        buttons.pack_start(self.preview_stop, False, False, 0)
-        preview = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6)
-        preview.pack_start(buttons, False, False, 0)
-        preview.pack_start(self.preview_line, False, False, 0)
-        preview.pack_start(self.preview_image, False, False, 0)
-        frame = Gtk.Frame(label="Preview (small and quick)")
-        preview.set_border_width(6)
-        frame.add(preview)
-        area.pack_start(frame, False, False, 0)
-        self.preview_line.set_text(f"A {PREVIEW_SIZE} px version with a quarter of the iterations.")
-        for name in ("style", "style-file", "strength"):
-            config.connect(f"notify::{name}", lambda *_: self.clear_preview())
+        config.connect("notify::style", lambda *_: self._choices_changed())
+        config.connect("notify::style-file", lambda *_: self._style_file_changed())
+        config.connect("notify::strength", lambda *_: self._choices_changed())
+        for name in SERVER_FIELDS:
+            config.connect(f"notify::{name}", lambda *_: self._server_fields_changed())
+        self._choices_changed()
 
-    def _beside(self, name, label):
-        """Puts `label` to the right of argument `name`'s widget (a GimpLabeled grid in GIMP 3.0 and 3.2)."""
-        widget = self.dialog.get_widget(name, GObject.TYPE_NONE)
-        if isinstance(widget, Gtk.Grid):
-            widget.attach(label, 3, 0, 1, 1)
-            label.set_margin_start(6)
+    def _own_help(self) -> None:
+        """Help (and F1) open the plug-in's help page in the web browser. GIMP's own Help button, which asks
+        for GIMP's user manual, gives way to one that does."""
+        gimps = self.dialog.get_widget_for_response(Gtk.ResponseType.HELP)
+        self.help_button = Gtk.Button.new_with_mnemonic("_Help")
+        self.help_button.connect("clicked", lambda *_: self.show_help())
+        buttons = self.dialog.get_widget_for_response(Gtk.ResponseType.OK).get_parent()
+        if isinstance(buttons, Gtk.HeaderBar):
+            buttons.pack_start(self.help_button)
         else:
-            self.dialog.get_content_area().pack_start(label, False, False, 0)
+            buttons.pack_start(self.help_button, False, False, 0)
+            buttons.set_child_secondary(self.help_button, True)  # on the left, as GIMP's was
+        if gimps is not None:
+            gimps.set_no_show_all(True)
+            gimps.hide()
+        self.dialog.connect("key-press-event", self._key_pressed)
+
+    def _key_pressed(self, _dialog, event: Gdk.EventKey) -> bool:
+        if event.keyval == Gdk.KEY_F1:
+            self.show_help()
+            return True
+        return False
+
+    def show_help(self) -> None:
+        uri = GLib.filename_to_uri(HELP_PAGE, None)
+        try:
+            Gtk.show_uri_on_window(self.dialog, uri, Gtk.get_current_event_time())
+        except GLib.Error as error:
+            self._say(f"The help page could not be opened ({error.message}): it is the file {HELP_PAGE}.")
 
     def run(self) -> bool:
-        """True for OK: the config holds the choices."""
+        """True for OK: the config holds the choices. OK keeps the dialog open while no job could start."""
         self.dialog.show_all()
         self.load_presets()
         hook.attach(self)
-        ok = self.dialog.run()
+        ok = False
+        while not ok and self.dialog.run():
+            ok = self._ready_to_paint()
         self.closed = True
-        self.clear_preview()
+        self.preview.close()
         self.dialog.destroy()
         return ok
+
+    def _ready_to_paint(self) -> bool:
+        """OK was pressed: True when the job can go; else the status line says why."""
+        try:
+            chosen_style(self.config)  # a style file that cannot be read
+        except FAILURES as error:
+            self._say(sentence(error))
+            return False
+        if self.connected_with == self._server_fields():
+            return True
+        self.ok_when_connected = True  # OK goes on by itself once connected, if the local server starts
+        self.load_presets()
+        ready = self.connected_with == self._server_fields()
+        if ready:
+            self.ok_when_connected = False
+        return ready
 
     # ---- the server's presets and state ---------------------------------------------------------
 
@@ -157,7 +183,8 @@ class StyleDialog:
         """Connects and lists the server's presets; the plug-in's own server is first made sure of on a
         worker thread (started if nothing answers), so that the dialog stays responsive meanwhile."""
         address = self.address()
-        self.presets.clear()
+        self.connected_with = None
+        self.grid.clear()
         if address == local_address():
             threading.Thread(target=self._start_then_connect, args=(address,), daemon=True).start()
         else:
@@ -177,18 +204,24 @@ class StyleDialog:
             return False
         if error is None:
             self.status.set_text(text)
-        else:
-            self.info = None
-            self._show_auto()
-            self.status.set_markup(
-                f"<b>{GLib.markup_escape_text(sentence(error))}</b>\nYou can still choose a style "
-                "image file, fix the server address and press Connect."
-            )
+            return False
+        self.info = None
+        self.ok_when_connected = False
+        self._show_auto()
+        problem = sentence(error).rstrip(".")
+        self._say(f"{problem}.\nFix the Server section's fields and press Connect.")
+        if not self.server_section.get_expanded():
+            self.server_section.set_expanded(True)
+            self.server_opened_by_itself = True
         return False  # once, for GLib.idle_add
+
+    def _say(self, problem: str) -> None:
+        self.status.set_markup(f"<b>{GLib.markup_escape_text(problem)}</b>")
 
     def _connect(self, address: str) -> bool:
         if self.closed:
             return False
+        fields = self._server_fields()
         try:
             with connect(self.config, address, token_for(self.config, address), timeout=3) as client:
                 chosen_server = client.address  # of several: the least busy that answered
@@ -198,22 +231,42 @@ class StyleDialog:
         except FAILURES as error:
             return self._show_state(None, error)
         self.info = info
+        self.connected_with = fields
         self._show_auto()
+        ids = [preset.id for preset in presets]
         chosen = self.config.get_property("style")
-        for preset in presets:
-            self.presets.append([preset.id, preset.title, thumbnail_pixbuf(thumbnails[preset.id])])
-            if preset.id == chosen:
-                self.combo.set_active(len(self.presets) - 1)
-        count = (
-            f"{len(presets)} presets" if presets else "No presets on this server: choose a style image file"
-        )
+        # The style last used, else the first preset; none where a style file is chosen.
+        preselected = chosen if chosen in ids else next(iter(ids), None)
+        if style_file_path(self.config) is not None:
+            preselected = None
+        grid = [Preset(p.id, p.title or p.id, thumbnail_pixbuf(thumbnails[p.id], THUMBNAIL)) for p in presets]
+        self.grid.show(grid, preselected)
+        count = f"{len(presets)} presets" if presets else "no presets: choose a style image file"
         servers = addresses(address)
         which = f" (the least busy of {len(servers)} servers)" if len(servers) > 1 else ""
         self.status.set_markup(
-            f"<b>Connected</b> to {GLib.markup_escape_text(chosen_server)}{which}: {count}.\n"
+            f"<b>Connected</b> to {GLib.markup_escape_text(chosen_server)}{which}: {count}; "
             f"{GLib.markup_escape_text(describe_server(info))}"
         )
+        if self.server_opened_by_itself:
+            self.server_section.set_expanded(False)
+            self.server_opened_by_itself = False
+        self.preview.schedule()
+        if self.ok_when_connected:
+            self.ok_when_connected = False
+            self.dialog.response(Gtk.ResponseType.OK)
         return False  # once, for GLib.idle_add
+
+    def _server_fields(self) -> tuple:
+        ca = self.config.get_property("tls-ca")
+        insecure = self.config.get_property("insecure")
+        return self.address(), self.config.get_property("token"), ca and ca.get_path(), insecure
+
+    def _server_fields_changed(self) -> None:
+        """GIMP's widgets also notify values that did not change."""
+        if self.connected_with not in (None, self._server_fields()):
+            self.connected_with = None
+            self.status.set_text("The Server section changed: press Connect (or OK) to connect again.")
 
     def _show_auto(self):
         info = self.info
@@ -226,120 +279,59 @@ class StyleDialog:
             label.set_text(auto if self.config.get_property(name) == 0 else f"0 = {auto}")
         able = info is None or info.limits.full_size  # unknown until connected: the run checks then
         box = self.dialog.get_widget("full-size", GObject.TYPE_NONE)
-        if box is not None:
-            box.set_sensitive(able)
-            box.set_tooltip_text(self.full_size_tooltip if able else FULL_SIZE_UNAVAILABLE)
+        box.set_sensitive(able)
+        box.set_tooltip_text(self.full_size_tooltip if able else FULL_SIZE_UNAVAILABLE)
         if not able and self.config.get_property("full-size"):
             self.config.set_property("full-size", False)  # notifies: _show_auto again, with it unticked
             return
         full_size = self.config.get_property("full-size")
-        size = self.dialog.get_widget("size", GObject.TYPE_NONE)
-        if size is not None:
-            size.set_sensitive(not full_size)
+        self.dialog.get_widget("size", GObject.TYPE_NONE).set_sensitive(not full_size)
         if full_size:
             self.auto["size"].set_text("The layer's own size")
 
-    def _preset_chosen(self, combo):
-        row = combo.get_active_iter()
-        if row is not None:
-            self.config.set_property("style", self.presets[row][0])
+    # ---- the style ------------------------------------------------------------------------------
 
-    # ---- preview ----------------------------------------------------------------------------
+    def _preset_chosen(self, preset_id: str) -> None:
+        """A preset chosen in the grid replaces a style file."""
+        self.config.set_property("style", preset_id)
+        if style_file_path(self.config) is not None:
+            self.config.set_property("style-file", None)
 
-    def start_preview(self) -> None:
-        self.clear_preview()
-        try:
-            style = chosen_style(self.config)
-            settings, content = self._preview_job()
-        except FAILURES as error:
-            self.preview_line.set_text(sentence(error))
+    def _style_file_changed(self) -> None:
+        """A style file chosen replaces the preset."""
+        if style_file_path(self.config) is not None:
+            self.grid.select(None)
+            self.config.set_property("style", "")
+        self._choices_changed()
+
+    def _choices_changed(self) -> None:
+        """The style, style file or strength changed (GIMP's widgets also notify values that did not)."""
+        style_file = style_file_path(self.config)
+        choices = self.config.get_property("style"), style_file, self.config.get_property("strength")
+        if choices == self.choices:
             return
-        address = self.address()
-        token = token_for(self.config, address)
-        cancel = self.preview_cancel = threading.Event()
-        generation = self.preview_generation
-        self.preview_button.set_sensitive(False)
-        self.preview_stop.set_sensitive(True)
-        self.preview_line.set_text(f"Preview of {style.name}: sending…")
-        worker = threading.Thread(
-            target=self._preview_work,
-            args=(generation, cancel, address, token, content, style, settings),
-            daemon=True,
-        )
-        worker.start()
+        self.choices = choices
+        if style_file is None and self.grid.selected() != choices[0]:
+            self.grid.select(choices[0])  # the style changed by Reset or Load Saved Settings
+        chosen = style_chosen(self.config)
+        ok = self.dialog.get_widget_for_response(Gtk.ResponseType.OK)
+        ok.set_tooltip_text(None if chosen else NO_STYLE_YET)  # a greyed-out OK says why
+        self.dialog.set_response_sensitive(Gtk.ResponseType.OK, chosen)
+        self.preview.schedule()
 
-    def _preview_job(self):
-        """The settings and (downscaled) layer of a quick job: at most PREVIEW_SIZE px, a quarter of the
-        iterations; the same style, strength, seed and colour choice."""
-        default_size = self.info.default_size if self.info else 0
-        default_iterations = self.info.default_iterations if self.info else 0
-        size = min(self.config.get_property("size") or default_size or PREVIEW_SIZE, PREVIEW_SIZE)
-        iterations = self.config.get_property("iterations") or default_iterations or 100
-        quick = {"iterations": max(1, iterations // 4), "size": size, "full_size": False}
-        settings = job_settings(self.config, **quick, preview_seconds=NO_PREVIEWS)
-        return settings, at_most(read_layer(self.layer), size)
 
-    def _preview_work(self, generation, cancel, address, token, content, style, settings):
-        """On a worker thread: no GTK here, only idle callbacks."""
-        try:
-            start_if_needed(address, lambda text: GLib.idle_add(self._preview_said, generation, text))
-            with connect(self.config, address, token) as client:
-                job = style.start(client, content, settings)
-                watcher = threading.Thread(target=lambda: cancel.wait() and job.cancel(), daemon=True)
-                watcher.start()
-                for event in job.events():
-                    GLib.idle_add(self._preview_event, generation, event)
-                result = job.result
-            GLib.idle_add(self._preview_done, generation, result, None)
-        except FAILURES as error:
-            GLib.idle_add(self._preview_done, generation, None, error)
-        finally:
-            cancel.set()  # ends the watcher
-
-    def _preview_event(self, generation, event):
-        text = describe(event)
-        if isinstance(event, Progress):
-            text = f"{event.fraction:.0%}: {text}"
-        return self._preview_said(generation, text)
-
-    def _preview_said(self, generation: int, text: str | None) -> bool:
-        if text and generation == self.preview_generation:
-            self.preview_line.set_text(text)
-        return False  # once, for GLib.idle_add
-
-    def _preview_done(self, generation, result, error):
-        if generation != self.preview_generation:
-            return False  # the settings changed meanwhile; clear_preview already said so
-        self.preview_button.set_sensitive(True)
-        self.preview_stop.set_sensitive(False)
-        self.preview_cancel = None
-        if error is not None:
-            stopped = getattr(error, "cancelled", False)
-            self.preview_line.set_text("Preview stopped." if stopped else sentence(error))
-        else:
-            self.preview_image.set_from_pixbuf(pixbuf_from_rgba(result))
-            size = f"{result.width}×{result.height} px"
-            self.preview_line.set_text(f"Preview at {size}. OK paints the whole layer.")
-        return False
-
-    def clear_preview(self, text=None):
-        """Stops a running preview and clears the shown one (style, style file or strength changed)."""
-        self.preview_generation += 1
-        if self.preview_cancel is not None:
-            self.preview_cancel.set()
-            self.preview_cancel = None
-        self.preview_image.clear()
-        self.preview_button.set_sensitive(True)
-        self.preview_stop.set_sensitive(False)
-        self.preview_line.set_text(text or "Press Preview to see the style on a small copy of the layer.")
+def _beside(widget: Gtk.Widget, label: Gtk.Label) -> None:
+    """Puts `label` to the right of an argument's widget (a GimpLabeled grid in GIMP 3.0 and 3.2)."""
+    widget.attach(label, 3, 0, 1, 1)
+    label.set_margin_start(6)
 
 
 def describe_server(info: Info) -> str:
-    """One line on where jobs run and how busy the server is."""
+    """Where jobs run and how busy the server is, in a few words."""
     names = ", ".join(f"{s.device} ({'busy' if s.busy else 'idle'})" for s in info.devices)
-    waiting = f"{info.queue_length} job(s) waiting" if info.queue_length else "no jobs waiting"
+    waiting = f"{info.queue_length} job(s) waiting" if info.queue_length else "nothing waiting"
     full_size = "" if info.limits.full_size else " It cannot paint at full size (an older impasto-server)."
-    return f"Runs on {names}; {waiting}, {info.running_jobs} running.{full_size}"
+    return f"{names}, {waiting}.{full_size}"
 
 
 def _thumbnail_or_none(client: Client, preset_id: str) -> bytes | None:

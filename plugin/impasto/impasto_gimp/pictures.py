@@ -21,9 +21,11 @@ def pixbuf_from_rgba(image: Image) -> GdkPixbuf.Pixbuf:
     )
 
 
-def fit(pixbuf: GdkPixbuf.Pixbuf, box: int) -> GdkPixbuf.Pixbuf:
-    """`pixbuf` scaled so that its long side is `box` px."""
-    scale = box / max(pixbuf.get_width(), pixbuf.get_height())
+def fit(pixbuf: GdkPixbuf.Pixbuf, width: int, height: int | None = None) -> GdkPixbuf.Pixbuf:
+    """`pixbuf` scaled, larger or smaller, to the largest size that fits a box of `width`×`height` px
+    (a square one without `height`)."""
+    height = width if height is None else height
+    scale = min(width / pixbuf.get_width(), height / pixbuf.get_height())
     return pixbuf.scale_simple(
         max(1, round(pixbuf.get_width() * scale)),
         max(1, round(pixbuf.get_height() * scale)),
@@ -31,9 +33,9 @@ def fit(pixbuf: GdkPixbuf.Pixbuf, box: int) -> GdkPixbuf.Pixbuf:
     )
 
 
-def thumbnail_pixbuf(png: bytes | None) -> GdkPixbuf.Pixbuf | None:
+def thumbnail_pixbuf(png: bytes | None, size: int) -> GdkPixbuf.Pixbuf | None:
     pixbuf = pixbuf_from_png(png) if png else None
-    return fit(pixbuf, 64) if pixbuf is not None else None
+    return fit(pixbuf, size) if pixbuf is not None else None
 
 
 def at_most(image: Image, size: int) -> Image:

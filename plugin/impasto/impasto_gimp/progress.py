@@ -3,11 +3,13 @@ runs), or in GIMP's status bar (scripts and Filters ▸ Repeat)."""
 
 import threading
 
-from gi.repository import Gimp, GLib, Gtk
+from gi.repository import Gimp, GLib, Gtk, Pango
 
 from . import hook
-from .pictures import pixbuf_from_png
+from .pictures import fit, pixbuf_from_png
 from .remote import ImpastoError, Preview, Progress, Queued, RemoteJob, Started
+
+PREVIEW_AREA = (384, 288)  # px: where the job's previews show, each fitted in
 
 
 def describe(event: object) -> str | None:
@@ -58,9 +60,12 @@ class ProgressWindow:
         box = self.dialog.get_content_area()
         box.set_spacing(8)
         box.set_border_width(12)
-        self.stage = Gtk.Label(label="Uploading…", xalign=0)
+        # One size from start to end: the stage line is cut short rather than widening the window, and the
+        # previews, which grow from the coarse scales to the working size, are fitted into one area.
+        self.stage = Gtk.Label(label="Uploading…", xalign=0, ellipsize=Pango.EllipsizeMode.END)
         self.bar = Gtk.ProgressBar(show_text=True)
         self.preview = Gtk.Image()
+        self.preview.set_size_request(*PREVIEW_AREA)
         for widget in (self.stage, self.bar, self.preview):
             box.pack_start(widget, False, False, 0)
         self.loop = GLib.MainLoop()
@@ -103,5 +108,5 @@ class ProgressWindow:
             self.bar.set_fraction(event.fraction)
             Gimp.progress_update(event.fraction)
         if isinstance(event, Preview):
-            self.preview.set_from_pixbuf(pixbuf_from_png(event.png))
+            self.preview.set_from_pixbuf(fit(pixbuf_from_png(event.png), *PREVIEW_AREA))
         return False  # once, for GLib.idle_add

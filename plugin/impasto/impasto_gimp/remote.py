@@ -53,6 +53,8 @@ __all__ = [
     "job_settings",
     "parse_address",
     "sentence",
+    "style_chosen",
+    "style_file_path",
     "style_title",
 ]
 
@@ -62,7 +64,8 @@ FAILURES = (ImpastoError, LaunchError, OSError, ValueError)
 
 def sentence(error: Exception) -> str:
     """What the user reads: a server's or the client's sentence in GIMP's words (fields, not flags)."""
-    return error.sentence("gimp") if isinstance(error, ImpastoError) else str(error)
+    text = error.sentence("gimp") if isinstance(error, ImpastoError) else str(error)
+    return text[:1].upper() + text[1:]
 
 
 def connect(config: Gimp.ProcedureConfig, address: str, token: str | None, timeout: float = 10.0) -> Client:
@@ -93,12 +96,28 @@ class Style:
         return client.stylize(content, [self.choice], settings, self.uploads)
 
 
-def chosen_style(config: Gimp.ProcedureConfig) -> Style:
+def style_file_path(config: Gimp.ProcedureConfig) -> str | None:
+    """The style image file chosen, or None."""
     style_file = config.get_property("style-file")
-    if style_file is not None and style_file.get_path():
-        path = style_file.get_path()
-        with open(path, "rb") as f:
-            image = Image(f.read(), encoded=True)
+    return style_file.get_path() if style_file is not None and style_file.get_path() else None
+
+
+def style_chosen(config: Gimp.ProcedureConfig) -> bool:
+    """Whether a style is chosen: a style file, or a preset (which the server may still not know)."""
+    return style_file_path(config) is not None or bool(config.get_property("style").strip())
+
+
+def chosen_style(config: Gimp.ProcedureConfig) -> Style:
+    path = style_file_path(config)
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                image = Image(f.read(), encoded=True)
+        except OSError as error:
+            raise ValueError(
+                f"The style image {path} cannot be read ({error.strerror}); choose another file in the Style "
+                "image field."
+            ) from error
         return Style(StyleChoice(upload=0), (image,), os.path.splitext(os.path.basename(path))[0])
     preset = config.get_property("style").strip()
     if not preset:
