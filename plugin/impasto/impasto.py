@@ -23,6 +23,7 @@ from gi.repository import Gimp, GLib, GObject
 from impasto_gimp.dialog import StyleDialog
 from impasto_gimp.job import paint
 from impasto_gimp.remote import DEFAULT_ADDRESS, FAILURES, sentence
+from impasto_gimp.store import forget_secrets
 
 PROCEDURE = "python-fu-impasto"
 RW = GObject.ParamFlags.READWRITE
@@ -152,9 +153,7 @@ def run(procedure, run_mode, image, drawables, config, data):
     except FAILURES as error:
         return failed(procedure, sentence(error))
     finally:
-        # GIMP saves the arguments as last values, globally and in the image: never the token (the
-        # store keeps it, per server).
-        config.set_property("token", "")
+        forget_secrets(config)  # GIMP saves the arguments as last values: never a token
     if result is None:
         return cancelled(procedure)
     return Gimp.ValueArray.new_from_values(

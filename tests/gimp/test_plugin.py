@@ -17,8 +17,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from helpers import running_server, self_signed
+from helpers import ServerProcess, free_port, running_server, self_signed
 from impasto.client import Client
+from impasto.protocol import parse_address
 from impasto.v1 import impasto_pb2 as pb
 from impasto.v1 import impasto_pb2_grpc
 from interactive import interactive_run
@@ -97,6 +98,42 @@ def test_a_result_that_does_not_fit_the_layer_is_an_execution_error(gimp, misfit
     refusal = "The server sent a result that does not fit the layer (2×2 px for 256×171 px)"  # coffee.png
     assert out["status"] == "execution-error" and refusal in out["message"], out
     assert out["layers"] == 1
+
+
+@pytest.fixture(scope="module")
+def remote(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServerProcess]]:
+    """`impasto-server --remote` on this machine, as on a GPU machine: (its pairing string, the server)."""
+    folder = tmp_path_factory.mktemp("remote")
+    flags = ["--remote", "--advertise", "127.0.0.1", "--port", str(free_port()), "--state-dir",
+             str(folder / "state"), "--styles-dir", str(images / "styles"), "--grace-seconds", "1"]  # fmt: skip
+    server = ServerProcess(folder / "server.log", *flags)
+    try:
+        yield server.first_line(), server
+    finally:
+        server.stop()
+
+
+def test_the_pairing_string_is_all_the_server_field_needs(gimp, remote, images: Path):
+    """Pasted into Server, the string paints; with another certificate's fingerprint nothing is sent."""
+    string, server = remote
+    pinned = parse_address(string).fingerprint
+    impostor = string.replace(pinned, pinned[::-1])
+    content = gimp.put(images / "content" / "coffee.png")
+    jobs_before = server.log().count("job id=")
+    out = gimp.run(f"""
+        image = load({content!r})
+        source = image.get_layers()[0]
+        status, layer = impasto(image, source, style="udnie", server={string!r}, {QUICK})
+        out["status"], out["name"] = status, layer.get_name() if status == "success" else str(layer)
+        status, message = impasto(image, source, style="udnie", server={impostor!r}, {QUICK})
+        out["impostor"] = [status, str(message)]
+    """)
+    assert "exception" not in out, out.get("exception")
+    assert out["status"] == "success" and out["name"] == "Impasto: Udnie", out
+    assert out["impostor"][0] == "execution-error" and "not the one" in out["impostor"][1], out
+    assert parse_address(string).token not in out["impostor"][1]
+    # One job reached the server: the paired one. The impostor's call never came (it sent nothing).
+    assert server.log().count("job id=") == jobs_before + 1, server.log()[-3000:]
 
 
 def test_tls_server_with_token_and_the_token_refused_in_clear(gimp, tls_server, images: Path):

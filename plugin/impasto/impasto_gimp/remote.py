@@ -27,6 +27,7 @@ from impasto.protocol import (
     StyleChoice,
     addresses,
     parse_address,
+    split_token,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "job_settings",
     "parse_address",
     "sentence",
+    "split_token",
     "style_chosen",
     "style_file_path",
     "style_title",

@@ -12,6 +12,7 @@ import os
 from gi.repository import Gimp
 
 from .local_server import local_address
+from .remote import split_token
 
 
 def settings_file() -> str:
@@ -38,8 +39,10 @@ def server_address(config: Gimp.ProcedureConfig) -> str:
 
 
 def token_for(config: Gimp.ProcedureConfig, address: str) -> str | None:
-    """The token field, else the token remembered for this address (never another server's)."""
-    return config.get_property("token") or remembered_token(address)
+    """A pairing string's own token, else the token field, else the token remembered for this address
+    (never another server's)."""
+    kept, token = _split(address)
+    return token or config.get_property("token") or remembered_token(kept)
 
 
 def remembered_token(address: str) -> str | None:
@@ -49,7 +52,10 @@ def remembered_token(address: str) -> str | None:
 
 
 def remember(address: str, token: str | None = None) -> None:
-    """The last address used; with a token, that token for this address (the file is this user's only)."""
+    """The last address used; with a token, that token for this address (the file is this user's only).
+    A pairing string is kept without its token, which is kept with the others."""
+    address, own = _split(address)
+    token = own or token
     saved = _saved()
     saved["server"] = address
     if token:
@@ -62,3 +68,18 @@ def remember(address: str, token: str | None = None) -> None:
             json.dump(saved, f)
     except OSError:
         pass  # remembering is a convenience; the run itself succeeded
+
+
+def forget_secrets(config: Gimp.ProcedureConfig) -> None:
+    """GIMP saves the arguments as last values, globally and in the image (inside XCF files that may be
+    shared): the token field goes, and so does a pairing string's token in the Server field."""
+    config.set_property("token", "")
+    server = config.get_property("server")
+    config.set_property("server", _split(server)[0])
+
+
+def _split(address: str) -> tuple[str, str | None]:
+    try:
+        return split_token(address)
+    except ValueError:  # a pairing string cut short in copying: keep nothing after its address
+        return address.split("?", 1)[0], None

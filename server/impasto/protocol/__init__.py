@@ -15,6 +15,7 @@ from .addresses import (
     pairing_string,
     parse_address,
     resolve_address,
+    split_token,
 )
 from .errors import HINTS, KIND_KEY, ImpastoError, Kind, from_status
 from .events import (
@@ -70,4 +71,5 @@ __all__ = [
     "pairing_string",
     "parse_address",
     "resolve_address",
+    "split_token",
 ]

@@ -82,17 +82,28 @@ def certificate_fingerprint(der: bytes) -> str:
 
 
 def _parse_pairing(text: str) -> Address:
+    """A pairing string; its token may have been taken out to be kept apart (`split_token`)."""
     place, _, query = text[len(PAIRING_SCHEME) :].partition("?")
     fields = parse_qs(query)
-    token = fields.get("token", [""])[0]
     fingerprint = fields.get("sha256", [""])[0].replace(":", "").lower()
-    if not token or not _FINGERPRINT.fullmatch(fingerprint):
+    if not _FINGERPRINT.fullmatch(fingerprint):
         raise ValueError(
-            "that pairing string is incomplete: it needs its token=… and sha256=… parts; copy the whole "
-            "line `impasto-server --remote` printed"
+            "that pairing string is incomplete: it needs its sha256=… part; copy the whole line "
+            "`impasto-server --remote` printed"
         )
     plain = parse_address(place.rstrip("/"))
+    token = fields.get("token", [""])[0] or None
     return Address(plain.host, plain.port, tls=True, token=token, fingerprint=fingerprint)
+
+
+def split_token(address: str) -> tuple[str, str | None]:
+    """A pairing string without its token, and the token: so that the token can be kept where secrets
+    are kept, and the rest where settings are. Any other address comes back as it is, with None."""
+    if not address.startswith(PAIRING_SCHEME):
+        return address, None
+    parsed = _parse_pairing(address)
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    return f"{PAIRING_SCHEME}{host}:{parsed.port}?sha256={parsed.fingerprint}", parsed.token
 
 
 def display_address(address: str) -> str:
