@@ -17,10 +17,10 @@ class History:
     """L-BFGS's curvature pairs (s, y, ρ), on the device or in host memory.
 
     On the host (`on_host`), each vector is stored in `dtype` (pinned next to a GPU) and comes to the
-    device in pieces of `piece` values while the recursion reads it, so that a picture's history takes
-    host memory, not the device memory its tiles need. Every copy is queued on the device's stream,
-    non-blocking both ways, so that neither makes the host wait. Pairs that fall out of the history
-    give their buffers to the next ones.
+    device in pieces of `piece` values (default PIECE) while the recursion reads it, so that a picture's
+    history takes host memory, not the device memory its tiles need. Every copy is queued on the
+    device's stream, non-blocking both ways, so that neither makes the host wait. Pairs that fall out
+    of the history give their buffers to the next ones.
     """
 
     def __init__(
@@ -29,10 +29,10 @@ class History:
         device: torch.device,
         on_host: bool = False,
         dtype: torch.dtype | None = None,
-        piece: int = PIECE,
+        piece: int | None = None,
     ):
         self.length, self.device, self.on_host, self.dtype = length, device, on_host, dtype
-        self.piece = piece
+        self.piece = piece or PIECE
         self.pairs: collections.deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = collections.deque()
         self._spare: list[torch.Tensor] = []
 

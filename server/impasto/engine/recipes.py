@@ -30,6 +30,8 @@ class Recipe:
     # Each coarser scale runs this share of the final scale's iterations (measured: docs/benchmarks.md).
     coarse_iterations: float = 0.5
     lbfgs_history: int = 10
+    # The precision of L-BFGS's history where a tiled scale keeps it in host memory (Engine.state_on_host).
+    history_precision: Literal["fp32", "bf16"] = "fp32"
 
     @property
     def layers(self) -> set[str]:

@@ -14,23 +14,16 @@ from typing import Literal
 import torch
 
 from .device import free_memory_bytes, pick_precision
-from .estimate import (
-    FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION,
-    STYLE_BYTES_PER_PIXEL,
-    Estimate,
-    estimate,
-    largest_tile,
-    peak_bytes,
-    tiled_cost_factor,
-)
+from .estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION
 from .gram_cache import GramCache, image_digest
 from .imageops import fit_long_side, keep_content_colours, resize
-from .lbfgs import LBFGS
+from .lbfgs import LBFGS, History
 from .losses import LossParts, Targets, gram, total_loss
 from .memory import fix_malloc_mmap_threshold
+from .plan import Plan, Planner, Scale, style_tile
 from .recipes import DEFAULT, Recipe
-from .tiled import TiledScale, alignment, receptive_halo, tile_grid
-from .vgg import VGGFeatures, layer_names
+from .tiled import TiledScale
+from .vgg import VGGFeatures
 from .weights import WeightSet
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -103,57 +96,14 @@ ProgressCallback = Callable[[Progress], None]
 PreviewCallback = Callable[[torch.Tensor, Progress], None]
 
 
-def scale_sizes(height: int, width: int, long_side: int, recipe: Recipe) -> list[tuple[int, int]]:
-    """Working sizes from coarse to fine, about √2 apart, ending at `long_side`."""
-    sides = [long_side]
-    while recipe.coarse_to_fine and sides[-1] / math.sqrt(2) >= recipe.min_scale:
-        sides.append(round(sides[-1] / math.sqrt(2)))
-    return [fit_long_side(height, width, side) for side in reversed(sides)]
-
-
-@dataclass(frozen=True)
-class Scale:
-    size: tuple[int, int]  # (height, width)
-    iterations: int
-    tile: int | None = None  # interior side of its tiles in px; None: the whole image at once
-    tiles: int = 0
-    # Work per iteration relative to a whole-image iteration of this size (tiles' halos, two passes).
-    cost_factor: float = 1.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a job will do, decided once before it starts: its scales and what they will cost."""
-
-    scales: list[Scale]
-    estimate: Estimate
-    memory_budget: int | None = None  # what the plan was made to fit
-
-    @property
-    def working_size(self) -> tuple[int, int]:
-        return self.scales[-1].size
-
-    @property
-    def total_iterations(self) -> int:
-        return sum(scale.iterations for scale in self.scales)
-
-
-def schedule(height: int, width: int, options: Options) -> list[Scale]:
-    """The scales a job runs, coarse to fine, and the iterations each gets.
-
-    The last scale, at the working size, runs `options.iterations`. Each coarser one runs the recipe's
-    share of that: it only has to lay out the large shapes that the next scale refines, and the
-    finest scale costs as much as all coarser ones together (docs/benchmarks.md, time to quality).
-    """
-    recipe = options.recipe
-    long_side = max(height, width) if options.size == "full" else options.size
-    sizes = scale_sizes(height, width, long_side, recipe)
-    coarse = max(1, round(options.iterations * recipe.coarse_iterations))
-    return [Scale(size, coarse) for size in sizes[:-1]] + [Scale(sizes[-1], options.iterations)]
-
-
 class Engine:
-    """Holds the network for one weight set on one device; runs one job at a time per call."""
+    """Holds the network for one weight set on one device; runs one job at a time per call.
+
+    `state_on_host`: whether a tiled scale keeps the bulk of its picture-sized state (L-BFGS's history,
+    the content's features) in host memory, so that the device's memory goes to its tiles. None: on a
+    CUDA GPU, which has memory of its own; elsewhere host and device share one memory, and True only
+    exercises that path and counts the budget as a GPU would.
+    """
 
     def __init__(
         self,
@@ -161,11 +111,13 @@ class Engine:
         device: torch.device,
         precision: Precision = "auto",
         gram_cache: GramCache | None = None,
+        state_on_host: bool | None = None,
     ):
         self.weights = weights
         self.device = device
         self.gram_cache = gram_cache
         self.precision = pick_precision(device, precision)
+        self.state_on_host = device.type == "cuda" if state_on_host is None else state_on_host
         if device.type == "cuda":
             # Shapes are fixed within a scale, so cuDNN's autotuning pays for itself at once.
             torch.backends.cudnn.benchmark = True
@@ -194,26 +146,12 @@ class Engine:
     def plan(
         self, content_size: tuple[int, int], style_sizes: Sequence[tuple[int, int]], options: Options
     ) -> Plan:
-        """The scales of a job on a content of `content_size` (height, width), and its time and peak
-        device memory, the style images' forward passes at their scaled sizes included."""
-        budget = self.memory_budget(options)
-        scales = [self._tiling(scale, options, budget) for scale in schedule(*content_size, options)]
-        largest_side = round(max(scales[-1].size) * options.style_scale)
-        styles_scaled = [fit_long_side(*size, largest_side) for size in style_sizes]
-        cost = estimate(
-            [(scale.size, scale.iterations) for scale in scales],
-            styles_scaled,
-            self.precision,
-            options.recipe,
-            self.seconds_per_pixel_iteration,
-            tiles=[self._largest_input(scale.size, scale.tile, options) for scale in scales],
-            style_tiles=[
-                self._largest_input(size, self.style_tile(size, options, budget), options)
-                for size in styles_scaled
-            ],
-            cost_factors=[scale.cost_factor for scale in scales],
-        )
-        return Plan(scales, cost, budget)
+        """The scales of a job on a content of `content_size` (height, width), with each one's tiles,
+        time and peak device memory (the style images' passes at their scaled sizes included), and the
+        host memory a tiled scale's state takes instead. Raises DoesNotFit, at once, for a job that
+        cannot run within its memory budget in tiles worth running."""
+        planner = Planner(self.precision, self.seconds_per_pixel_iteration, self.state_on_host)
+        return planner.plan(content_size, style_sizes, options, self.memory_budget(options))
 
     def memory_budget(self, options: Options) -> int:
         if options.memory_budget is not None:
@@ -221,49 +159,10 @@ class Engine:
         free = free_memory_bytes(self.device)
         return max(0, free - max(int(free * BUDGET_MARGIN_SHARE), BUDGET_MARGIN_BYTES))
 
-    def _geometry(self, options: Options) -> tuple[int, int]:
-        """The tiles' alignment and their halo, for the network's layers up to the deepest tap."""
-        names = layer_names()
-        names = names[: max(names.index(k) for k in options.recipe.layers) + 1]
-        halo = receptive_halo(names) if options.tile_halo is None else options.tile_halo
-        return alignment(names), halo
-
-    def _tiling(self, scale: Scale, options: Options, budget: int) -> Scale:
-        """`scale` as it will run: whole where it fits the budget, else in the largest tiles that do."""
-        h, w = scale.size
-        if options.tile_size is not None:
-            tile = options.tile_size if max(h, w) > options.tile_size else None
-        elif peak_bytes(h, w, self.precision, options.recipe) <= budget:
-            tile = None
-        else:
-            align, halo = self._geometry(options)
-            tile = largest_tile(budget, h, w, halo, align, self.precision, options.recipe)
-            tile = None if tile >= max(h, w) else tile
-        if tile is None:
-            return scale
-        align, halo = self._geometry(options)
-        grid = tile_grid(h, w, tile, halo, align)
-        factor = tiled_cost_factor(sum(t.input_pixels for t in grid), h * w)
-        return Scale(scale.size, scale.iterations, tile, len(grid), factor)
-
-    def _largest_input(self, size: tuple[int, int], tile: int | None, options: Options) -> int | None:
-        """Pixels of the largest tile input, halo included, of a picture of `size` in tiles of `tile`;
-        None: whole."""
-        if tile is None:
-            return None
-        align, halo = self._geometry(options)
-        return max(t.input_pixels for t in tile_grid(*size, tile, halo, align))
-
-    def style_tile(self, size: tuple[int, int], options: Options, budget: int | None) -> int | None:
-        """Interior side of the tiles of a style image's Gram pass at `size`; None: whole."""
-        h, w = size
-        if budget is None or h * w * STYLE_BYTES_PER_PIXEL[self.precision] <= budget:
-            return None
-        align, halo = self._geometry(options)
-        side = int(math.sqrt(budget / STYLE_BYTES_PER_PIXEL[self.precision])) - 2 * halo
-        return max(align, side // align * align)
-
-    def tiled_scale(self, net: VGGFeatures, size: tuple[int, int], tile: int, options: Options) -> TiledScale:
+    def tiled_scale(
+        self, net: VGGFeatures, size: tuple[int, int], tile: int, options: Options, optimised: bool = False
+    ) -> TiledScale:
+        """Tiles of a picture; `optimised`: of the one the job optimises, whose state may go to the host."""
         return TiledScale(
             lambda image: self.features(net, image),
             net.names,
@@ -271,6 +170,7 @@ class Engine:
             tile,
             options.tile_halo,
             self.gram_matmuls,
+            torch.device("cpu") if optimised and self.state_on_host else None,
         )
 
     def features(self, net: VGGFeatures, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -445,7 +345,7 @@ class _Run:
             if cached is not None:
                 return {k: g.to(engine.device) for k, g in cached.items()}
         image = resize(style.image.to(engine.device, torch.float32), size)
-        tile = engine.style_tile(size, self.options, self.plan.memory_budget)
+        tile = style_tile(size, self.options, self.plan.memory_budget, engine.precision)
         with engine.gram_matmuls():
             if tile is None:
                 features = engine.features(self.net, image)
@@ -462,11 +362,11 @@ class _Run:
         tiles = (
             None
             if scale.tile is None
-            else self.engine.tiled_scale(self.net, scale.size, scale.tile, self.options)
+            else self.engine.tiled_scale(self.net, scale.size, scale.tile, self.options, optimised=True)
         )
         targets = self.targets(scale, tiles)
         image = image.detach().clone().contiguous().requires_grad_(True)
-        optimizer = _make_optimizer(self.recipe, image)
+        optimizer = _make_optimizer(self.recipe, image, tiles is not None and self.engine.state_on_host)
         parts: list[LossParts] = []
         iteration = 0
 
@@ -581,7 +481,7 @@ class _LossReadout:
 
     On CUDA each iteration's values are copied to pinned host memory asynchronously and reported
     once the copy has landed, an iteration or two late; reading them at once would stall the GPU
-    every iteration (reference/performance.md). Elsewhere they are read at once.
+    every iteration. Elsewhere they are read at once.
     """
 
     def __init__(self, device: torch.device):
@@ -607,8 +507,10 @@ def _mean_square(tensor: torch.Tensor) -> float:
     return max(float(torch.square(tensor).mean()), 1e-12)
 
 
-def _make_optimizer(recipe: Recipe, image: torch.Tensor) -> LBFGS | torch.optim.Adam:
+def _make_optimizer(recipe: Recipe, image: torch.Tensor, history_on_host: bool) -> LBFGS | torch.optim.Adam:
     if recipe.optimizer == "lbfgs":
+        dtype = torch.bfloat16 if history_on_host and recipe.history_precision == "bf16" else None
+        history = History(recipe.lbfgs_history, image.device, history_on_host, dtype)
         # One function evaluation per iteration, so progress and cancel keep their rhythm.
-        return LBFGS(image, recipe.learning_rate, recipe.lbfgs_history)
+        return LBFGS(image, recipe.learning_rate, history)
     return torch.optim.Adam([image], lr=recipe.learning_rate)

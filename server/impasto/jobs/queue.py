@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..engine import Cancelled, Engine, Options, Plan, Progress, Style
+from ..engine import Cancelled, DoesNotFit, Engine, Options, Plan, Progress, Style
 from ..engine.device import free_memory_bytes
 from ..engine.estimate import largest_long_side
 from ..engine.imageops import fit_long_side, resize
@@ -281,6 +281,8 @@ class JobQueue:
             return error
         if isinstance(error, Cancelled):
             return job.stop_reason or JobError(Kind.CANCELLED, "the job was cancelled")
+        if isinstance(error, DoesNotFit):  # refused by its plan, before anything ran
+            return JobError(Kind.EXHAUSTED, str(error))
         log.error("job %s failed", job.id, exc_info=error)
         return JobError(
             Kind.BUG, f"the server failed on job {job.id} ({type(error).__name__}); its log has details"
