@@ -21,7 +21,7 @@ from impasto.engine.estimate import MAX_TILED_COST, Estimate, smallest_tile, til
 from impasto.engine.imageops import resize
 from impasto.engine.losses import total_loss
 from impasto.engine.plan import Plan, Scale
-from impasto.engine.stylize import _Run
+from impasto.engine.run import Run
 from impasto.engine.tiled import layer_geometry, receptive_halo, tile_grid, tile_inputs
 from impasto.engine.vgg import layer_names
 from PIL import Image
@@ -53,7 +53,7 @@ def gradients(fp32_engine: Engine) -> dict[str, object]:
     options = Options(size=max(SIZE), tile_size=TILE)
     net = engine.network(options.recipe)
     plan = Plan([Scale(SIZE, 1)], Estimate(0, 0), None)
-    run = _Run(engine, net, content, [Style(STYLE)], options, plan, None, None, None)
+    run = Run(engine, net, content, [Style(STYLE)], options, plan, None, None, None)
     targets = run.targets(Scale(SIZE, 1))
     generator = torch.Generator().manual_seed(0)
     image = (content + 0.1 * torch.randn(content.shape, generator=generator)).clamp(0, 1).requires_grad_(True)

@@ -3,7 +3,8 @@
 from .device import DeviceInfo, default_iterations, default_size, describe, pick_device
 from .plan import DoesNotFit, Plan
 from .recipes import DEFAULT, RECIPES, SEED, Recipe
-from .stylize import Cancelled, Engine, Options, Progress, Style
+from .run import Cancelled, Progress
+from .stylize import Engine, Options, Style
 from .weights import WeightsError, WeightSet, load_original_vgg19
 
 __all__ = [
