@@ -7,8 +7,11 @@ the same job whole, and the cost of tiling per iteration against the whole image
    counted beside the budget, not in it; `--state device` counts them in). Reports the plan (scales,
    tiles, time, device and host memory) or its refusal, with how long the refusal took. A refused
    job runs again under the budget the refusal names. Then the same job whole (no budget): the tiled
-   job's time against it, the difference between the pictures, and the peak resident memory each job
-   added (Linux VmHWM, reset just before it: on a CPU the host's state is in it too).
+   job's wall and CPU time against it, the difference between the pictures and the steps at the
+   finest tiles' borders in each (seams), and the peak resident memory each job added (Linux VmHWM,
+   reset just before it: on a CPU the host's state is in it too). --save DIR writes both pictures;
+   --control runs the job whole once more from a start nudged by 1e-6, to show how far differences of
+   rounding's size carry through a job (as far as the tiles' summation order carries them).
 2. Time per iteration at --size (512 px): whole image, and in forced tiles of --tiles (256 and 128 px;
    median of the iterations after the first), in wall time and in the process's CPU time, against the
    plan's cost factor. Where other work shares the CPU, measure with --threads 1 (see its help).
@@ -37,6 +40,7 @@ import torch
 from impasto.engine import DEFAULT, DoesNotFit, Engine, Options, Style, memory
 from impasto.engine.imageops import resize
 from impasto.engine.loading import load_engine
+from impasto.images import to_pil
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +75,13 @@ def reset_peak_rss() -> bool:
 
 
 def full_size_job(
-    engine: Engine, size: tuple[int, int], iterations: int, budget: int, style: torch.Tensor
+    engine: Engine,
+    size: tuple[int, int],
+    iterations: int,
+    budget: int,
+    style: torch.Tensor,
+    save: Path | None = None,
+    control: bool = False,
 ) -> None:
     content = picture("chelsea", size)
     options = Options(size="full", iterations=iterations, memory_budget=budget)
@@ -94,7 +104,7 @@ def full_size_job(
     )
     print("| scale | size | tiles (interior px) | cost × | it. | planned s | s | device | host |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    tiled, tiled_seconds, tiled_growth, marks = run(engine, content, style, options, plan)
+    tiled, tiled_seconds, tiled_cpu, tiled_growth, marks = run(engine, content, style, options, plan)
     previous = 0.0
     for index, scale in enumerate(plan.scales, 1):
         tiles = f"{scale.tiles} ({scale.tile})" if scale.tile else "whole"
@@ -106,18 +116,49 @@ def full_size_job(
         )
     whole_options = replace(options, memory_budget=1 << 50)
     whole_plan = engine.plan(size, styles, whole_options)
-    whole, whole_seconds, whole_growth, _ = run(engine, content, style, whole_options, whole_plan)
+    whole, whole_seconds, whole_cpu, whole_growth, _ = run(engine, content, style, whole_options, whole_plan)
     difference = (tiled - whole).abs() * 255
+    borders = plan.scales[-1].tile or max(size)
     print(
-        f"\ntiled: {tiled_seconds:.0f} s, peak resident memory added {mib(tiled_growth)}; whole: "
-        f"{whole_seconds:.0f} s, {mib(whole_growth)} (planned {mib(whole_plan.estimate.peak_bytes)}); "
-        f"tiled / whole {tiled_seconds / whole_seconds:.2f}×; pictures differ by "
-        f"{float(difference.mean()):.2f} levels of 255 on average, {float(difference.max()):.0f} at most\n"
+        f"\n| job | s | CPU s | peak resident memory added | seam ratio at the finest tiles' borders |\n"
+        f"|---|---:|---:|---:|---:|\n"
+        f"| tiled | {tiled_seconds:.0f} | {tiled_cpu:.0f} | {mib(tiled_growth)} "
+        f"| {seam_ratio(tiled, borders):.2f} |\n"
+        f"| whole | {whole_seconds:.0f} | {whole_cpu:.0f} | {mib(whole_growth)} "
+        f"(planned {mib(whole_plan.estimate.peak_bytes)}) | {seam_ratio(whole, borders):.2f} |\n\n"
+        f"tiled / whole: {tiled_seconds / whole_seconds:.2f}× wall, {tiled_cpu / whole_cpu:.2f}× CPU time; "
+        f"the pictures differ by {float(difference.mean()):.2f} levels of 255 on average, "
+        f"{float(difference.max()):.0f} at most\n"
     )
+    if control:
+        # How far differences of rounding's size carry through the job: whole again, from a start
+        # that differs by at most 1e-6 (the engine starts from the content at the working size).
+        noise = 1e-6 * torch.rand(content.shape, generator=torch.Generator().manual_seed(0))
+        nudged = replace(whole_options, init=resize(content, size) + noise)
+        again, *_ = run(engine, content, style, nudged, whole_plan)
+        nudge = (again - whole).abs() * 255
+        print(
+            f"control: whole again from a start nudged by at most 1e-6 differs from whole by "
+            f"{float(nudge.mean()):.2f} levels on average, {float(nudge.max()):.0f} at most\n"
+        )
+    if save is not None:
+        for name, image in (("tiled", tiled), ("whole", whole)):
+            to_pil(image).save(save / f"full-{size[1]}x{size[0]}-{name}.png")
 
 
-def run(engine: Engine, content, style, options, plan) -> tuple[torch.Tensor, float, int, dict[int, float]]:
-    """The job's result, seconds, peak resident memory added, and when each scale ended."""
+def seam_ratio(image: torch.Tensor, tile: int) -> float:
+    """The largest step between adjacent rows or columns at multiples of `tile`, against the median
+    step: about 1 where tile borders leave no trace."""
+    ratios = []
+    for axis in (2, 3):
+        steps = image.diff(dim=axis).abs().mean(dim=(0, 1, 5 - axis))
+        borders = range(tile, image.shape[axis], tile)
+        ratios += [float(steps[b - 1] / steps.median()) for b in borders]
+    return max(ratios, default=1.0)
+
+
+def run(engine: Engine, content, style, options, plan) -> tuple[torch.Tensor, float, float, int, dict]:
+    """The job's result, seconds, CPU seconds, peak resident memory added, and when each scale ended."""
     marks: dict[int, float] = {}
     start = time.monotonic()
 
@@ -127,9 +168,10 @@ def run(engine: Engine, content, style, options, plan) -> tuple[torch.Tensor, fl
 
     reset_peak_rss()
     before = peak_rss() or 0
+    cpu = time.process_time()
     result = engine.stylize(content, [Style(style)], options, plan=plan, on_progress=on_progress)
-    seconds = time.monotonic() - start
-    return result, seconds, (peak_rss() or 0) - before, marks
+    seconds, cpu = time.monotonic() - start, time.process_time() - cpu
+    return result, seconds, cpu, (peak_rss() or 0) - before, marks
 
 
 def mib(size: int) -> str:
@@ -180,6 +222,10 @@ def main() -> None:
         default="host",
         help="where tiled scales keep their picture-sized state: host (as on a GPU; the default) or device",
     )
+    parser.add_argument(
+        "--save", type=Path, help="a folder for the full-size job's pictures, tiled and whole"
+    )
+    parser.add_argument("--control", action="store_true", help="whole again from a start nudged by 1e-6")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
     parser.add_argument("--part", choices=["all", "full", "iteration"], default="all")
     parser.add_argument("--glibc-mmap", action="store_true", help="keep glibc's moving mmap threshold")
@@ -215,7 +261,8 @@ def main() -> None:
         return
     if args.part in ("all", "full"):
         width, height = (int(part) for part in args.full.lower().split("x"))
-        full_size_job(engine, (height, width), args.iterations, args.memory_budget, style)
+        budget = args.memory_budget
+        full_size_job(engine, (height, width), args.iterations, budget, style, args.save, args.control)
     if args.part in ("all", "iteration"):
         per_iteration(engine, args.size, [None, *args.tiles], args.per_iteration, style)
 

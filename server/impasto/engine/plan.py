@@ -130,6 +130,7 @@ class Planner:
         options: Options,
         budget: int,
     ) -> Plan:
+        """The job's plan within `budget` bytes of device memory (see Engine.plan)."""
         if options.tile_size is None and self._smallest_budget(content_size, options) > budget:
             raise self._refusal(content_size, options, budget)
         scales = [
@@ -236,12 +237,14 @@ class Planner:
         instead = f"choose a working size of at most {largest} px, or " if largest else ""
         message = (
             f"a {size[1]}×{size[0]} px result needs at least {_mib(needed)} of device memory and the "
-            f"memory budget is {_mib(budget)}{why}; {instead}allow it at least {_mib(needed)} "
+            f"memory budget is {_mib(budget, up=False)}{why}; {instead}allow it at least {_mib(needed)} "
             "(--memory-budget)"
         )
         return DoesNotFit(message, needed, budget, largest)
 
 
-def _mib(size: int) -> str:
-    """Bytes for a person, rounded up: a budget this large is enough."""
-    return f"{math.ceil(size / 2**30 * 10) / 10} GiB" if size >= 2**30 else f"{math.ceil(size / 2**20)} MiB"
+def _mib(size: int, up: bool = True) -> str:
+    """Bytes for a person, in MiB or tenths of a GiB; `up`: rounded up, so that a budget this large is
+    enough."""
+    rounding = math.ceil if up else round
+    return f"{rounding(size / 2**30 * 10) / 10} GiB" if size >= 2**30 else f"{rounding(size / 2**20)} MiB"
