@@ -256,7 +256,7 @@ def main() -> None:
     print(f"device {engine.device}, precision {engine.precision}, {threads} threads; mmap threshold {mmap}\n")
     style = picture("starry-night", (512, 640))
     if args.quick:
-        full_size_job(engine, (300, 400), 1, 200 << 20, style)
+        full_size_job(engine, (300, 400), 1, 200 << 20, style, args.save, args.control)
         per_iteration(engine, 256, [None, 128], 3, style)
         return
     if args.part in ("all", "full"):
