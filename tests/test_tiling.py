@@ -244,11 +244,12 @@ def test_state_on_the_host_leaves_the_device_budget_to_the_tiles(original_weight
     plan = engine.plan(content, styles, options)
     fine = plan.scales[-1]
     assert fine.tile >= smallest_tile(96, 16) and plan.estimate.peak_bytes <= 1 << 30
-    history = 1200 * 1600 * 3 * 4 * 2 * DEFAULT.lbfgs_history
+    assert DEFAULT.history_precision == "bf16"
+    history = 1200 * 1600 * 3 * 2 * 2 * DEFAULT.lbfgs_history  # pairs of vectors of bf16 values
     assert fine.host_bytes > history and plan.estimate.host_bytes == fine.host_bytes
     assert all(scale.host_bytes == 0 for scale in plan.scales if scale.tile is None)
-    bf16 = replace(options, recipe=replace(DEFAULT, history_precision="bf16"))
-    assert engine.plan(content, styles, bf16).estimate.host_bytes == fine.host_bytes - history // 2
+    fp32 = replace(options, recipe=replace(DEFAULT, history_precision="fp32"))
+    assert engine.plan(content, styles, fp32).estimate.host_bytes == fine.host_bytes + history
 
 
 def test_state_on_the_host_paints_the_same_picture(original_weights, monkeypatch):
