@@ -24,8 +24,8 @@ On a CPU (--device cpu) it measures the same things with the wall clock; --smoke
 18 MiB, in tiles, and under 8 MiB, refused) and runs one thread, so that a CPU checks the script end
 to end in seconds: `python bench/gpu.py --device cpu --smoke` (tests/test_bench.py).
 --plan-only prints the full-size plans without running them; on a CPU it plans as a CUDA GPU would
-(state on the host, a GPU's first-guess rate): `python bench/gpu.py --device cpu --precision bf16
---plan-only`.
+(state on the host where that is faster, a GPU's first-guess rate and host link):
+`python bench/gpu.py --device cpu --precision bf16 --plan-only`.
 
     python bench/gpu.py                    # on an H100/H200-class GPU: a few minutes (< 10)
 """
@@ -41,7 +41,7 @@ from dataclasses import replace
 
 import torch
 from impasto.engine import DEFAULT, DoesNotFit, Engine, Options, Style, load_original_vgg19, pick_device
-from impasto.engine.estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION
+from impasto.engine.estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION, HOST_LINK_BYTES_PER_SECOND
 from impasto.engine.imageops import resize
 from impasto.engine.recipes import with_optimizer
 from impasto.images import load_picture
@@ -259,6 +259,7 @@ def main() -> int:
     engine = Engine(load_original_vgg19(), device, args.precision, state_on_host=True if as_gpu else None)
     if as_gpu:
         engine.seconds_per_pixel_iteration = FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION["cuda", engine.precision]
+        engine.host_link_bytes_per_second = HOST_LINK_BYTES_PER_SECOND
     clock = Clock(device)
     style = load_picture(IMAGES / "styles" / "starry-night.jpg").rgb
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

@@ -39,24 +39,21 @@ def test_follows_torch_lbfgs_without_line_search():
     assert rosenbrock_like(ours[-1]) < rosenbrock_like(ours[0]) / 10
 
 
-def host_history(dtype: torch.dtype | None = None) -> object:
-    """L-BFGS with its history on the host in pieces of 7 values, as a GPU's tiled scale keeps it (on
-    this CPU the same code path: stored copies, piecewise dot products and updates)."""
-    return lambda x: LBFGS(x, lr=0.05, history=History(5, x.device, on_host=True, dtype=dtype, piece=7))
-
-
 def test_a_history_on_the_host_takes_the_same_steps():
+    """As a GPU's tiled scale keeps it: in host memory, read in pieces (of 7 values here); on this CPU
+    the same code path (stored copies, piecewise dot products and updates)."""
     on_device = run(lambda x: LBFGS(x, lr=0.05, history=5), 40)
-    on_host = run(host_history(), 40)
+    on_host = run(lambda x: LBFGS(x, lr=0.05, history=History(5, x.device, on_host=True, piece=7)), 40)
     for step, (a, b) in enumerate(zip(on_host, on_device, strict=True)):
         # Only the dot products' summation order differs (piece by piece).
         assert (a - b).abs().max() <= 1e-9 * b.abs().max(), f"step {step + 1}"
 
 
-def test_a_bf16_history_still_converges():
-    on_device = run(lambda x: LBFGS(x, lr=0.05, history=5), 40)
-    in_bf16 = run(host_history(torch.bfloat16), 40)
-    assert not torch.equal(in_bf16[-1], on_device[-1])  # the stored pairs were rounded
+@pytest.mark.parametrize("on_host", [False, True], ids=["on the device", "on the host"])
+def test_a_bf16_history_still_converges(on_host: bool):
+    exact = run(lambda x: LBFGS(x, lr=0.05, history=5), 40)
+    in_bf16 = run(lambda x: LBFGS(x, 0.05, History(5, x.device, on_host, torch.bfloat16, piece=7)), 40)
+    assert not torch.equal(in_bf16[-1], exact[-1])  # the stored pairs were rounded
     assert rosenbrock_like(in_bf16[-1]) < rosenbrock_like(in_bf16[0]) / 10
 
 

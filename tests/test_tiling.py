@@ -133,8 +133,10 @@ def test_a_tiled_run_paints_the_whole_runs_picture(runs):
     assert tiled.shape == whole.shape == (1, 3, *SIZE)
     moved = float((whole - content).abs().mean() * 255)
     differ = (tiled - whole).abs().mean(dim=(0, 2, 3)) * 255
-    assert moved > 3  # the job did paint (measured: 4.8 levels)
-    assert differ.max() < 2, (differ, moved)  # levels of 255 per channel, on average (measured: ≤ 0.6)
+    assert moved > 3  # the job did paint (measured: 6.3 levels)
+    # Levels of 255 per channel, on average. Measured: ≤ 0.14, the tiled scale's history in bf16 (the
+    # default) or fp32 alike.
+    assert differ.max() < 2, (differ, moved)
 
 
 def _step_profile(image: torch.Tensor, axis: int) -> torch.Tensor:
@@ -237,13 +239,13 @@ def test_state_on_the_host_leaves_the_device_budget_to_the_tiles(original_weight
     """As on a GPU: L-BFGS's history and the content's features move to the host, and the plan counts
     them there; the same budget then runs a job it had to refuse."""
     content, styles = (1200, 1600), [(512, 512)]
-    options = Options(size="full", iterations=4, memory_budget=1 << 30)
+    options = Options(size="full", iterations=4, memory_budget=900 << 20)
     with pytest.raises(DoesNotFit):
         Engine(original_weights, torch.device("cpu"), "fp32").plan(content, styles, options)
     engine = Engine(original_weights, torch.device("cpu"), "fp32", state_on_host=True)
     plan = engine.plan(content, styles, options)
     fine = plan.scales[-1]
-    assert fine.tile >= smallest_tile(96, 16) and plan.estimate.peak_bytes <= 1 << 30
+    assert fine.tile >= smallest_tile(96, 16) and fine.state_on_host and plan.estimate.peak_bytes <= 900 << 20
     assert DEFAULT.history_precision == "bf16"
     history = 1200 * 1600 * 3 * 2 * 2 * DEFAULT.lbfgs_history  # pairs of vectors of bf16 values
     assert fine.host_bytes > history and plan.estimate.host_bytes == fine.host_bytes
@@ -312,8 +314,8 @@ _MEMORY_PROBE = textwrap.dedent(
 def test_a_tiled_scale_stays_within_the_memory_budget(engine: Engine, tmp_path: Path):
     """512 × 512 needs ~0.7 GB whole; with a 480 MiB budget (503 MB) it runs in tiles, and the process's
     peak resident memory grows by less than the budget (measured in a fresh process: Linux's VmHWM,
-    reset just before the job) with nothing set outside the process. Measured (fp32, 4 tiles of 304 px,
-    planned at 500 MB): 374–375 MB (earlier, under 320 MiB in 25 tiles of 112 px, which the plan now
+    reset just before the job) with nothing set outside the process. Measured (fp32, 4 tiles of 320 px,
+    planned at 501 MB): 404 MB (earlier, under 320 MiB in 25 tiles of 112 px, which the plan now
     refuses as too small: 262–264 MB; with glibc's own growing mmap threshold, which keeps freed
     blocks, 444 MB, over the budget)."""
     size, budget = 512, 480 << 20

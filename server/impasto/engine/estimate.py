@@ -25,6 +25,9 @@ PEAK_BYTES_PER_PIXEL = {"fp32": 2500, "bf16": 1600}
 # A style image's forward pass without gradients (for its Gram matrices): the image, its preprocessed
 # copy and the two largest activations alive at once.
 STYLE_BYTES_PER_PIXEL = {"fp32": 600, "bf16": 350}
+# Pinned host memory to a CUDA GPU and back: PCIe 4.0 ×16 moves about 25 GB/s in theory (a first guess,
+# not yet measured). A GPU's L-BFGS history in host memory crosses it twice a step.
+HOST_LINK_BYTES_PER_SECOND = 20e9
 FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION = {
     ("cpu", "bf16"): 5.5e-6,  # measured on a 2-core Xeon with AMX
     ("cpu", "fp32"): 6.5e-6,  # measured on a 2-core Xeon (5.4–6.9; bench/eta.py, docs/benchmarks.md)
@@ -80,18 +83,28 @@ def smallest_tile(halo: int, align: int) -> int:
     return max(align, math.ceil(side / align) * align)
 
 
-def optimiser_bytes_per_pixel(recipe: Recipe, history_on_host: bool = False) -> tuple[int, int]:
+def optimiser_bytes_per_pixel(
+    recipe: Recipe, tiled: bool = False, history_on_host: bool = False
+) -> tuple[int, int]:
     """The optimiser's state per pixel: (working vectors on the device, history).
 
-    L-BFGS keeps `history` pairs of vectors of 3 values a pixel (fp32, or `recipe.history_precision`
-    where they are on the host) and a few working vectors: the last gradient and step, the new direction
+    L-BFGS keeps `history` pairs of vectors of 3 values a pixel (fp32; on a tiled scale in
+    `recipe.history_precision`) and a few working vectors: the last gradient and step, the new direction
     and, with the history on the host, the pieces in flight."""
     if recipe.optimizer != "lbfgs":
         return 12 * 3, 0  # Adam: two moments and the gradient
-    if not history_on_host:
-        return 12 * 4, 12 * 2 * recipe.lbfgs_history
+    value_bytes = 2 if tiled and recipe.history_precision == "bf16" else 4
+    history = 3 * value_bytes * 2 * recipe.lbfgs_history
+    return (12 * 3 if history_on_host else 12 * 4), history
+
+
+def history_traffic_bytes_per_pixel(recipe: Recipe) -> int:
+    """What one L-BFGS step moves per pixel between a history in host memory and the device: each pair
+    read twice by the two-loop recursion, the new pair written once."""
+    if recipe.optimizer != "lbfgs":
+        return 0
     value_bytes = 2 if recipe.history_precision == "bf16" else 4
-    return 12 * 3, 3 * value_bytes * 2 * recipe.lbfgs_history
+    return 3 * value_bytes * (4 * recipe.lbfgs_history + 2)
 
 
 def peak_bytes(height: int, width: int, precision: str, recipe: Recipe) -> int:
@@ -108,7 +121,7 @@ def state_bytes_per_pixel(recipe: Recipe, on_host: bool) -> tuple[int, int]:
     and L-BFGS's history are the bulk: in host memory where `on_host`, else on the device."""
     pictures = 12 * 5
     features = 32 * len(recipe.content_layers)
-    work, history = optimiser_bytes_per_pixel(recipe, on_host)
+    work, history = optimiser_bytes_per_pixel(recipe, tiled=True, history_on_host=on_host)
     if on_host:
         return pictures + work, features + history
     return pictures + work + features + history, 0

@@ -14,7 +14,8 @@ PIECE = 1 << 22
 
 
 class History:
-    """L-BFGS's curvature pairs (s, y, ρ), on the device or in host memory.
+    """L-BFGS's curvature pairs (s, y, ρ), on the device or in host memory, in `dtype` (None: the
+    vectors' own).
 
     On the host (`on_host`), each vector is stored in `dtype` (pinned next to a GPU) and comes to the
     device in pieces of `piece` values (default PIECE) while the recursion reads it, so that a picture's
@@ -37,10 +38,10 @@ class History:
         self._spare: list[torch.Tensor] = []
 
     def keep(self, vector: torch.Tensor) -> torch.Tensor:
-        """`vector` as the history stores it: itself on the device, else a copy on the host."""
-        if not self.on_host:
-            return vector
+        """`vector` as the history stores it: itself, or a copy in `dtype` or on the host."""
         dtype = self.dtype or vector.dtype
+        if not self.on_host:
+            return vector.to(dtype)
         if self._spare and self._spare[-1].dtype == dtype and len(self._spare[-1]) == len(vector):
             stored = self._spare.pop()
         else:
@@ -76,7 +77,8 @@ class History:
             vector[start:end].add_(part * alpha)
 
     def _pieces(self, stored: torch.Tensor, dtype: torch.dtype) -> Iterator[tuple[int, int, torch.Tensor]]:
-        piece = self.piece if self.on_host else len(stored)
+        # In pieces where each must be moved or converted: never a whole vector's copy at once.
+        piece = self.piece if self.on_host or stored.dtype != dtype else len(stored)
         for start in range(0, len(stored), piece):
             part = stored[start : start + piece]
             yield start, start + len(part), part.to(self.device, non_blocking=True).to(dtype)

@@ -20,6 +20,7 @@ from .estimate import (
     PEAK_BYTES_PER_PIXEL,
     STYLE_BYTES_PER_PIXEL,
     Estimate,
+    history_traffic_bytes_per_pixel,
     peak_bytes,
     smallest_tile,
     state_bytes_per_pixel,
@@ -50,11 +51,14 @@ class Scale:
     iterations: int
     tile: int | None = None  # interior side of its tiles in px; None: the whole image at once
     tiles: int = 0
-    # Work per iteration relative to a whole-image iteration of this size (tiles' halos, two passes).
+    # Work per iteration relative to a whole-image iteration of this size (tiles' halos, two passes, and
+    # the time the state in host memory takes to reach the device, if it does).
     cost_factor: float = 1.0
     seconds: float = 0.0  # planned time of its iterations
     device_bytes: int = 0  # planned peak device memory: its optimisation, or its style passes if more
-    host_bytes: int = 0  # picture-sized state it keeps in host memory instead of on the device
+    # A tiled scale may keep L-BFGS's history and the content's features in host memory, `host_bytes`.
+    state_on_host: bool = False
+    host_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,11 +121,13 @@ def style_tile(size: tuple[int, int], options: Options, budget: int | None, prec
 
 @dataclass(frozen=True)
 class Planner:
-    """Plans jobs for one engine: its precision, its speed, and where tiled scales keep their state."""
+    """Plans jobs for one engine: its precision and speed, whether a tiled scale may keep its state in
+    host memory, and how fast that memory reaches the device (None: it is the device's own)."""
 
     precision: str
     seconds_per_pixel_iteration: float
     state_on_host: bool
+    host_link_bytes_per_second: float | None = None
 
     def plan(
         self,
@@ -134,7 +140,7 @@ class Planner:
         if options.tile_size is None and self._smallest_budget(content_size, options) > budget:
             raise self._refusal(content_size, options, budget)
         scales = [
-            self._costed(scale, self._tile(scale.size, options, budget), style_sizes, options, budget)
+            self._with_styles(self._tiling(scale, options, budget), style_sizes, options, budget)
             for scale in schedule(*content_size, options)
         ]
         estimate = Estimate(
@@ -144,53 +150,90 @@ class Planner:
         )
         return Plan(scales, estimate, budget)
 
-    def _tile(self, size: tuple[int, int], options: Options, budget: int) -> int | None:
-        """The scale's tile side (None: whole): the largest that fits, in steps of the alignment."""
-        h, w = size
+    def _tiling(self, scale: Scale, options: Options, budget: int) -> Scale:
+        """`scale` whole where it fits, else in tiles: the fastest of its state's places that fit,
+        each with the largest tiles that fit beside it."""
+        h, w = scale.size
         if options.tile_size is not None:
-            return options.tile_size if max(h, w) > options.tile_size else None
+            if max(h, w) <= options.tile_size:
+                return self._costed(scale, None, False, options)
+            return self._costed(scale, options.tile_size, self.state_on_host, options)
         if peak_bytes(h, w, self.precision, options.recipe) <= budget:
-            return None
+            return self._costed(scale, None, False, options)
+        candidates = [
+            self._costed(scale, tile, on_host, options)
+            for on_host in {False, self.state_on_host}
+            if (tile := self._largest_tile(scale.size, on_host, options, budget)) is not None
+        ]
+        return min(candidates, key=lambda candidate: (candidate.seconds, candidate.device_bytes))
+
+    def _largest_tile(
+        self, size: tuple[int, int], on_host: bool, options: Options, budget: int
+    ) -> int | None:
+        """The largest tile side that fits the budget beside the state (in steps of the alignment), or
+        None where not even the smallest worth running does."""
         align, halo = geometry(options)
-        # By bisection: a tile's input only grows with its interior. The smallest fits (checked first).
         low = smallest_tile(halo, align) // align
-        high = max(low, math.ceil(max(h, w) / align))
-        while low < high:
+        if self._tiled_bytes(size, low * align, on_host, options)[0] > budget:
+            return None
+        high = max(low, math.ceil(max(size) / align))
+        while low < high:  # by bisection: a tile's input only grows with its interior
             middle = (low + high + 1) // 2
-            if self._tiled_bytes(size, middle * align, options)[0] <= budget:
+            if self._tiled_bytes(size, middle * align, on_host, options)[0] <= budget:
                 low = middle
             else:
                 high = middle - 1
         return low * align
 
-    def _tiled_bytes(self, size: tuple[int, int], tile: int, options: Options) -> tuple[int, int]:
+    def _tiled_bytes(
+        self, size: tuple[int, int], tile: int, on_host: bool, options: Options
+    ) -> tuple[int, int]:
         """(device, host) bytes of a scale in tiles of `tile`: its largest tile beside its state."""
         align, halo = geometry(options)
         _, largest, _ = tile_inputs(*size, tile, halo, align)
-        on_device, on_host = state_bytes_per_pixel(options.recipe, self.state_on_host)
+        on_device, in_host = state_bytes_per_pixel(options.recipe, on_host)
         pixels = size[0] * size[1]
-        return largest * PEAK_BYTES_PER_PIXEL[self.precision] + pixels * on_device, pixels * on_host
+        return largest * PEAK_BYTES_PER_PIXEL[self.precision] + pixels * on_device, pixels * in_host
 
-    def _costed(
-        self,
-        scale: Scale,
-        tile: int | None,
-        style_sizes: Sequence[tuple[int, int]],
-        options: Options,
-        budget: int,
-    ) -> Scale:
+    def _costed(self, scale: Scale, tile: int | None, on_host: bool, options: Options) -> Scale:
+        """`scale` in tiles of `tile` (None: whole) with its state on the host or not: its work and
+        time, and its optimisation's memory."""
         h, w = scale.size
         if tile is None:
-            tiles, factor, host = 0, 1.0, 0
             device = peak_bytes(h, w, self.precision, options.recipe)
-        else:
-            align, halo = geometry(options)
-            tiles, _, inputs = tile_inputs(h, w, tile, halo, align)
-            factor = tiled_cost_factor(inputs, h * w)
-            device, host = self._tiled_bytes(scale.size, tile, options)
+            return replace(
+                scale,
+                seconds=h * w * scale.iterations * self.seconds_per_pixel_iteration,
+                device_bytes=device,
+            )
+        align, halo = geometry(options)
+        tiles, _, inputs = tile_inputs(h, w, tile, halo, align)
+        factor = tiled_cost_factor(inputs, h * w)
+        if on_host and self.host_link_bytes_per_second is not None:
+            # The history crosses to the device and back each step, while no tile runs: time counted
+            # as work, so that progress and the time left move with it.
+            seconds = history_traffic_bytes_per_pixel(options.recipe) / self.host_link_bytes_per_second
+            factor += seconds / self.seconds_per_pixel_iteration
+        device, host = self._tiled_bytes(scale.size, tile, on_host, options)
         seconds = h * w * scale.iterations * factor * self.seconds_per_pixel_iteration
-        # The style passes run before the scale's optimisation, with only the content's targets alive.
-        style_side = round(max(h, w) * options.style_scale)
+        return replace(
+            scale,
+            tile=tile,
+            tiles=tiles,
+            cost_factor=factor,
+            seconds=seconds,
+            device_bytes=device,
+            host_bytes=host,
+            state_on_host=on_host,
+        )
+
+    def _with_styles(
+        self, scale: Scale, style_sizes: Sequence[tuple[int, int]], options: Options, budget: int
+    ) -> Scale:
+        """`scale` with its style passes' memory: they run before its optimisation, with only the
+        content's targets alive."""
+        device = scale.device_bytes
+        style_side = round(max(scale.size) * options.style_scale)
         for style in style_sizes:
             size = fit_long_side(*style, style_side)
             side = style_tile(size, options, budget, self.precision)
@@ -200,7 +243,7 @@ class Planner:
                 align, halo = geometry(options)
                 pixels = tile_inputs(*size, side, halo, align)[1]
             device = max(device, pixels * STYLE_BYTES_PER_PIXEL[self.precision])
-        return Scale(scale.size, scale.iterations, tile, tiles, factor, seconds, device, host)
+        return replace(scale, device_bytes=device)
 
     def _smallest_budget(self, content_size: tuple[int, int], options: Options) -> int:
         """The least device memory that runs every scale of the job: each whole or in its smallest
@@ -209,7 +252,7 @@ class Planner:
         return max(
             min(
                 peak_bytes(*scale.size, self.precision, options.recipe),
-                self._tiled_bytes(scale.size, smallest_tile(halo, align), options)[0],
+                self._tiled_bytes(scale.size, smallest_tile(halo, align), self.state_on_host, options)[0],
             )
             for scale in schedule(*content_size, options)
         )

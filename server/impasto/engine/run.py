@@ -148,11 +148,11 @@ class Run:
         tiles = (
             None
             if scale.tile is None
-            else self.engine.tiled_scale(self.net, scale.size, scale.tile, self.options, optimised=True)
+            else self.engine.tiled_scale(self.net, scale.size, scale.tile, self.options, scale.state_on_host)
         )
         targets = self.targets(scale, tiles)
         image = image.detach().clone().contiguous().requires_grad_(True)
-        optimizer = _make_optimizer(self.recipe, image, tiles is not None and self.engine.state_on_host)
+        optimizer = _make_optimizer(self.recipe, image, tiles is not None, scale.state_on_host)
         parts: list[LossParts] = []
         iteration = 0
 
@@ -293,9 +293,11 @@ def _mean_square(tensor: torch.Tensor) -> float:
     return max(float(torch.square(tensor).mean()), 1e-12)
 
 
-def _make_optimizer(recipe: Recipe, image: torch.Tensor, history_on_host: bool) -> LBFGS | torch.optim.Adam:
+def _make_optimizer(
+    recipe: Recipe, image: torch.Tensor, tiled: bool, history_on_host: bool
+) -> LBFGS | torch.optim.Adam:
     if recipe.optimizer == "lbfgs":
-        dtype = torch.bfloat16 if history_on_host and recipe.history_precision == "bf16" else None
+        dtype = torch.bfloat16 if tiled and recipe.history_precision == "bf16" else None
         history = History(recipe.lbfgs_history, image.device, history_on_host, dtype)
         # One function evaluation per iteration, so progress and cancel keep their rhythm.
         return LBFGS(image, recipe.learning_rate, history)

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from .device import free_memory_bytes, pick_precision
-from .estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION
+from .estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION, HOST_LINK_BYTES_PER_SECOND
 from .gram_cache import GramCache
 from .imageops import keep_content_colours, resize
 from .memory import fix_malloc_mmap_threshold
@@ -65,10 +65,11 @@ class Options:
 class Engine:
     """Holds the network for one weight set on one device; runs one job at a time per call.
 
-    `state_on_host`: whether a tiled scale keeps the bulk of its picture-sized state (L-BFGS's history,
-    the content's features) in host memory, so that the device's memory goes to its tiles. None: on a
-    CUDA GPU, which has memory of its own; elsewhere host and device share one memory, and True only
-    exercises that path and counts the budget as a GPU would.
+    `state_on_host`: whether a tiled scale may keep the bulk of its picture-sized state (L-BFGS's
+    history, the content's features) in host memory, so that the device's memory goes to its tiles; the
+    plan keeps it there where that is faster (larger tiles against the time to move the history). None:
+    on a CUDA GPU, which has memory of its own; elsewhere host and device share one memory, and True
+    only exercises that path and counts the budget as a GPU would.
     """
 
     def __init__(
@@ -84,6 +85,8 @@ class Engine:
         self.gram_cache = gram_cache
         self.precision = pick_precision(device, precision)
         self.state_on_host = device.type == "cuda" if state_on_host is None else state_on_host
+        # How fast state in host memory reaches the device; None: the host's memory is the device's.
+        self.host_link_bytes_per_second = HOST_LINK_BYTES_PER_SECOND if device.type == "cuda" else None
         if device.type == "cuda":
             # Shapes are fixed within a scale, so cuDNN's autotuning pays for itself at once.
             torch.backends.cudnn.benchmark = True
@@ -116,7 +119,12 @@ class Engine:
         time and peak device memory (the style images' passes at their scaled sizes included), and the
         host memory a tiled scale's state takes instead. Raises DoesNotFit, at once, for a job that
         cannot run within its memory budget in tiles worth running."""
-        planner = Planner(self.precision, self.seconds_per_pixel_iteration, self.state_on_host)
+        planner = Planner(
+            self.precision,
+            self.seconds_per_pixel_iteration,
+            self.state_on_host,
+            self.host_link_bytes_per_second,
+        )
         return planner.plan(content_size, style_sizes, options, self.memory_budget(options))
 
     def memory_budget(self, options: Options) -> int:
@@ -126,9 +134,14 @@ class Engine:
         return max(0, free - max(int(free * BUDGET_MARGIN_SHARE), BUDGET_MARGIN_BYTES))
 
     def tiled_scale(
-        self, net: VGGFeatures, size: tuple[int, int], tile: int, options: Options, optimised: bool = False
+        self,
+        net: VGGFeatures,
+        size: tuple[int, int],
+        tile: int,
+        options: Options,
+        state_on_host: bool = False,
     ) -> TiledScale:
-        """Tiles of a picture; `optimised`: of the one the job optimises, whose state may go to the host."""
+        """Tiles of a picture; `state_on_host`: keeping the content's features in host memory."""
         return TiledScale(
             lambda image: self.features(net, image),
             net.names,
@@ -136,7 +149,7 @@ class Engine:
             tile,
             options.tile_halo,
             self.gram_matmuls,
-            torch.device("cpu") if optimised and self.state_on_host else None,
+            torch.device("cpu") if state_on_host else None,
         )
 
     def features(self, net: VGGFeatures, image: torch.Tensor) -> dict[str, torch.Tensor]:
