@@ -13,8 +13,8 @@ square crop of chelsea with starry-night:
    content's own size with the default recipe, --full-iterations at full size, half that on each
    coarser scale): each --full-sizes (default 4000×3000 and 6000×4000) at the default memory budget
    (the device's free memory less a margin: an 80–141 GB GPU holds 24 Mpx whole, ~1.6 KB a pixel in
-   bf16), then each --budget-cases under its budget (default 24 Mpx under 8 GiB and 48 Mpx under
-   16 GiB: the picture-sized state in host memory, the device's budget for tiles). For each: the plan
+   bf16), then each --budget-cases under its budget (default 24 Mpx under 8 GiB, 48 Mpx under 16 GiB,
+   and 48 Mpx under 8 GiB, where the finest scale's state must go to host memory). For each: the plan
    (per scale: tiles, time, device and host memory) against what ran (each scale's time by device
    events, its targets included, and its peak `torch.cuda.max_memory_allocated`, reset at each scale),
    or the plan's refusal.
@@ -235,9 +235,9 @@ def main() -> int:
         "--budget-cases",
         type=parse_budget_case,
         nargs="*",
-        default=[((4000, 6000), 8 * GIB), ((6000, 8000), 16 * GIB)],
+        default=[((4000, 6000), 8 * GIB), ((6000, 8000), 16 * GIB), ((6000, 8000), 8 * GIB)],
         metavar="WxH@GiB",
-        help="full sizes under a memory budget (default 6000x4000@8 8000x6000@16)",
+        help="full sizes under a memory budget (default 6000x4000@8 8000x6000@16 8000x6000@8)",
     )
     parser.add_argument("--full-tile", type=int, help="forces tiles of this side (--smoke's)")
     parser.add_argument("--halo", type=int, help="the budget cases' tile halo (--smoke's; default: exact)")
