@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from impasto.engine import Engine, Options, Style, load_original_vgg19
 from impasto.engine.gram_cache import GramCache
-from impasto.engine.stylize import scale_sizes
+from impasto.engine.plan import scale_sizes
 from impasto.images import load_picture
 from sample_images import IMAGES
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,17 @@ def test_gpu_benchmark_runs_on_the_cpu_at_a_tiny_size():
     assert result.returncode == 0, result.stderr
     assert "| 32² | L-BFGS |" in result.stdout and "| 32² | Adam |" in result.stdout
     assert "Whole default job at 48 px" in result.stdout
-    # The full-size jobs, shrunk: in forced tiles, then the largest in the tiles a small budget makes.
-    rows = [line.split(" | ")[:3] for line in result.stdout.splitlines() if line.startswith("| 64×32 |")]
-    assert [row[2] for row in rows] == ["2×32", "8×16"], result.stdout
-    assert "| 48×32 | " in result.stdout and "out of memory" not in result.stdout
+    # The full-size jobs, shrunk: in forced tiles, then under a budget that makes tiles of at least the
+    # smallest worth running (48 px at its 16 px halo), and under one too small for them: refused.
+    rows = [line.split(" | ")[:4] for line in result.stdout.splitlines() if line.startswith("| ")]
+    summary = {(row[0], row[2]) for row in rows if len(row) > 2}
+    assert {("| 48×32", "2×32"), ("| 64×32", "2×32")} <= summary, result.stdout
+    budgeted = [row for row in rows if row[0] == "| 128×64"]
+    assert [row[1] for row in budgeted] == ["18.0 MiB", "8.0 MiB"], result.stdout
+    tiles, side = budgeted[0][2].split("×")
+    assert int(tiles) > 1 and int(side) >= 48 and budgeted[1][2] == "refused", result.stdout
+    assert re.search(r"allow it at least \d+ MiB \(--memory-budget\)", result.stdout), result.stdout
+    assert "out of memory" not in result.stdout
 
 
 def test_eta_benchmark_runs_at_a_tiny_size():

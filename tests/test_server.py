@@ -29,6 +29,7 @@ from impasto.protocol import (
     NO_PREVIEWS,
     Image,
     ImpastoError,
+    Kind,
     Preview,
     Progress,
     Queued,
@@ -321,6 +322,14 @@ def test_a_job_too_big_for_free_memory_is_refused_with_a_size_that_fits(images: 
         assert 16 <= fits < 64
         _, result = run_job(address, content, [StyleChoice(preset_id="udnie")], replace(FAST, size=fits))
         assert (result.width, result.height) == (content.width, content.height)
+
+
+def test_a_budget_too_small_for_worthwhile_tiles_is_refused_naming_one_that_works(images: Path):
+    content, _ = rgba(images / "content" / "camera.png")
+    with running_server("--styles-dir", str(images / "styles"), "--memory-budget", str(1 << 20)) as address:
+        error = status_of(address, content, [StyleChoice(preset_id="udnie")], replace(FAST, size=64))
+        assert error.kind is Kind.OUT_OF_MEMORY and "memory budget is 1 MiB" in str(error), error
+        assert re.search(r"allow it at least \d+ MiB \(--memory-budget\)", str(error)), error
 
 
 def test_running_out_of_device_memory_mid_job_is_resource_exhausted(images: Path, monkeypatch):

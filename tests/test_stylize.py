@@ -12,7 +12,7 @@ import torch
 from helpers import gradient_image
 from impasto.engine import DEFAULT, Cancelled, Engine, Options, Progress, Style
 from impasto.engine.imageops import rgb_to_yuv
-from impasto.engine.stylize import scale_sizes, schedule
+from impasto.engine.plan import scale_sizes, schedule
 
 CONTENT = gradient_image(48, 64, seed=0)
 # A style with strong, different colours and texture: red/green stripes.

@@ -1,8 +1,10 @@
 """Impasto's style-transfer engine: plain PyTorch, no gRPC, no files beyond weights."""
 
 from .device import DeviceInfo, default_iterations, default_size, describe, pick_device
+from .plan import DoesNotFit, Plan
 from .recipes import DEFAULT, RECIPES, SEED, Recipe
-from .stylize import Cancelled, Engine, Options, Plan, Progress, Style
+from .run import Cancelled, Progress
+from .stylize import Engine, Options, Style
 from .weights import WeightsError, WeightSet, load_original_vgg19
 
 __all__ = [
@@ -11,6 +13,7 @@ __all__ = [
     "SEED",
     "Cancelled",
     "DeviceInfo",
+    "DoesNotFit",
     "Engine",
     "Options",
     "Plan",

@@ -1,16 +1,17 @@
 """How long a job will take and how much device memory it needs, before it starts.
 
 Memory per working pixel at the peak of an iteration (activations kept for the backward pass plus
-its transients), measured through conv5_1 (docs/benchmarks.md; reference/performance.md): about
-2.5 KB in fp32 and 1.6 KB with bf16 convolutions, plus the optimiser's state. Time is pixels ×
-iterations × a seconds-per-pixel-iteration rate that starts from a per-device guess and is replaced
-by what this engine measured on its last jobs.
+its transients), measured through conv5_1 (docs/benchmarks.md): about 2.5 KB in fp32 and 1.6 KB with
+bf16 convolutions, plus the optimiser's state. Time is pixels × iterations × a seconds-per-pixel-
+iteration rate that starts from a per-device guess and is replaced by what this engine measured on its
+last jobs.
 
 A tiled scale (engine/tiled.py) needs one tile's working set (its input pixels, halo included, at the
-same cost per pixel) plus buffers of the whole image: the image, its gradient, the optimiser's state,
-the content's features at the content layers and the resized content (`FULL_BYTES_PER_PIXEL`).
-Its time is the whole image's times `Scale.cost_factor` (`tiled_cost_factor`: the halos and the extra
-pass without gradients).
+same cost per pixel) beside buffers of the whole image: the image, its gradient, the resized content,
+the content's features and the optimiser's state (`state_bytes_per_pixel`; the last two can live in
+host memory). Its time is the whole image's times `Scale.cost_factor` (`tiled_cost_factor`: the halos
+and the extra pass without gradients), and its tiles are never so small that this exceeds
+`MAX_TILED_COST`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ PEAK_BYTES_PER_PIXEL = {"fp32": 2500, "bf16": 1600}
 # A style image's forward pass without gradients (for its Gram matrices): the image, its preprocessed
 # copy and the two largest activations alive at once.
 STYLE_BYTES_PER_PIXEL = {"fp32": 600, "bf16": 350}
+# Pinned host memory to a CUDA GPU and back: PCIe 4.0 ×16 moves about 25 GB/s in theory (a first guess,
+# not yet measured). A GPU's L-BFGS history in host memory crosses it twice a step.
+HOST_LINK_BYTES_PER_SECOND = 20e9
 FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION = {
     ("cpu", "bf16"): 5.5e-6,  # measured on a 2-core Xeon with AMX
     ("cpu", "fp32"): 6.5e-6,  # measured on a 2-core Xeon (5.4–6.9; bench/eta.py, docs/benchmarks.md)
@@ -36,10 +40,11 @@ FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION = {
 @dataclass(frozen=True)
 class Estimate:
     seconds: float
-    peak_bytes: int
+    peak_bytes: int  # device memory
+    host_bytes: int = 0  # picture-sized state the job keeps in host memory instead
 
 
-# Shares of an iteration's work per pixel (reference/performance.md, section 2: 1.549 MFLOP per pixel):
+# Shares of an iteration's work per pixel (1.549 MFLOP per pixel, counted layer by layer):
 # VGG19's forward pass through conv5_1 (0.722); its backward pass to the input costs as much again, the
 # weights being frozen; the Gram matrices with their backward pass are the rest (0.104).
 FORWARD_SHARE = 0.722 / 1.549
@@ -59,78 +64,71 @@ def tiled_cost_factor(input_pixels: int, pixels: int) -> float:
     return input_pixels / pixels * (vgg + FORWARD_SHARE) + GRAM_SHARE
 
 
-def optimiser_bytes_per_pixel(recipe: Recipe) -> int:
-    # L-BFGS keeps `history` pairs of fp32 vectors of 3 values a pixel, plus a few work vectors.
-    if recipe.optimizer == "lbfgs":
-        return 12 * (2 * recipe.lbfgs_history + 4)
-    return 12 * 3  # Adam: two moments and the gradient
+# The most a tiled scale may cost per iteration against the whole image: a tile is never smaller than
+# the interior that keeps within it (`smallest_tile`), so that a job in tiles takes at most this many
+# times its whole-image time. Smaller tiles spend most of their work on their halos, and a budget that
+# leaves room only for slivers once planned hours for a job of a minute (docs/benchmarks.md).
+MAX_TILED_COST = 4.0
+
+
+def smallest_tile(halo: int, align: int) -> int:
+    """The smallest tile interior side (px, a multiple of `align`) worth running with a halo of `halo`.
+
+    The work of a tile is its input, (interior + 2·halo)². Along a side of n tiles the inputs add up to
+    at most the side plus 2·halo·(n − 1), so a scale in tiles of interior t costs at most
+    tiled_cost_factor((t + 2·halo)², t²): this is the smallest t for which that is MAX_TILED_COST.
+    """
+    widest = math.sqrt((MAX_TILED_COST - GRAM_SHARE) / (1 - GRAM_SHARE + FORWARD_SHARE))  # 1 + 2·halo/t
+    side = math.ceil(2 * halo / (widest - 1))
+    return max(align, math.ceil(side / align) * align)
+
+
+def optimiser_bytes_per_pixel(
+    recipe: Recipe, tiled: bool = False, history_on_host: bool = False
+) -> tuple[int, int]:
+    """The optimiser's state per pixel: (working vectors on the device, history).
+
+    L-BFGS keeps `history` pairs of vectors of 3 values a pixel (fp32; on a tiled scale in
+    `recipe.history_precision`) and a few working vectors: the last gradient and step, the new direction
+    and, with the history on the host, the pieces in flight."""
+    if recipe.optimizer != "lbfgs":
+        return 12 * 3, 0  # Adam: two moments and the gradient
+    value_bytes = 2 if tiled and recipe.history_precision == "bf16" else 4
+    history = 3 * value_bytes * 2 * recipe.lbfgs_history
+    return (12 * 3 if history_on_host else 12 * 4), history
+
+
+def history_traffic_bytes_per_pixel(recipe: Recipe) -> int:
+    """What one L-BFGS step moves per pixel between a history in host memory and the device: each pair
+    read twice by the two-loop recursion, the new pair written once."""
+    if recipe.optimizer != "lbfgs":
+        return 0
+    value_bytes = 2 if recipe.history_precision == "bf16" else 4
+    return 3 * value_bytes * (4 * recipe.lbfgs_history + 2)
 
 
 def peak_bytes(height: int, width: int, precision: str, recipe: Recipe) -> int:
-    return height * width * (PEAK_BYTES_PER_PIXEL[precision] + optimiser_bytes_per_pixel(recipe))
+    """Device memory of a scale optimised whole."""
+    return height * width * (PEAK_BYTES_PER_PIXEL[precision] + sum(optimiser_bytes_per_pixel(recipe)))
 
 
-def full_bytes_per_pixel(recipe: Recipe) -> int:
-    """Image-sized buffers of a tiled scale, per pixel: image, gradient buffer, the content at this
-    scale and at the working size, the previous scale's result resized (fp32 RGB each), the content
-    features (a stride-8 layer of 512 channels: 8 fp32 values a pixel, per content layer) and the
-    optimiser's state."""
-    return 12 * 5 + 32 * len(recipe.content_layers) + optimiser_bytes_per_pixel(recipe)
+def state_bytes_per_pixel(recipe: Recipe, on_host: bool) -> tuple[int, int]:
+    """A tiled scale's picture-sized buffers per pixel: (on the device, in host memory).
 
-
-def tiled_peak_bytes(height: int, width: int, tile_input_pixels: int, precision: str, recipe: Recipe) -> int:
-    return tile_input_pixels * PEAK_BYTES_PER_PIXEL[precision] + height * width * full_bytes_per_pixel(recipe)
-
-
-def largest_tile(
-    memory_bytes: int, height: int, width: int, halo: int, align: int, precision: str, recipe: Recipe
-) -> int:
-    """The largest tile interior side (a multiple of `align`) whose tiled scale fits `memory_bytes`;
-    `align` where none does (the estimate then says by how much it does not)."""
-    spare = memory_bytes - height * width * full_bytes_per_pixel(recipe)
-    side = int(math.sqrt(max(spare, 0) / PEAK_BYTES_PER_PIXEL[precision])) - 2 * halo
-    return max(align, side // align * align)
+    On the device always: the image, its gradient, the content at this scale and at the working size
+    and the previous scale's result resized (fp32 RGB each), and the optimiser's working vectors. The
+    content's features (a stride-8 layer of 512 channels: 8 fp32 values a pixel, per content layer)
+    and L-BFGS's history are the bulk: in host memory where `on_host`, else on the device."""
+    pictures = 12 * 5
+    features = 32 * len(recipe.content_layers)
+    work, history = optimiser_bytes_per_pixel(recipe, tiled=True, history_on_host=on_host)
+    if on_host:
+        return pictures + work, features + history
+    return pictures + work + features + history, 0
 
 
 def largest_long_side(memory_bytes: int, height: int, width: int, precision: str, recipe: Recipe) -> int:
-    """The longest working side, for a picture of this shape, whose optimisation fits `memory_bytes`."""
+    """The longest working side, for a picture of this shape, whose optimisation fits `memory_bytes`
+    whole."""
     pixels = memory_bytes / peak_bytes(1, 1, precision, recipe)
     return int(math.sqrt(pixels * max(height, width) / min(height, width)))
-
-
-def estimate(
-    scales: list[tuple[tuple[int, int], int]],
-    style_sizes: list[tuple[int, int]],
-    precision: str,
-    recipe: Recipe,
-    seconds_per_pixel_iteration: float,
-    tiles: list[int | None] | None = None,
-    style_tiles: list[int | None] | None = None,
-    cost_factors: list[float] | None = None,
-) -> Estimate:
-    """`scales`: ((height, width), iterations) for each scale of the job; `style_sizes`: each style
-    image's (height, width) at the finest scale, where it is largest. For tiled scales, `tiles` gives
-    the pixels of the largest tile input of each scale (None: whole), `cost_factors` each scale's work
-    per iteration relative to a whole-image one, and `style_tiles` the pixels of the largest tile input
-    of each style image's pass (None: whole)."""
-    tiles = tiles or [None] * len(scales)
-    cost_factors = cost_factors or [1.0] * len(scales)
-    style_tiles = style_tiles or [None] * len(style_sizes)
-    pixel_iterations = sum(
-        h * w * iterations * factor for ((h, w), iterations), factor in zip(scales, cost_factors, strict=True)
-    )
-    optimisation = max(
-        peak_bytes(h, w, precision, recipe)
-        if tile is None
-        else tiled_peak_bytes(h, w, tile, precision, recipe)
-        for ((h, w), _), tile in zip(scales, tiles, strict=True)
-    )
-    style_pass = max(
-        (
-            (h * w if tile is None else tile) * STYLE_BYTES_PER_PIXEL[precision]
-            for (h, w), tile in zip(style_sizes, style_tiles, strict=True)
-        ),
-        default=0,
-    )
-    # The style passes run before each scale's optimisation, with only the content's targets alive.
-    return Estimate(pixel_iterations * seconds_per_pixel_iteration, max(optimisation, style_pass))

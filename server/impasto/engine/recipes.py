@@ -30,6 +30,10 @@ class Recipe:
     # Each coarser scale runs this share of the final scale's iterations (measured: docs/benchmarks.md).
     coarse_iterations: float = 0.5
     lbfgs_history: int = 10
+    # The precision of L-BFGS's history on a tiled scale (a whole scale keeps fp32): bf16 halves the
+    # memory it takes, on the device or the host, and what each step moves between them, for a loss
+    # within 0.1 % of fp32's (docs/benchmarks.md, "Full size on any GPU").
+    history_precision: Literal["fp32", "bf16"] = "bf16"
 
     @property
     def layers(self) -> set[str]:

@@ -2,43 +2,29 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from ..protocol import bounds
 from .device import free_memory_bytes, pick_precision
-from .estimate import (
-    FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION,
-    STYLE_BYTES_PER_PIXEL,
-    Estimate,
-    estimate,
-    largest_tile,
-    peak_bytes,
-    tiled_cost_factor,
-)
-from .gram_cache import GramCache, image_digest
-from .imageops import fit_long_side, keep_content_colours, resize
-from .lbfgs import LBFGS
-from .losses import LossParts, Targets, gram, total_loss
+from .estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION, HOST_LINK_BYTES_PER_SECOND
+from .gram_cache import GramCache
+from .imageops import keep_content_colours, resize
 from .memory import fix_malloc_mmap_threshold
+from .plan import Plan, Planner
 from .recipes import DEFAULT, Recipe
-from .tiled import TiledScale, alignment, receptive_halo, tile_grid
-from .vgg import VGGFeatures, layer_names
+from .run import PreviewCallback, ProgressCallback, Run
+from .tiled import TiledScale
+from .vgg import VGGFeatures
 from .weights import WeightSet
 
 Precision = Literal["auto", "fp32", "bf16"]
-
-
-class Cancelled(Exception):
-    """The caller asked the job to stop."""
 
 
 @dataclass(frozen=True)
@@ -76,85 +62,15 @@ class Options:
     tile_halo: int | None = None
 
 
-@dataclass(frozen=True)
-class Progress:
-    scale: int  # 1-based
-    scales: int
-    height: int
-    width: int
-    iteration: int  # 1-based, within the scale
-    iterations: int
-    step: int  # 1-based, over the whole job
-    steps: int
-    content_loss: float
-    style_loss: float
-    tv_loss: float
-    elapsed: float
-    eta: float = field(default=math.nan)
-    # Share of the job's work done: iterations weighted by their scale's pixels, so that it moves as
-    # time does (a fine scale's iteration costs several coarse ones).
-    fraction: float = 0.0
-    # On a tiled scale: the tile just done (1-based) of `tiles`, reported after each tile's gradient
-    # pass and again (tile == tiles) with the iteration; 0 and 0 on a scale optimised whole.
-    tile: int = 0
-    tiles: int = 0
-
-
-ProgressCallback = Callable[[Progress], None]
-PreviewCallback = Callable[[torch.Tensor, Progress], None]
-
-
-def scale_sizes(height: int, width: int, long_side: int, recipe: Recipe) -> list[tuple[int, int]]:
-    """Working sizes from coarse to fine, about √2 apart, ending at `long_side`."""
-    sides = [long_side]
-    while recipe.coarse_to_fine and sides[-1] / math.sqrt(2) >= recipe.min_scale:
-        sides.append(round(sides[-1] / math.sqrt(2)))
-    return [fit_long_side(height, width, side) for side in reversed(sides)]
-
-
-@dataclass(frozen=True)
-class Scale:
-    size: tuple[int, int]  # (height, width)
-    iterations: int
-    tile: int | None = None  # interior side of its tiles in px; None: the whole image at once
-    tiles: int = 0
-    # Work per iteration relative to a whole-image iteration of this size (tiles' halos, two passes).
-    cost_factor: float = 1.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a job will do, decided once before it starts: its scales and what they will cost."""
-
-    scales: list[Scale]
-    estimate: Estimate
-    memory_budget: int | None = None  # what the plan was made to fit
-
-    @property
-    def working_size(self) -> tuple[int, int]:
-        return self.scales[-1].size
-
-    @property
-    def total_iterations(self) -> int:
-        return sum(scale.iterations for scale in self.scales)
-
-
-def schedule(height: int, width: int, options: Options) -> list[Scale]:
-    """The scales a job runs, coarse to fine, and the iterations each gets.
-
-    The last scale, at the working size, runs `options.iterations`. Each coarser one runs the recipe's
-    share of that: it only has to lay out the large shapes that the next scale refines, and the
-    finest scale costs as much as all coarser ones together (docs/benchmarks.md, time to quality).
-    """
-    recipe = options.recipe
-    long_side = max(height, width) if options.size == "full" else options.size
-    sizes = scale_sizes(height, width, long_side, recipe)
-    coarse = max(1, round(options.iterations * recipe.coarse_iterations))
-    return [Scale(size, coarse) for size in sizes[:-1]] + [Scale(sizes[-1], options.iterations)]
-
-
 class Engine:
-    """Holds the network for one weight set on one device; runs one job at a time per call."""
+    """Holds the network for one weight set on one device; runs one job at a time per call.
+
+    `state_on_host`: whether a tiled scale may keep the bulk of its picture-sized state (L-BFGS's
+    history, the content's features) in host memory, so that the device's memory goes to its tiles; the
+    plan keeps it there where that is faster (larger tiles against the time to move the history). None:
+    on a CUDA GPU, which has memory of its own; elsewhere host and device share one memory, and True
+    only exercises that path and counts the budget as a GPU would.
+    """
 
     def __init__(
         self,
@@ -162,11 +78,15 @@ class Engine:
         device: torch.device,
         precision: Precision = "auto",
         gram_cache: GramCache | None = None,
+        state_on_host: bool | None = None,
     ):
         self.weights = weights
         self.device = device
         self.gram_cache = gram_cache
         self.precision = pick_precision(device, precision)
+        self.state_on_host = device.type == "cuda" if state_on_host is None else state_on_host
+        # How fast state in host memory reaches the device; None: the host's memory is the device's.
+        self.host_link_bytes_per_second = HOST_LINK_BYTES_PER_SECOND if device.type == "cuda" else None
         if device.type == "cuda":
             # Shapes are fixed within a scale, so cuDNN's autotuning pays for itself at once.
             torch.backends.cudnn.benchmark = True
@@ -195,26 +115,17 @@ class Engine:
     def plan(
         self, content_size: tuple[int, int], style_sizes: Sequence[tuple[int, int]], options: Options
     ) -> Plan:
-        """The scales of a job on a content of `content_size` (height, width), and its time and peak
-        device memory, the style images' forward passes at their scaled sizes included."""
-        budget = self.memory_budget(options)
-        scales = [self._tiling(scale, options, budget) for scale in schedule(*content_size, options)]
-        largest_side = round(max(scales[-1].size) * options.style_scale)
-        styles_scaled = [fit_long_side(*size, largest_side) for size in style_sizes]
-        cost = estimate(
-            [(scale.size, scale.iterations) for scale in scales],
-            styles_scaled,
+        """The scales of a job on a content of `content_size` (height, width), with each one's tiles,
+        time and peak device memory (the style images' passes at their scaled sizes included), and the
+        host memory a tiled scale's state takes instead. Raises DoesNotFit, at once, for a job that
+        cannot run within its memory budget in tiles worth running."""
+        planner = Planner(
             self.precision,
-            options.recipe,
             self.seconds_per_pixel_iteration,
-            tiles=[self._largest_input(scale.size, scale.tile, options) for scale in scales],
-            style_tiles=[
-                self._largest_input(size, self.style_tile(size, options, budget), options)
-                for size in styles_scaled
-            ],
-            cost_factors=[scale.cost_factor for scale in scales],
+            self.state_on_host,
+            self.host_link_bytes_per_second,
         )
-        return Plan(scales, cost, budget)
+        return planner.plan(content_size, style_sizes, options, self.memory_budget(options))
 
     def memory_budget(self, options: Options) -> int:
         if options.memory_budget is not None:
@@ -222,49 +133,15 @@ class Engine:
         free = free_memory_bytes(self.device)
         return max(0, free - max(int(free * BUDGET_MARGIN_SHARE), BUDGET_MARGIN_BYTES))
 
-    def _geometry(self, options: Options) -> tuple[int, int]:
-        """The tiles' alignment and their halo, for the network's layers up to the deepest tap."""
-        names = layer_names()
-        names = names[: max(names.index(k) for k in options.recipe.layers) + 1]
-        halo = receptive_halo(names) if options.tile_halo is None else options.tile_halo
-        return alignment(names), halo
-
-    def _tiling(self, scale: Scale, options: Options, budget: int) -> Scale:
-        """`scale` as it will run: whole where it fits the budget, else in the largest tiles that do."""
-        h, w = scale.size
-        if options.tile_size is not None:
-            tile = options.tile_size if max(h, w) > options.tile_size else None
-        elif peak_bytes(h, w, self.precision, options.recipe) <= budget:
-            tile = None
-        else:
-            align, halo = self._geometry(options)
-            tile = largest_tile(budget, h, w, halo, align, self.precision, options.recipe)
-            tile = None if tile >= max(h, w) else tile
-        if tile is None:
-            return scale
-        align, halo = self._geometry(options)
-        grid = tile_grid(h, w, tile, halo, align)
-        factor = tiled_cost_factor(sum(t.input_pixels for t in grid), h * w)
-        return Scale(scale.size, scale.iterations, tile, len(grid), factor)
-
-    def _largest_input(self, size: tuple[int, int], tile: int | None, options: Options) -> int | None:
-        """Pixels of the largest tile input, halo included, of a picture of `size` in tiles of `tile`;
-        None: whole."""
-        if tile is None:
-            return None
-        align, halo = self._geometry(options)
-        return max(t.input_pixels for t in tile_grid(*size, tile, halo, align))
-
-    def style_tile(self, size: tuple[int, int], options: Options, budget: int | None) -> int | None:
-        """Interior side of the tiles of a style image's Gram pass at `size`; None: whole."""
-        h, w = size
-        if budget is None or h * w * STYLE_BYTES_PER_PIXEL[self.precision] <= budget:
-            return None
-        align, halo = self._geometry(options)
-        side = int(math.sqrt(budget / STYLE_BYTES_PER_PIXEL[self.precision])) - 2 * halo
-        return max(align, side // align * align)
-
-    def tiled_scale(self, net: VGGFeatures, size: tuple[int, int], tile: int, options: Options) -> TiledScale:
+    def tiled_scale(
+        self,
+        net: VGGFeatures,
+        size: tuple[int, int],
+        tile: int,
+        options: Options,
+        state_on_host: bool = False,
+    ) -> TiledScale:
+        """Tiles of a picture; `state_on_host`: keeping the content's features in host memory."""
         return TiledScale(
             lambda image: self.features(net, image),
             net.names,
@@ -272,6 +149,7 @@ class Engine:
             tile,
             options.tile_halo,
             self.gram_matmuls,
+            torch.device("cpu") if state_on_host else None,
         )
 
     def features(self, net: VGGFeatures, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -325,7 +203,7 @@ class Engine:
             fix_malloc_mmap_threshold()
         # Every later resize starts from the working size, not from a layer of many megapixels.
         content = resize(content.to(self.device, torch.float32), scales[-1].size)
-        run = _Run(self, net, content, styles, options, plan, on_progress, on_preview, cancel)
+        run = Run(self, net, content, styles, options, plan, on_progress, on_preview, cancel)
         image = run.initial_image(scales[0].size)
         for index, scale in enumerate(scales):
             image = run.optimise_scale(index, resize(image, scale.size))
@@ -360,248 +238,3 @@ def check_options(options: Options, styles: Sequence[Style]) -> None:
         bounds.SIZE.check(options.tile_size)
     if options.tile_halo is not None and options.tile_halo < 0:
         raise ValueError(f"tile_halo must be ≥ 0 px, got {options.tile_halo}")
-
-
-class _Run:
-    """One job's state across scales: targets, timing, callbacks."""
-
-    def __init__(self, engine, net, content, styles, options, plan, on_progress, on_preview, cancel):
-        self.engine, self.net, self.content, self.styles = engine, net, content, styles
-        self.options, self.recipe, self.scales, self.plan = options, options.recipe, plan.scales, plan
-        scales = plan.scales
-        self.on_progress, self.on_preview, self.cancel = on_progress, on_preview, cancel
-        self.start = time.monotonic()
-        self.last_preview = -math.inf
-        self.steps_done = 0
-        # An iteration costs about its scale's pixel count (times the tiles' overhead); used for the
-        # time-left estimate.
-        self.cost_total = sum(s.size[0] * s.size[1] * s.iterations * s.cost_factor for s in scales)
-        self.cost_done = 0.0
-        self.steps = sum(s.iterations for s in scales)
-        self.losses = _LossReadout(engine.device)
-        cache = engine.gram_cache
-        self.style_digests = [image_digest(s.image) if cache is not None else None for s in styles]
-
-    def check_cancel(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled()
-
-    def initial_image(self, size: tuple[int, int]) -> torch.Tensor:
-        init = self.options.init
-        if isinstance(init, torch.Tensor):
-            return resize(init.to(self.engine.device, torch.float32), size)
-        if init == "noise":
-            generator = torch.Generator().manual_seed(self.options.seed)
-            noise = torch.rand((1, 3, *size), generator=generator)
-            return noise.to(self.engine.device)
-        return resize(self.content, size)
-
-    def targets(self, scale: Scale, tiles: TiledScale | None = None) -> Targets:
-        """The scale's targets; a tiled scale (`tiles`) takes its content features tile by tile."""
-        recipe, size = self.recipe, scale.size
-        with torch.no_grad():
-            if tiles is None:
-                content = {
-                    k: v.float()
-                    for k, v in self.engine.features(self.net, resize(self.content, size)).items()
-                    if k in recipe.content_layers
-                }
-            else:
-                content = tiles.feature_maps(resize(self.content, size), list(recipe.content_layers))
-            total_weight = sum(s.weight for s in self.styles)
-            grams = {k: 0.0 for k in recipe.style_layers}
-            for style, digest in zip(self.styles, self.style_digests, strict=True):
-                self.check_cancel()  # each style's forward pass may take seconds
-                style_size = fit_long_side(
-                    *style.image.shape[2:], round(max(size) * self.options.style_scale)
-                )
-                style_grams = self.style_grams(style, digest, style_size)
-                for k in grams:
-                    # A weighted mean of Grams: its MSE differs from the weighted sum of per-style MSEs
-                    # only by a constant, at a fraction of the cost.
-                    grams[k] = grams[k] + style_grams[k] * (style.weight / total_weight)
-        style_weight = recipe.style_weight * self.options.strength
-        content_weights = {k: recipe.content_weight * w for k, w in recipe.content_layers.items()}
-        style_weights = {k: style_weight * w for k, w in recipe.style_layers.items()}
-        if recipe.normalize_by_target:
-            content_weights = {k: w / _mean_square(content[k]) for k, w in content_weights.items()}
-            style_weights = {k: w / _mean_square(grams[k]) for k, w in style_weights.items()}
-        return Targets(content, content_weights, grams, style_weights, recipe.tv_weight)
-
-    def style_grams(self, style: Style, digest: str | None, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        cache, engine, recipe = self.engine.gram_cache, self.engine, self.recipe
-        key = None
-        if cache is not None:
-            layers = sorted(recipe.style_layers)
-            key = cache.key(digest, engine.weights.name, recipe.pooling, layers, size, engine.precision)
-            cached = cache.get(key)
-            if cached is not None:
-                return {k: g.to(engine.device) for k, g in cached.items()}
-        image = resize(style.image.to(engine.device, torch.float32), size)
-        tile = engine.style_tile(size, self.options, self.plan.memory_budget)
-        with engine.gram_matmuls():
-            if tile is None:
-                features = engine.features(self.net, image)
-                grams = {k: gram(features[k]) for k in recipe.style_layers}
-            else:
-                tiles = engine.tiled_scale(self.net, size, tile, self.options)
-                grams = tiles.grams(image, list(recipe.style_layers))
-        if key is not None:
-            cache.put(key, grams)
-        return grams
-
-    def optimise_scale(self, index: int, image: torch.Tensor) -> torch.Tensor:
-        scale = self.scales[index]
-        tiles = (
-            None
-            if scale.tile is None
-            else self.engine.tiled_scale(self.net, scale.size, scale.tile, self.options)
-        )
-        targets = self.targets(scale, tiles)
-        image = image.detach().clone().contiguous().requires_grad_(True)
-        optimizer = _make_optimizer(self.recipe, image)
-        parts: list[LossParts] = []
-        iteration = 0
-
-        def closure() -> torch.Tensor:
-            image.grad = None
-            if tiles is not None:
-
-                def on_tile(tile: int, count: int, loss_parts: LossParts) -> None:
-                    if tile < count:
-                        self._report(index, image, iteration, loss_parts, (tile, count))
-
-                loss_parts, image.grad = tiles.loss_and_gradient(image, targets, on_tile, self.check_cancel)
-                parts.append(loss_parts)
-                return loss_parts.total
-            with self.engine.gram_matmuls():
-                loss_parts = total_loss(image, self.engine.features(self.net, image), targets)
-                loss_parts.total.backward()
-            parts.append(loss_parts)
-            return loss_parts.total
-
-        for iteration in range(1, self.scales[index].iterations + 1):
-            self.check_cancel()
-            parts.clear()
-            if isinstance(optimizer, LBFGS):
-                optimizer.step(closure)
-            else:
-                closure()
-                optimizer.step()
-                with torch.no_grad():
-                    image.clamp_(0, 1)
-            tiles_done = (scale.tiles, scale.tiles)
-            self._report(index, image, iteration, parts[-1], tiles_done if tiles is not None else None)
-        return image.detach().clamp(0, 1)
-
-    def _report(
-        self,
-        index: int,
-        image: torch.Tensor,
-        iteration: int,
-        parts: LossParts,
-        tile: tuple[int, int] | None = None,
-    ) -> None:
-        """Reports an iteration done, or with `tile` = (done, of) below the count, a tile of one."""
-        scale = self.scales[index]
-        h, w = image.shape[2:]
-        within = tile is not None and tile[0] < tile[1]
-        if within:
-            # Mid-iteration: the step under way, its share of work done so far; no preview.
-            cost_done = self.cost_done + h * w * scale.cost_factor * tile[0] / tile[1]
-        else:
-            self.steps_done += 1
-            self.cost_done += h * w * scale.cost_factor
-            cost_done = self.cost_done
-        if self.steps_done == self.steps:
-            cost_done = self.cost_total  # exactly 1 at the end, whatever the float sums of tiled costs
-        elapsed = time.monotonic() - self.start
-        eta = self._time_left(elapsed, cost_done)
-        content_loss, style_loss, tv_loss = self.losses.read(parts)
-        progress = Progress(
-            scale=index + 1,
-            scales=len(self.scales),
-            height=h,
-            width=w,
-            iteration=iteration,
-            iterations=self.scales[index].iterations,
-            step=self.steps_done + within,
-            steps=self.steps,
-            content_loss=content_loss,
-            style_loss=style_loss,
-            tv_loss=tv_loss,
-            elapsed=elapsed,
-            eta=eta,
-            fraction=cost_done / self.cost_total,
-            tile=tile[0] if tile else 0,
-            tiles=tile[1] if tile else 0,
-        )
-        if self.on_progress is not None:
-            self.on_progress(progress)
-        if within:
-            return
-        preview_due = self.options.preview_seconds is not None and (
-            elapsed - self.last_preview >= self.options.preview_seconds or progress.step == progress.steps
-        )
-        if self.on_preview is not None and preview_due:
-            self.last_preview = elapsed
-            preview = image.detach().clamp(0, 1)
-            if self.options.preserve_colors:
-                preview = keep_content_colours(preview, self.content)
-            self.on_preview(preview.cpu(), progress)
-
-    def _time_left(self, elapsed: float, cost_done: float) -> float:
-        """The plan's estimate at first, handing over to the rate this job shows as its work gets done.
-
-        The rate alone is wild in the first seconds: the elapsed time then holds the targets' forward
-        passes and the first iteration's set-up, so after one iteration of a 40-second CPU job it said
-        2:11 (docs/benchmarks.md). The plan's rate was learned from the last job on this device.
-        """
-        observed = elapsed * (self.cost_total - cost_done) / cost_done
-        planned = max(0.0, self.plan.estimate.seconds - elapsed)
-        trust = min(1.0, cost_done / (TRUST_OBSERVED_AFTER * self.cost_total))
-        if not math.isfinite(planned):
-            trust = 1.0
-        return max(0.0, trust * observed + (1 - trust) * planned)
-
-
-# Share of a job's work after which its time left is its own rate alone (before: blended with the plan).
-TRUST_OBSERVED_AFTER = 0.1
-
-
-class _LossReadout:
-    """The loss values for progress reports, read without making a GPU wait for the host.
-
-    On CUDA each iteration's values are copied to pinned host memory asynchronously and reported
-    once the copy has landed, an iteration or two late; reading them at once would stall the GPU
-    every iteration (reference/performance.md). Elsewhere they are read at once.
-    """
-
-    def __init__(self, device: torch.device):
-        self.asynchronous = device.type == "cuda"
-        self.in_flight: collections.deque[tuple[torch.cuda.Event, torch.Tensor]] = collections.deque()
-        self.latest = (math.nan, math.nan, math.nan)
-
-    def read(self, parts: LossParts) -> tuple[float, float, float]:
-        values = torch.stack([parts.content, parts.style, parts.tv]).detach()
-        if not self.asynchronous:
-            return tuple(values.tolist())
-        host = torch.empty(3, pin_memory=True)
-        host.copy_(values, non_blocking=True)
-        landed = torch.cuda.Event()
-        landed.record()
-        self.in_flight.append((landed, host))
-        while self.in_flight and self.in_flight[0][0].query():
-            self.latest = tuple(self.in_flight.popleft()[1].tolist())
-        return self.latest
-
-
-def _mean_square(tensor: torch.Tensor) -> float:
-    return max(float(torch.square(tensor).mean()), 1e-12)
-
-
-def _make_optimizer(recipe: Recipe, image: torch.Tensor) -> LBFGS | torch.optim.Adam:
-    if recipe.optimizer == "lbfgs":
-        # One function evaluation per iteration, so progress and cancel keep their rhythm.
-        return LBFGS(image, recipe.learning_rate, recipe.lbfgs_history)
-    return torch.optim.Adam([image], lr=recipe.learning_rate)

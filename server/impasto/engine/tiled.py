@@ -32,7 +32,9 @@ convolutions 2.7e-3 and 1e-7: bf16 rounds differently on a tile's shape); at a 6
 
 Memory: one tile's working set (its input pixels × the whole-image cost per pixel) plus full-size
 buffers that grow with the image but are small per pixel: the image, the gradient buffer, the
-optimiser's history and the content features at the content layers (`estimate.tiled_peak_bytes`).
+optimiser's history and the content features at the content layers (`estimate.state_bytes_per_pixel`).
+The content features can be kept on another device than the network's (`state_device`: host memory
+next to a GPU); each tile then brings its crop of them over.
 """
 
 from __future__ import annotations
@@ -94,26 +96,32 @@ def receptive_halo(names: list[str]) -> int:
     return math.ceil(layer_geometry(names)[1] / align) * align
 
 
-def tile_grid(height: int, width: int, tile: int, halo: int, align: int) -> list[Tile]:
-    """Tiles of interior `tile` px (rounded up to `align`), row-major, with inputs clamped to the image."""
+def _spans(length: int, tile: int, halo: int, align: int) -> list[tuple[int, int, int, int]]:
+    """Along one side: each tile's interior [i0, i1) and input [o0, o1), for tiles of interior `tile`
+    px (rounded up to `align`) and a halo of `halo` px (rounded up likewise), clamped to the side."""
     tile = max(align, math.ceil(tile / align) * align)
     halo = max(align, math.ceil(halo / align) * align)  # ≥ 1 px: TV pairs reach one pixel over
-    rows = [(y, min(height, y + tile)) for y in range(0, height, tile)]
-    cols = [(x, min(width, x + tile)) for x in range(0, width, tile)]
     return [
-        Tile(
-            iy0,
-            iy1,
-            ix0,
-            ix1,
-            max(0, iy0 - halo),
-            min(height, iy1 + halo),
-            max(0, ix0 - halo),
-            min(width, ix1 + halo),
-        )
-        for iy0, iy1 in rows
-        for ix0, ix1 in cols
+        (i0, min(length, i0 + tile), max(0, i0 - halo), min(length, i0 + tile + halo))
+        for i0 in range(0, length, tile)
     ]
+
+
+def tile_grid(height: int, width: int, tile: int, halo: int, align: int) -> list[Tile]:
+    """Tiles of interior `tile` px (rounded up to `align`), row-major, with inputs clamped to the image."""
+    return [
+        Tile(iy0, iy1, ix0, ix1, y0, y1, x0, x1)
+        for iy0, iy1, y0, y1 in _spans(height, tile, halo, align)
+        for ix0, ix1, x0, x1 in _spans(width, tile, halo, align)
+    ]
+
+
+def tile_inputs(height: int, width: int, tile: int, halo: int, align: int) -> tuple[int, int, int]:
+    """The grid of `tile_grid` in numbers, without making it: (tiles, the largest tile's input pixels,
+    all tiles' input pixels). A tile's input is its row's extent times its column's."""
+    rows = [o1 - o0 for _, _, o0, o1 in _spans(height, tile, halo, align)]
+    cols = [o1 - o0 for _, _, o0, o1 in _spans(width, tile, halo, align)]
+    return len(rows) * len(cols), max(rows) * max(cols), sum(rows) * sum(cols)
 
 
 def feature_size(size: int, stride: int) -> int:
@@ -150,8 +158,10 @@ class TiledScale:
         tile: int,
         halo: int | None = None,
         matmuls: Callable[[], contextlib.AbstractContextManager] | None = None,
+        state_device: torch.device | None = None,
     ):
         self.features = features
+        self.state_device = state_device
         self.height, self.width = size
         self.strides, _ = layer_geometry(names)
         self.align = alignment(names)
@@ -198,7 +208,9 @@ class TiledScale:
                 s = self.strides[k]
                 if k not in out:
                     h, w = feature_size(self.height, s), feature_size(self.width, s)
-                    out[k] = torch.empty(1, f.shape[1], h, w, device=f.device)
+                    device = self.state_device or f.device
+                    pinned = device.type == "cpu" and f.device.type == "cuda"
+                    out[k] = torch.empty(1, f.shape[1], h, w, device=device, pin_memory=pinned)
                 y, x = tile.iy0 // s, tile.ix0 // s
                 out[k][:, :, y : y + f.shape[2], x : x + f.shape[3]] = f.float()
         return out
@@ -284,7 +296,7 @@ class TiledScale:
     def _target_crop(self, target: torch.Tensor, tile: Tile, layer: str, like: torch.Tensor) -> torch.Tensor:
         s = self.strides[layer]
         y, x = tile.iy0 // s, tile.ix0 // s
-        return target[:, :, y : y + like.shape[2], x : x + like.shape[3]].float()
+        return target[:, :, y : y + like.shape[2], x : x + like.shape[3]].to(like.device).float()
 
     def _tv_counts(self) -> tuple[int, int]:
         return 3 * (self.height - 1) * self.width, 3 * self.height * (self.width - 1)

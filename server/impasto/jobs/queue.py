@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import engine as engine_types
-from ..engine import Cancelled, Engine, Options, Plan, Style
+from ..engine import Cancelled, DoesNotFit, Engine, Options, Plan, Style
 from ..engine.device import free_memory_bytes
 from ..engine.estimate import largest_long_side
 from ..engine.imageops import fit_long_side, resize
@@ -267,6 +267,8 @@ class JobQueue:
             return error
         if isinstance(error, Cancelled):
             return job.stop_reason or cancelled()
+        if isinstance(error, DoesNotFit):  # refused by its plan, before anything ran
+            return ImpastoError(Kind.OUT_OF_MEMORY, str(error))
         log.error("job %s failed", job.id, exc_info=error)
         return ImpastoError(Kind.BUG, f"job {job.id} failed ({type(error).__name__})")
 
