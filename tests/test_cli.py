@@ -16,7 +16,7 @@ from grpclib.const import Status
 from helpers import interrupt_stylize, running_server
 from impasto.cli import EXIT_CANCELLED, EXIT_FAILED, build_parser, main
 from impasto.jobs import Jobs
-from impasto.protocol import Kind, from_status
+from impasto.protocol import PREVIEW_SIDE, Kind, from_status
 from impasto.protocol.errors import CLIENT_KINDS
 from impasto.service.main import main as server_main
 from PIL import Image
@@ -453,3 +453,33 @@ def test_byte_sizes_take_units_in_both_commands(capsys: pytest.CaptureFixture[st
         said.append(capsys.readouterr().err.strip().splitlines()[-1].split("error: ", 1)[1])
     assert said[0] == said[1], said
     assert "'300 MiBs' is not a size in bytes" in said[0] and "400MiB" in said[0], said
+
+
+def test_preview_writes_the_small_picture_the_dialog_shows(images: Path, tmp_path: Path):
+    out = tmp_path / "preview.png"
+    content = images / "content" / "chelsea.png"
+    code = main(["stylize", str(content), "--style", "udnie", "-o", str(out), "--preview", "--quiet",
+                 "--iterations", "2"])  # fmt: skip
+    width, height = Image.open(out).size
+    assert code == 0 and max(width, height) <= PREVIEW_SIDE
+    assert abs(width / height - 451 / 300) < 0.02  # the content's shape
+
+
+@pytest.mark.parametrize("where", ["in-process", "server"])
+def test_dry_run_prints_the_plan_and_paints_nothing(images: Path, tmp_path: Path, capsys, where: str):
+    out = tmp_path / "never.png"
+    content = images / "content" / "chelsea.png"  # 256×170
+    args = ["stylize", str(content), "--style", "udnie", "-o", str(out), "--dry-run"]
+    if where == "server":
+        with running_server("--styles-dir", str(images / "styles")) as address:
+            code = main([*args, "--server", address])
+    else:
+        code = main(args)
+    said = capsys.readouterr().out
+    assert code == 0 and not out.exists()
+    assert "chelsea.png: working size 384×255" in said and "scale 4/4: 384×255, 40 iterations" in said, said
+    assert main([*args, "--size", "full"]) == 0 and "scale 2/2: 256×170" in capsys.readouterr().out
+    # A budget with no room for tiles worth running is refused at once, naming one that would do.
+    assert main([*args, "--size", "full", "--memory-budget", "64MiB"]) == EXIT_FAILED
+    refusal = capsys.readouterr().err
+    assert "the memory budget is 64 MiB" in refusal and "allow it at least" in refusal, refusal

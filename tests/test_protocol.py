@@ -14,6 +14,7 @@ from impasto.arguments import parse_bytes
 from impasto.client import Client
 from impasto.protocol import (
     NO_PREVIEWS,
+    PREVIEW_SIDE,
     Device,
     DeviceState,
     Image,
@@ -176,3 +177,23 @@ def test_a_refusal_sent_while_the_upload_goes_on_keeps_the_servers_words(images:
                 list(job.events())
             assert caught.value.kind is Kind.NOT_FOUND
             assert caught.value.detail == "no style preset 'no-such-style' on this server"
+
+
+def test_a_plan_comes_before_any_image_is_sent(images: Path):
+    """PlanJob: the job's scales, time and memory from the sizes in the headers; a preview's plan is
+    the whole plan's beginning; a header without a size cannot be planned."""
+    photo = ImageHeader("rgba8", 4000 * 2670 * 4, 4000, 2670)  # 12 megapixels, never sent
+    udnie = [StyleChoice(preset_id="udnie")]
+    with running_server("--styles-dir", str(images / "styles")) as address, Client(address) as client:
+        plan = client.plan(photo, udnie, Settings(size=384))
+        preview = client.plan(photo, udnie, Settings(size=384, preview_only=True))
+        full = client.plan(photo, udnie, Settings(full_size=True))
+        with pytest.raises(ImpastoError) as caught:
+            client.plan(ImageHeader("encoded", 1000), udnie)
+    assert (plan.working_width, plan.working_height) == (384, 256) and plan.device.kind == "cpu"
+    assert plan.scales[-1].width == 384 and plan.estimated_seconds == pytest.approx(
+        sum(scale.seconds for scale in plan.scales)
+    )
+    assert preview.scales == plan.scales[: len(preview.scales)] and preview.scales[-1].width <= PREVIEW_SIDE
+    assert full.scales[-1].width == 4000 and full.estimated_seconds > 10 * plan.estimated_seconds
+    assert caught.value.kind is Kind.INVALID and "width and height" in caught.value.detail

@@ -217,3 +217,29 @@ def test_the_memory_estimate_counts_a_style_scaled_up(engine: Engine):
     scaled = estimate(engine, Options(size=128, style_scale=8), (1000, 1000))
     assert scaled.peak_bytes > 8 * plain.peak_bytes
     assert scaled.peak_bytes > 1024 * 1024 * 300  # a 1024² forward pass, at least 300 B a pixel
+
+
+def test_a_preview_is_the_whole_jobs_own_beginning(engine: Engine, monkeypatch: pytest.MonkeyPatch):
+    """`stop_at_side`: the job's first scales as the whole job runs them (same seed, targets and steps),
+    so that what the preview shows is what OK paints, at a fraction of the cost."""
+    from impasto.engine import run as run_module
+
+    options = replace(FAST, size=200, iterations=4, recipe=replace(DEFAULT, min_scale=32))
+    preview_options = replace(options, stop_at_side=64)
+    whole_plan = engine.plan((48, 64), [(64, 64)], options)
+    preview_plan = engine.plan((48, 64), [(64, 64)], preview_options)
+    first = [scale for scale in whole_plan.scales if max(scale.size) <= 64]
+    assert preview_plan.scales == first and len(first) < len(whole_plan.scales)
+    assert preview_plan.estimate.seconds < whole_plan.estimate.seconds / 4
+
+    after_scale: list[torch.Tensor] = []
+    optimise = run_module.Run.optimise_scale
+    monkeypatch.setattr(
+        run_module.Run,
+        "optimise_scale",
+        lambda self, index, image: after_scale.append(optimise(self, index, image)) or after_scale[-1],
+    )
+    engine.stylize(CONTENT, [Style(STYLE)], options)
+    preview = engine.stylize(CONTENT, [Style(STYLE)], preview_options)
+    assert tuple(preview.shape[2:]) == first[-1].size
+    assert torch.equal(preview, after_scale[len(first) - 1].cpu())

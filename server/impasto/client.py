@@ -30,9 +30,12 @@ from .protocol import (
     Address,
     Event,
     Image,
+    ImageHeader,
     ImpastoError,
     Info,
+    JobPlan,
     Kind,
+    Parameters,
     Preset,
     Result,
     Settings,
@@ -152,6 +155,20 @@ class Client:
         """A preset's thumbnail, PNG with a long side of at most 256 px."""
         request = pb.GetStyleThumbnailRequest(id=preset_id)
         return self._unary("GetStyleThumbnail", request, pb.StyleThumbnail).png
+
+    def plan(
+        self,
+        content: ImageHeader,
+        styles: Sequence[StyleChoice],
+        settings: Settings | None = None,
+        uploads: Sequence[ImageHeader] = (),
+    ) -> JobPlan:
+        """What the job would do and cost on this server, from the images' sizes (their headers) alone:
+        nothing is uploaded. ImpastoError for a job the server would refuse, as Stylize would."""
+        parameters = Parameters(content, tuple(styles), tuple(uploads), settings or Settings())
+        return wire.from_message(
+            self._unary("PlanJob", wire.parameters_message(parameters), pb.JobPlan), JobPlan
+        )
 
     def require_full_size(self) -> None:
         """ImpastoError unless this server paints at full size: an older one ignores the setting and

@@ -64,6 +64,24 @@ class Picture:
             return resize(self.rgb, size)
         return resize_8bit(_tensor(self.pixels), size)[:, :3].float() / 255
 
+    def resized(self, size: tuple[int, int]) -> Picture:
+        """This picture at `size` (height, width), its alpha scaled with it."""
+        if size == self.size:
+            return self
+        rgb = self.pixels[:, :, :3]
+        if rgb.dtype == np.uint8:
+            rgb = _scaled_8bit(rgb, size)
+        else:
+            rgb = resize(_tensor(np.ascontiguousarray(rgb)), size)[0].permute(1, 2, 0).numpy()
+        alpha = None if self.alpha is None else _scaled_8bit(self.alpha[:, :, None], size)[:, :, 0]
+        return Picture(rgb, alpha, self.name)
+
+
+def _scaled_8bit(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) uint8 at `size`, as an (h, w, C) array of its own."""
+    scaled = resize_8bit(_tensor(np.ascontiguousarray(pixels)), size)
+    return np.ascontiguousarray(scaled[0].permute(1, 2, 0).numpy())
+
 
 def _tensor(pixels: np.ndarray) -> torch.Tensor:
     """(H, W, C) array -> (1, C, H, W) tensor sharing its memory (channels last)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import glob
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..protocol import Image, Settings, StyleChoice
+from ..protocol import Image, ImageHeader, Settings, StyleChoice
 from ..protocol.formats import IMAGE_SUFFIXES
 
 Usage = Callable[[str], None]  # argparse's `error`: prints the usage and the message, exits 2
@@ -94,8 +95,21 @@ def job_inputs(args: argparse.Namespace) -> JobInputs:
         preserve_colors=args.preserve_colors,
         seed=args.seed,
         style_scale=args.style_scale,
+        preview_only=args.preview,
     )
     return JobInputs(settings, tuple(styles), tuple(read_image(Path(f)) for f in files), tuple(files))
+
+
+def sized_header(image: Image) -> ImageHeader:
+    """An image's header with its width and height, read from its file's header (what a plan needs)."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(io.BytesIO(image.data)) as opened:
+            width, height = opened.size
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the size of an image: {error}") from None
+    return ImageHeader("rgba8", width * height * 4, width, height)
 
 
 def read_image(path: Path) -> Image:

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from .. import __version__
+from ..protocol import JobPlan
+from .progress import duration
 from .runners import connect
 
 
@@ -54,3 +56,24 @@ def remote_styles(args: argparse.Namespace) -> int:
     for preset in presets:
         print(f"{preset.id:32} {preset.title}")
     return 0
+
+
+def describe_plan(name: str, plan: JobPlan) -> str:
+    """A plan as lines a person reads: where, how large, how long, and each scale."""
+    device = plan.device
+    gib = 2**30
+    lines = [
+        f"{name}: working size {plan.working_width}×{plan.working_height} on {device} ({device.precision})",
+        f"  about {duration(plan.estimated_seconds)}, "
+        f"peak device memory {plan.estimated_memory_bytes / gib:.2f} GiB"
+        + (f", {plan.host_memory_bytes / gib:.2f} GiB in host memory" if plan.host_memory_bytes else "")
+        + (f"; {plan.jobs_ahead} job(s) ahead of it now" if plan.jobs_ahead else ""),
+    ]
+    for number, scale in enumerate(plan.scales, 1):
+        tiles = f" in {scale.tiles} tiles" if scale.tiles else ""
+        lines.append(
+            f"  scale {number}/{len(plan.scales)}: {scale.width}×{scale.height}{tiles}, "
+            f"{scale.iterations} iterations, about {duration(scale.seconds)}, "
+            f"{scale.device_bytes / gib:.2f} GiB"
+        )
+    return "\n".join(lines)

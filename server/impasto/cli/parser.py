@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import __version__
 from ..arguments import add_engine_arguments, whole_number
 from ..paths import DEFAULT_STYLES_DIR
-from ..protocol import bounds
+from ..protocol import PREVIEW_SIDE, bounds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs the internet once), or a .pt state dict with Caffe preprocessing",
     )
     add_engine_arguments(local, DEFAULT_STYLES_DIR)
+    stylize.add_argument(
+        "--preview",
+        action="store_true",
+        help="write the quick preview the GIMP dialog shows: the job's own first scales (about "
+        f"{PREVIEW_SIDE} px), with the same seed and strokes as the whole job, in a fraction of its time",
+    )
+    stylize.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what the job would do and cost (working size, scales, tiles, time, memory) and stop",
+    )
     stylize.add_argument("--quiet", action="store_true", help="no progress bar")
 
     info = commands.add_parser("info", parents=[remote], help="what the server runs on and its limits")

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import client as network
-from ..protocol import Event, Failed, Image, ImpastoError, Limits, Parameters, Result
-from .batch import JobInputs
+from ..protocol import Event, Failed, Image, ImpastoError, JobPlan, Limits, Parameters, Result
+from .batch import JobInputs, sized_header
 
 
 class LocalJob:
@@ -81,6 +81,13 @@ class LocalRunner:
         self.jobs.submit(upload, job.items.put, job.cancel_event)
         return job
 
+    def plan(self, content: Image, inputs: JobInputs) -> JobPlan:
+        from ..jobs import Request
+
+        uploads = tuple(sized_header(image) for image in inputs.uploads)
+        parameters = Parameters(sized_header(content), inputs.styles, uploads, inputs.settings)
+        return self.jobs.plan(Request(parameters, self.expert))
+
     def close(self) -> None:
         self.jobs.close(grace_seconds=0)
 
@@ -97,6 +104,10 @@ class RemoteRunner:
 
     def start(self, content: Image, inputs: JobInputs, label: str) -> network.RemoteJob:
         return self.client.stylize(content, inputs.styles, inputs.settings, inputs.uploads)
+
+    def plan(self, content: Image, inputs: JobInputs) -> JobPlan:
+        uploads = [sized_header(image) for image in inputs.uploads]
+        return self.client.plan(sized_header(content), inputs.styles, inputs.settings, uploads)
 
     def close(self) -> None:
         self.client.close()

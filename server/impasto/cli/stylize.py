@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..protocol import Image, ImpastoError, Result, addresses
 from .batch import Batch, JobInputs, job_inputs, read_image
+from .info import describe_plan
 from .progress import ProgressBar, ctrl_c_calls
 from .runners import LocalRunner, RemoteRunner, Runner, own_failure
 
@@ -35,10 +36,23 @@ def stylize(args: argparse.Namespace, batch: Batch) -> int:
         starts = [lambda a=address: RemoteRunner(args, a, full_size) for address in addresses(args.server)]
     else:  # one file: of several servers, the least busy (the client picks it)
         starts = [lambda: RemoteRunner(args, args.server, full_size)]
+    if args.dry_run:
+        return dry_run(batch, inputs, starts[0])
     spread = Spread(batch, inputs, quiet=args.quiet or len(starts) > 1)
     with ctrl_c_calls(spread.stop):
         spread.run(starts)
     return spread.report()
+
+
+def dry_run(batch: Batch, inputs: JobInputs, start: Callable[[], Runner]) -> int:
+    """Prints each file's plan; nothing is painted or written."""
+    runner = start()
+    try:
+        for content, _ in batch.files:
+            print(describe_plan(str(content), runner.plan(read_image(content), inputs)))
+    finally:
+        runner.close()
+    return 0
 
 
 @dataclasses.dataclass

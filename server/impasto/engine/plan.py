@@ -68,6 +68,9 @@ class Plan:
     scales: list[Scale]
     estimate: Estimate
     memory_budget: int | None = None  # what the plan was made to fit
+    # Where the whole job ends: the working size, which the content is brought to first. A preview
+    # (Options.stop_at_side) stops at an earlier scale, as the whole job passes it.
+    final_size: tuple[int, int] | None = None
 
     @property
     def working_size(self) -> tuple[int, int]:
@@ -98,6 +101,13 @@ def schedule(height: int, width: int, options: Options) -> list[Scale]:
     sizes = scale_sizes(height, width, long_side, recipe)
     coarse = max(1, round(options.iterations * recipe.coarse_iterations))
     return [Scale(size, coarse) for size in sizes[:-1]] + [Scale(sizes[-1], options.iterations)]
+
+
+def beginning(scales: list[Scale], options: Options) -> list[Scale]:
+    """The scales a job runs: all of them, or with `stop_at_side` those up to it (at least the first)."""
+    if options.stop_at_side is None:
+        return scales
+    return [scale for scale in scales if max(scale.size) <= options.stop_at_side] or scales[:1]
 
 
 def geometry(options: Options) -> tuple[int, int]:
@@ -139,16 +149,17 @@ class Planner:
         """The job's plan within `budget` bytes of device memory (see Engine.plan)."""
         if options.tile_size is None and self._smallest_budget(content_size, options) > budget:
             raise self._refusal(content_size, options, budget)
+        whole = schedule(*content_size, options)
         scales = [
             self._with_styles(self._tiling(scale, options, budget), style_sizes, options, budget)
-            for scale in schedule(*content_size, options)
+            for scale in beginning(whole, options)
         ]
         estimate = Estimate(
             sum(scale.seconds for scale in scales),
             max(scale.device_bytes for scale in scales),
             max(scale.host_bytes for scale in scales),
         )
-        return Plan(scales, estimate, budget)
+        return Plan(scales, estimate, budget, whole[-1].size)
 
     def _tiling(self, scale: Scale, options: Options, budget: int) -> Scale:
         """`scale` whole where it fits, else in tiles: the fastest of its state's places that fit,

@@ -60,6 +60,9 @@ class Options:
     # The tiles' halo in px; None: the deepest layer's receptive field (exact). Smaller is faster and
     # approximate (engine/tiled.py states the error).
     tile_halo: int | None = None
+    # Only the job's own beginning: its scales up to this long side (at least the first), as they run in
+    # the whole job. What a preview shows: the same seed, strokes and steps, a fraction of the time.
+    stop_at_side: int | None = None
 
 
 class Engine:
@@ -202,7 +205,7 @@ class Engine:
             # the budget (engine/memory.py has the measurements, and why not always).
             fix_malloc_mmap_threshold()
         # Every later resize starts from the working size, not from a layer of many megapixels.
-        content = resize(content.to(self.device, torch.float32), scales[-1].size)
+        content = resize(content.to(self.device, torch.float32), plan.final_size or scales[-1].size)
         run = Run(self, net, content, styles, options, plan, on_progress, on_preview, cancel)
         image = run.initial_image(scales[0].size)
         for index, scale in enumerate(scales):

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..engine import RECIPES, Engine, Options, Style, default_iterations, default_size, describe
+from ..engine import RECIPES, DoesNotFit, Engine, Options, Style, default_iterations, default_size, describe
+from ..engine.imageops import fit_long_side
 from ..engine.recipes import with_optimizer
 from ..images import (
     ImageError,
@@ -26,7 +27,18 @@ from ..images import (
     png_bytes,
 )
 from ..library import BrokenPreset, InvalidStyleId, StyleExists, StyleFile, StyleLibrary, quoted, slug
-from ..protocol import NO_PREVIEWS, Device, Event, ImpastoError, Kind, Limits, bounds
+from ..protocol import (
+    NO_PREVIEWS,
+    PREVIEW_SIDE,
+    Device,
+    Event,
+    ImpastoError,
+    JobPlan,
+    Kind,
+    Limits,
+    ScalePlan,
+    bounds,
+)
 from .budget import ByteBudget
 from .queue import Job, JobQueue, shutting_down
 from .request import Expert, Request, Upload, check_request
@@ -59,11 +71,7 @@ class Jobs:
         check_request(request, self.limits)
         if self.queue.closed:
             raise shutting_down()
-        presets = {
-            index: self._find(style.preset_id)
-            for index, style in enumerate(request.parameters.styles)
-            if style.preset_id is not None
-        }
+        presets = self._presets(request)
         for style in request.parameters.styles:
             if style.save_as_preset:
                 self._check_name_free(style.save_as_preset)
@@ -124,6 +132,46 @@ class Jobs:
             preview_seconds=None if preview == NO_PREVIEWS else preview,
             recipe=recipe,
             memory_budget=expert.memory_budget or self.limits.memory_budget,
+            stop_at_side=PREVIEW_SIDE if settings.preview_only else None,
+        )
+
+    def plan(self, request: Request) -> JobPlan:
+        """What the request's job would do and cost here, from the sizes its headers give, before any
+        image is sent. Blocking (it may read the style folders): call it off an event loop."""
+        check_request(request, self.limits)
+        content = request.parameters.content
+        if not content.width or not content.height:
+            raise ImpastoError(Kind.INVALID, "a plan needs the content's width and height in its header")
+        size = (content.height, content.width)
+        options = self.options(request, [])
+        if options.size != "full" and max(size) > options.size:
+            size = fit_long_side(*size, options.size)  # as the job's content is scaled down, never up
+        presets = self._presets(request)
+        style_sizes = []
+        for index, style in enumerate(request.parameters.styles):
+            if style.preset_id is not None:
+                style_sizes.append(self._load(presets[index]).size)
+            else:
+                upload = request.parameters.uploads[style.upload]
+                style_sizes.append((upload.height, upload.width) if upload.width and upload.height else size)
+        engine = self.engines[0]
+        try:
+            plan = engine.plan(size, style_sizes, options)
+        except DoesNotFit as error:
+            raise ImpastoError(Kind.OUT_OF_MEMORY, str(error)) from None
+        height, width = plan.working_size
+        return JobPlan(
+            device=self.devices[0],
+            working_width=width,
+            working_height=height,
+            scales=tuple(
+                ScalePlan(*reversed(s.size), s.iterations, s.tiles, s.seconds, s.device_bytes, s.host_bytes)
+                for s in plan.scales
+            ),
+            estimated_seconds=plan.estimate.seconds,
+            estimated_memory_bytes=plan.estimate.peak_bytes,
+            host_memory_bytes=plan.estimate.host_bytes,
+            jobs_ahead=self.queue.waiting + self.queue.running,
         )
 
     def thumbnail(self, preset_id: str) -> tuple[str, bytes]:
@@ -173,6 +221,14 @@ class Jobs:
         return styles, "+".join(names)
 
     # ---- the style library ---------------------------------------------------------------------
+
+    def _presets(self, request: Request) -> dict[int, StyleFile]:
+        """The library's presets the request's styles name, by style index: found once per job."""
+        return {
+            index: self._find(style.preset_id)
+            for index, style in enumerate(request.parameters.styles)
+            if style.preset_id is not None
+        }
 
     def _find(self, preset_id: str) -> StyleFile:
         try:

@@ -257,10 +257,13 @@ class JobQueue:
                 f"the {engine.device.type.upper()} ran out of memory during the job; "
                 "choose a smaller working size",
             ) from error
-        height, width = job.source.size
+        source = job.source
+        if job.options.stop_at_side is not None:  # a preview: at its own small size
+            source = source.resized(tuple(result.shape[2:]))
+        height, width = source.size
         if job.reply_encoded:
-            return Image(png_bytes(compose_result(result, job.source)), width, height, encoded=True)
-        return Image(memoryview(compose_rgba(result, job.source)).cast("B"), width, height)
+            return Image(png_bytes(compose_result(result, source)), width, height, encoded=True)
+        return Image(memoryview(compose_rgba(result, source)).cast("B"), width, height)
 
     def _failure(self, job: Job, error: Exception) -> ImpastoError:
         if isinstance(error, ImpastoError):

@@ -25,15 +25,17 @@ from .events import (
     Event,
     Failed,
     Info,
+    JobPlan,
     Limits,
     Preset,
     Preview,
     Progress,
     Queued,
     Result,
+    ScalePlan,
     Started,
 )
-from .settings import NO_PREVIEWS, Image, ImageHeader, Parameters, Settings, StyleChoice
+from .settings import NO_PREVIEWS, PREVIEW_SIDE, Image, ImageHeader, Parameters, Settings, StyleChoice
 
 __all__ = [
     "CHUNK_BYTES",
@@ -42,6 +44,7 @@ __all__ = [
     "HINTS",
     "KIND_KEY",
     "NO_PREVIEWS",
+    "PREVIEW_SIDE",
     "Address",
     "Device",
     "DeviceState",
@@ -51,6 +54,7 @@ __all__ = [
     "ImageHeader",
     "ImpastoError",
     "Info",
+    "JobPlan",
     "Kind",
     "Limits",
     "Parameters",
@@ -59,6 +63,7 @@ __all__ = [
     "Progress",
     "Queued",
     "Result",
+    "ScalePlan",
     "Settings",
     "Started",
     "StyleChoice",

@@ -94,6 +94,36 @@ class Preset:
 
 
 @dataclass(frozen=True)
+class ScalePlan:
+    width: int
+    height: int
+    iterations: int
+    tiles: int = 0  # 0: painted whole
+    seconds: float = 0.0
+    device_bytes: int = 0  # peak device memory while it runs
+    host_bytes: int = 0  # picture-sized state kept in host memory instead
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a job would do and cost, before it is sent (PlanJob)."""
+
+    device: Device
+    working_width: int
+    working_height: int
+    scales: tuple[ScalePlan, ...]
+    estimated_seconds: float
+    estimated_memory_bytes: int  # peak device memory
+    host_memory_bytes: int = 0
+    jobs_ahead: int = 0  # running or waiting now
+
+    @property
+    def tiles(self) -> int:
+        """Tiles of the finest scale painted in tiles; 0 when every scale is painted whole."""
+        return max((scale.tiles for scale in self.scales), default=0)
+
+
+@dataclass(frozen=True)
 class Queued:
     job_id: str
     position: int  # jobs ahead of this one; 0 = next to start

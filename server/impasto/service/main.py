@@ -308,6 +308,7 @@ def _handlers(servicer: StyleTransferServicer) -> grpc.GenericRpcHandler:
         "GetServerInfo": pb.GetServerInfoRequest,
         "ListStyles": pb.ListStylesRequest,
         "GetStyleThumbnail": pb.GetStyleThumbnailRequest,
+        "PlanJob": pb.StylizeParameters,
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(

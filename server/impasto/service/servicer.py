@@ -155,6 +155,11 @@ class StyleTransferServicer:
         return pb.StyleThumbnail(id=request.id, version=version, png=png)
 
     @_answers_with_status
+    async def PlanJob(self, request: pb.StylizeParameters, context) -> pb.JobPlan:
+        plan = await asyncio.to_thread(self.jobs.plan, Request(wire.parameters_from_message(request)))
+        return wire.to_message(plan, pb.JobPlan())
+
+    @_answers_with_status
     async def Stylize(self, requests, context: grpc.aio.ServicerContext) -> None:
         slot = self._open_stream(client_key(context))
         # Counted until the call has fully ended, its status sent: what `drain` waits for.
