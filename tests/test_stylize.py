@@ -82,13 +82,12 @@ def test_cancel_stops_between_style_passes(engine: Engine, monkeypatch: pytest.M
 
 def test_progress_is_monotonic_with_a_finite_estimate(engine: Engine):
     seen = []
-    options = replace(FAST, size=184, iterations=4)  # 130 → 184: two scales, the first runs half
+    # 130 → 184 → 260: the coarsest scale runs them all (it is the preview), the middle one half.
+    options = replace(FAST, size=260, iterations=4)
     engine.stylize(CONTENT, [Style(STYLE)], options, on_progress=seen.append)
     assert [p.step for p in seen] == list(range(1, len(seen) + 1))
-    assert seen[-1].fraction == 1.0 and seen[-1].scales == 2 and seen[-1].steps == 6
-    assert [(p.scale, p.iteration, p.iterations) for p in seen] == [
-        (1, 1, 2), (1, 2, 2), (2, 1, 4), (2, 2, 4), (2, 3, 4), (2, 4, 4)
-    ]  # fmt: skip
+    assert seen[-1].fraction == 1.0 and seen[-1].scales == 3 and seen[-1].steps == 10
+    assert [(p.scale, p.iterations) for p in seen] == [(1, 4)] * 4 + [(2, 2)] * 2 + [(3, 4)] * 4
     assert all(math.isfinite(p.eta) and p.eta >= 0 for p in seen)
     assert seen[-1].eta == 0
 
@@ -177,7 +176,8 @@ def test_schedule_climbs_by_root_two_to_the_working_size():
 def test_coarser_scales_run_the_recipes_share_of_the_iterations():
     scales = schedule(300, 400, Options(size=512, iterations=100))
     assert [s.size for s in scales] == scale_sizes(300, 400, 512, DEFAULT)
-    assert [s.iterations for s in scales] == [50] * (len(scales) - 1) + [100]
+    # The coarsest lays out colour and composition (and is the preview): it runs them all.
+    assert [s.iterations for s in scales] == [100] + [50] * (len(scales) - 2) + [100]
     assert [s.iterations for s in schedule(300, 400, Options(size=512, iterations=1))][-2:] == [1, 1]
     every_scale_alike = Options(size=512, iterations=7, recipe=replace(DEFAULT, coarse_iterations=1.0))
     assert {s.iterations for s in schedule(300, 400, every_scale_alike)} == {7}
@@ -220,15 +220,15 @@ def test_the_memory_estimate_counts_a_style_scaled_up(engine: Engine):
 
 
 def test_a_preview_is_the_whole_jobs_own_beginning(engine: Engine, monkeypatch: pytest.MonkeyPatch):
-    """`stop_at_side`: the job's first scales as the whole job runs them (same seed, targets and steps),
-    so that what the preview shows is what OK paints, at a fraction of the cost."""
+    """`preview`: the job's first scale as the whole job runs it (same seed, targets and steps), so that
+    what the preview shows is what OK paints, at a fraction of the cost."""
     from impasto.engine import run as run_module
 
     options = replace(FAST, size=200, iterations=4, recipe=replace(DEFAULT, min_scale=32))
-    preview_options = replace(options, stop_at_side=64)
+    preview_options = replace(options, preview=True)
     whole_plan = engine.plan((48, 64), [(64, 64)], options)
     preview_plan = engine.plan((48, 64), [(64, 64)], preview_options)
-    first = [scale for scale in whole_plan.scales if max(scale.size) <= 64]
+    first = whole_plan.scales[:1]
     assert preview_plan.scales == first and len(first) < len(whole_plan.scales)
     assert preview_plan.estimate.seconds < whole_plan.estimate.seconds / 4
 

@@ -69,7 +69,7 @@ class Plan:
     estimate: Estimate
     memory_budget: int | None = None  # what the plan was made to fit
     # Where the whole job ends: the working size, which the content is brought to first. A preview
-    # (Options.stop_at_side) stops at an earlier scale, as the whole job passes it.
+    # (Options.preview) stops at its first scale, as the whole job passes it.
     final_size: tuple[int, int] | None = None
 
     @property
@@ -100,14 +100,16 @@ def schedule(height: int, width: int, options: Options) -> list[Scale]:
     long_side = max(height, width) if options.size == "full" else options.size
     sizes = scale_sizes(height, width, long_side, recipe)
     coarse = max(1, round(options.iterations * recipe.coarse_iterations))
-    return [Scale(size, coarse) for size in sizes[:-1]] + [Scale(sizes[-1], options.iterations)]
+    first = max(1, round(options.iterations * recipe.first_scale_iterations))
+    scales = [Scale(size, coarse) for size in sizes[:-1]] + [Scale(sizes[-1], options.iterations)]
+    if len(scales) > 1:
+        scales[0] = replace(scales[0], iterations=first)
+    return scales
 
 
 def beginning(scales: list[Scale], options: Options) -> list[Scale]:
-    """The scales a job runs: all of them, or with `stop_at_side` those up to it (at least the first)."""
-    if options.stop_at_side is None:
-        return scales
-    return [scale for scale in scales if max(scale.size) <= options.stop_at_side] or scales[:1]
+    """The scales a job runs: all of them, or for its preview the first."""
+    return scales[:1] if options.preview else scales
 
 
 def geometry(options: Options) -> tuple[int, int]:

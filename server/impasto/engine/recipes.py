@@ -25,10 +25,14 @@ class Recipe:
     normalize_by_target: bool = True
     pooling: Pooling = "max"
     # Smallest long side of the coarse-to-fine schedule; below it VGG's deep layers see too little.
-    min_scale: int = 128
+    min_scale: int = 96
     coarse_to_fine: bool = True
     # Each coarser scale runs this share of the final scale's iterations (measured: docs/benchmarks.md).
     coarse_iterations: float = 0.5
+    # The coarsest scale runs this share instead: it lays out the colours and the composition that the
+    # finer scales keep, and it is the job's preview, which is faithful only where it has converged
+    # (docs/benchmarks.md, "The preview": half as many iterations put it twice as far from the result).
+    first_scale_iterations: float = 1.0
     lbfgs_history: int = 10
     # The precision of L-BFGS's history on a tiled scale (a whole scale keeps fp32): bf16 halves the
     # memory it takes, on the device or the host, and what each step moves between them, for a loss

@@ -60,9 +60,9 @@ class Options:
     # The tiles' halo in px; None: the deepest layer's receptive field (exact). Smaller is faster and
     # approximate (engine/tiled.py states the error).
     tile_halo: int | None = None
-    # Only the job's own beginning: its scales up to this long side (at least the first), as they run in
-    # the whole job. What a preview shows: the same seed, strokes and steps, a fraction of the time.
-    stop_at_side: int | None = None
+    # Only the job's coarsest scale, exactly as the whole job runs it (the same seed, targets and steps):
+    # its preview, in a small share of its time. The colours and the composition are laid out there.
+    preview: bool = False
 
 
 class Engine:

@@ -29,7 +29,6 @@ from ..images import (
 from ..library import BrokenPreset, InvalidStyleId, StyleExists, StyleFile, StyleLibrary, quoted, slug
 from ..protocol import (
     NO_PREVIEWS,
-    PREVIEW_SIDE,
     Device,
     Event,
     ImpastoError,
@@ -132,7 +131,7 @@ class Jobs:
             preview_seconds=None if preview == NO_PREVIEWS else preview,
             recipe=recipe,
             memory_budget=expert.memory_budget or self.limits.memory_budget,
-            stop_at_side=PREVIEW_SIDE if settings.preview_only else None,
+            preview=settings.preview_only,
         )
 
     def plan(self, request: Request) -> JobPlan:

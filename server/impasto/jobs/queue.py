@@ -258,7 +258,7 @@ class JobQueue:
                 "choose a smaller working size",
             ) from error
         source = job.source
-        if job.options.stop_at_side is not None:  # a preview: at its own small size
+        if job.options.preview:  # at its own small size
             source = source.resized(tuple(result.shape[2:]))
         height, width = source.size
         if job.reply_encoded:
