@@ -68,7 +68,7 @@ class DialogPilot:
         ok = dialog.dialog.get_widget_for_response(Gtk.ResponseType.OK)
         section, config = dialog.server_section, dialog.config
         report(dialog.status, "notify::label", lambda: f"status: {dialog.status.get_text()}")
-        report(dialog.cost_line, "notify::label", lambda: f"cost: {dialog.cost_line.get_text()}")
+        report(dialog.cost.label, "notify::label", lambda: f"cost: {dialog.cost.label.get_text()}")
         report(
             section,
             "notify::expanded",
@@ -162,7 +162,7 @@ class DialogPilot:
 
     def _cost(self, _) -> None:
         cost, settled = self.dialog.cost, self.dialog.preview.settled
-        line = self.dialog.cost_line
+        line = cost.label
 
         def shown() -> bool:
             if settled.pending or cost.asked is None or not cost.shows(cost.asked):

@@ -212,11 +212,11 @@ def test_the_cost_line_says_what_ok_costs_and_the_preview_is_its_beginning(
     device = re.escape(f"on {default.device.kind} ({default.device.name})")
     width, height = default.working_width, default.working_height
     assert re.fullmatch(
-        rf"OK will take about \d+ s {device}, painting at {width}×{height} px\.",
+        rf"OK takes about \d+ s {device}, at {width}×{height} px\.",
         said_after(said, "cost", "cost shown: "),
     ), said
     assert (small.working_width, small.working_height) == (128, 85)
-    assert said_after(said, "set:size=128", "cost shown: ").endswith(", painting at 128×85 px."), said
+    assert said_after(said, "set:size=128", "cost shown: ").endswith(", at 128×85 px."), said
     assert said_after(said, "choose:starry-night", "preview shown: ") == "x".join(
         map(str, beginning(default))
     )
@@ -250,24 +250,26 @@ def test_full_size_shows_its_tiles_and_a_long_job_asks_first(gimp, budget_server
             client.plan(header, [StyleChoice("starry-night")], Settings(size=2000))
     assert full.tiles and full.estimated_seconds > 300, full  # the case this test is for
     started = len(job_lines(caplog.records))
-    steps = ["connected", "choose:starry-night", "cost", "preview-shown", "ok", "answer:cancel", "cost",
-             "set:full-size=false", "set:size=2000", "cost", "ok", "cancel"]  # fmt: skip
+    steps = ["connected", "choose:starry-night", "cost", "preview-shown", "measure", "ok", "answer:cancel",
+             "cost", "set:full-size=false", "set:size=2000", "cost", "measure", "ok", "cancel"]  # fmt: skip
     script = interactive_run(content, scale_to=(1500, 1000), server=budget_server, full_size=True)
     out, said = gimp.run_gui("long", script, autopilot=",".join(steps))
     assert out is not None and out["status"] == "cancel" and out["after"] == out["before"], (out, said)
-    at_full_size = f"painting at 1500×1000 px in {full.tiles} tiles — a GPU server would be much faster"
+    at_full_size = f"at 1500×1000 px in {full.tiles} tiles — a GPU server would be much faster"
     cost = said_after(said, "choose:starry-night", "cost shown: ")
-    assert re.fullmatch(rf"OK will take about .+ on cpu \(.+\), {at_full_size}\.", cost), said
+    assert re.fullmatch(rf"OK takes about .+ on cpu \(.+\), {at_full_size}\.", cost), said
     question = said_after(said, "ok", "question: ")
     assert re.fullmatch(
-        rf"This will take about .+ on cpu \(.+\)\. Paint anyway\? \| P{at_full_size[1:]}\.", question
+        rf"This will take about .+ on cpu \(.+\)\. Paint anyway\? \| A{at_full_size[1:]}\.", question
     )
-    said_in_order(said, "ok", "question: ", "answer:cancel", "cost shown: OK will take", "set:size=2000")
+    said_in_order(said, "ok", "question: ", "answer:cancel", "cost shown: OK takes", "set:size=2000")
     # Refused: the server's own sentence, in GIMP's words; OK leaves the dialog open and asks nothing.
     sentence = refusal.value.sentence("gimp")
     assert said_after(said, "set:size=2000", "cost shown: ") == f"{sentence[:1].upper()}{sentence[1:]}.", said
     said_in_order(said, "set:size=2000", "cost shown: ", "ok", "dialog still open", "cancel")
     assert said.count("impasto-autopilot: question: ") == 1, said
+    # The longest lines it has (two or three lines of text) still leave the dialog on a 1366×768 screen.
+    assert all(height <= MAX_HEIGHT for _, height in sizes(said)), sizes(said)
     assert said_after(said, "choose:starry-night", "preview shown: ") == "x".join(map(str, beginning(full)))
     assert all(max(size) <= PREVIEW_SIDE for size in preview_sizes(said)), said
     # Only previews ran: the layer sent at 512×341, to be painted as the 1500 px job begins.

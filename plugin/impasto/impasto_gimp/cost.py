@@ -75,22 +75,24 @@ def describe(plan: JobPlan) -> tuple[str, str]:
     name = f" ({device.name})" if device.name else ""
     how_long = f"about {duration(plan.estimated_seconds)} on {device.kind}{name}"
     tiles = f" in {plan.tiles} tiles" if plan.tiles else ""
-    rest = f"painting at {plan.working_width}×{plan.working_height} px{tiles}"
+    rest = f"at {plan.working_width}×{plan.working_height} px{tiles}"
     if device.kind == "cpu" and plan.estimated_seconds > LONG_JOB_SECONDS:
         rest += " — a GPU server would be much faster"
     if plan.jobs_ahead:
-        rest += f"; {plan.jobs_ahead} job{'s' if plan.jobs_ahead > 1 else ''} ahead of it on the server now"
+        rest += f"; {plan.jobs_ahead} job{'s' if plan.jobs_ahead > 1 else ''} ahead of it now"
     return how_long, rest
 
 
 class CostLine:
-    """`label` is the dialog's line, hidden while it has nothing to say (not connected, no style), greyed
-    out while it says what the choices before the latest change cost."""
+    """`label` is the line, hidden while it has nothing to say (not connected, no style), greyed out while
+    it says what the choices before the latest change cost. The preview's pane shows it under its own line,
+    beside the picture, where a few lines of text (a refusal's sentence) make the dialog no taller."""
 
-    def __init__(self, config: Gimp.ProcedureConfig, layer: Gimp.Layer, label: Gtk.Label):
+    def __init__(self, config: Gimp.ProcedureConfig, layer: Gimp.Layer):
         self.config = config
         self.layer = layer
-        self.label = label
+        # Wrapped, asking for little width and using all there is: its text never widens the dialog.
+        self.label = Gtk.Label(xalign=0, yalign=0, wrap=True, max_width_chars=36, no_show_all=True)
         self.asked: Question | None = None  # the latest question: answers to others are late
         self.answered: tuple[Question, Answer] | None = None
         self.closed = False
@@ -177,7 +179,7 @@ class CostLine:
         job_plan, error = answer
         if job_plan is not None:
             how_long, rest = describe(job_plan)
-            self.label.set_text(f"OK will take {how_long}, {rest}.")
+            self.label.set_text(f"OK takes {how_long}, {rest}.")
         elif refuses(error):
             self.label.set_markup(f"<b>{GLib.markup_escape_text(sentence(error).rstrip('.'))}.</b>")
         elif isinstance(error, ImpastoError) and error.kind is Kind.INCOMPATIBLE:

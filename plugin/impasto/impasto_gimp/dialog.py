@@ -77,11 +77,10 @@ class StyleDialog:
         style_row = Gtk.Box(spacing=12)
         style_row.pack_start(heading, False, False, 0)
         style_row.pack_end(style_file, False, False, 0)
-        # The cost line is for the server's plan of the job (what OK will cost), hidden until filled. Both
-        # lines wrap, asking for little width and using all there is: their text never widens the dialog.
-        self.cost_line = Gtk.Label(xalign=0, wrap=True, max_width_chars=40, no_show_all=True)
-        self.cost = CostLine(config, layer, self.cost_line)
+        self.cost = CostLine(config, layer)  # the preview's pane shows its line
         self.preview = PreviewPane(config, layer, self._connected, self.cost)
+        # The status line wraps, asking for little width and using all there is: its text never widens the
+        # dialog.
         self.status = Gtk.Label(xalign=0, wrap=True, max_width_chars=40, selectable=True)
         self.connect_button = Gtk.Button.new_with_mnemonic("Connec_t")
         self.connect_button.set_tooltip_text("Connect to the server in the Server field; list its presets")
@@ -91,8 +90,8 @@ class StyleDialog:
         server_fields.pack_start(connect_row, False, False, 0)
         area = dialog.get_content_area()
         area.set_spacing(6)
-        for widget in (style_row, self.grid.widget, strength, self.preview.widget, self.cost_line,
-                       self.status, self.server_section, self.advanced_section):  # fmt: skip
+        for widget in (style_row, self.grid.widget, strength, self.preview.widget, self.status,
+                       self.server_section, self.advanced_section):  # fmt: skip
             area.pack_start(widget, False, False, 0)
         self._own_help()
 

@@ -35,7 +35,7 @@ WAIT_FOR_PREVIOUS = 30.0  # s: a guard; a preview told to stop ends within an it
 READY = "The preview will show the beginning of the painting, as OK will start it."
 NO_STYLE = "Choose a style above: a preset, or a style image file."
 SHOWN = "the beginning of the painting, as OK will start it."
-REFUSED = "No preview: the server would not paint this (the line below says why)."
+REFUSED = "No preview: the server refuses this job."  # the cost line, under it, says why
 
 
 class PreviewPane:
@@ -78,7 +78,8 @@ class PreviewPane:
         heading.set_markup("<b>Preview</b>")
         side = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6)
         side.pack_start(heading, False, False, 0)
-        side.pack_start(self.line, True, True, 0)
+        side.pack_start(self.line, False, False, 0)
+        side.pack_start(cost.label, False, False, 0)
         side.pack_end(buttons, False, False, 0)
         self.widget = Gtk.Box(spacing=12)
         self.widget.pack_start(area, False, False, 0)
