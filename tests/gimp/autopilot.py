@@ -161,11 +161,11 @@ class DialogPilot:
         self._when(lambda: preview.result_shown, preview.image, "notify::pixbuf")
 
     def _cost(self, _) -> None:
-        cost, settled = self.dialog.cost, self.dialog.preview.settled
+        cost, preview = self.dialog.cost, self.dialog.preview
         line = cost.label
 
         def shown() -> bool:
-            if settled.pending or cost.asked is None or not cost.shows(cost.asked):
+            if preview.settling or cost.asked is None or not cost.shows(cost.asked):
                 return False
             say(f"cost shown: {line.get_text()}")
             return True

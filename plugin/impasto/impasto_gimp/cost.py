@@ -137,11 +137,9 @@ class CostLine:
     def approve(self, parent: Gtk.Window) -> bool:
         """OK was pressed: True when the job may go. A job the server refuses stays (the line says why);
         one that takes longer than LONG_JOB_SECONDS goes only if the user says so. Asks the server now (a
-        short call) where the line is not yet for the choices as they are."""
-        try:
-            question = self.question()
-        except FAILURES:
-            return True  # the run says why, as for a script
+        short call) where the line is not yet for the choices as they are. Raises one of FAILURES for
+        choices that cannot make a job (a selection beside the layer at full size)."""
+        question = self.question()
         if not self.shows(question):
             try:
                 with connect(self.config, question.address, question.token, timeout=PLAN_TIMEOUT) as client:

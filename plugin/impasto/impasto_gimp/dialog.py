@@ -177,7 +177,11 @@ class StyleDialog:
             if not self._connected():
                 return False
             self.ok_when_connected = False
-        return self.cost.approve(self.dialog)
+        try:
+            return self.cost.approve(self.dialog)
+        except FAILURES as error:
+            self._say(sentence(error))
+            return False
 
     def _connected(self) -> bool:
         """Connected to the server in the Server section's fields as they are."""

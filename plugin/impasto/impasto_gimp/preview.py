@@ -26,11 +26,11 @@ from .remote import (
     sentence,
     style_chosen,
 )
-from .settle import WhenSettled
 
 # px: the long side of the layer's copy that a preview sends. The preview paints the job's first scales
 # only; the server brings the copy to the job's working size itself.
 PREVIEW_UPLOAD = 512
+SETTLE_MS = 600  # the choices unchanged for this long: the preview (and the cost) runs by itself
 WAIT_FOR_PREVIOUS = 30.0  # s: a guard; a preview told to stop ends within an iteration
 READY = "The preview will show the beginning of the painting, as OK will start it."
 NO_STYLE = "Choose a style above: a preset, or a style image file."
@@ -55,7 +55,7 @@ class PreviewPane:
         self.generation = 0
         self.cancel: threading.Event | None = None  # of the running preview
         self.worker: threading.Thread | None = None  # the latest preview's
-        self.settled = WhenSettled(self._settled)
+        self.timer: int | None = None  # the pending start, after a change
         self.closed = False
         self.result_shown = False  # else the layer itself, faded, while no preview is there
         self.copies: dict[Box, Image] = {}  # the layer's small copies, by the box OK paints
@@ -91,20 +91,31 @@ class PreviewPane:
         the choices have settled (when connected)."""
         self.clear()
         self.cost.outdated()
-        self.settled.changed()
+        if self.timer is not None:
+            GLib.source_remove(self.timer)
+        self.timer = GLib.timeout_add(SETTLE_MS, self._settled)
 
-    def _settled(self) -> None:
+    @property
+    def settling(self) -> bool:
+        """A choice changed a moment ago: the preview and the cost start once they have settled."""
+        return self.timer is not None
+
+    def _settled(self) -> bool:
+        self.timer = None
         if self.closed:
-            return
+            return False
         if self.ready() and style_chosen(self.config):
             self.start()
         else:
             self.cost.forget()
+        return False  # once, for GLib.timeout_add
 
     def close(self) -> None:
         """The dialog closes: a pending or running preview stops."""
         self.closed = True
-        self.settled.stop()
+        if self.timer is not None:
+            GLib.source_remove(self.timer)
+            self.timer = None
         self.clear()
 
     def start(self) -> None:
