@@ -10,6 +10,7 @@ the "ok" that closes the dialog, or "cancel", are the style dialog's:
   plug-in may be starting its own server first,
 - `preview` presses Preview and waits until the preview has ended (shown, or an error said),
 - `preview-shown` waits until a preview shows (one that started by itself),
+- `cost` waits until the cost line is for the choices as they are, and prints it ("cost shown: TEXT"),
 - `choose:ID` chooses the preset ID in the grid, as a click does,
 - `set:NAME=VALUE` sets an argument (`set:iterations=40`, `set:full-size=true`, `set:style-file=PATH`),
 - `connect` presses Connect,
@@ -17,12 +18,15 @@ the "ok" that closes the dialog, or "cancel", are the style dialog's:
 - `help:PATH` presses Help and waits until the file PATH exists (the test's stand-in browser writes it),
 - `measure` prints the dialog window's size as the X server has it ("window: WIDTHxHEIGHT"),
 - `windows` prints the names of all windows on the screen ("windows: NAME | NAME…"),
-- `ok`, `cancel` press the dialog's buttons; after `ok` it prints whether the dialog is still open.
+- `ok`, `cancel` press the dialog's buttons; after `ok` it prints whether the dialog is still open
+  (while the question before a long job is open, it is),
+- `answer:cancel`, `answer:paint` press a button of the question before a long job, once it is open.
 
 The steps after the "ok" that closes the dialog are the progress window's: `cancel-progress` presses its
 Cancel once the job's first progress shows. Besides the steps it prints "status: TEXT" whenever the
-dialog's status line changes, "server section: open" (or closed), "ok: sensitive" (or insensitive) and
-"style: ID" as they change, and "preview shown" when a preview appears.
+dialog's status line changes, "cost: TEXT" whenever the cost line does, "server section: open" (or
+closed), "ok: sensitive" (or insensitive) and "style: ID" as they change, "preview shown: WIDTHxHEIGHT"
+when a preview appears, and "question: TEXT | SECONDARY TEXT" when the question before a long job opens.
 """
 
 import os
@@ -39,6 +43,8 @@ from impasto_gimp.progress import ProgressWindow  # noqa: E402
 
 STEPS = [step for step in os.environ.get("IMPASTO_AUTOPILOT", "").split(",") if step]
 FILES = ("style-file", "tls-ca")  # the arguments that take a file
+QUESTIONS: list[Gtk.MessageDialog] = []  # the questions before a long job, as they opened
+POLL_MS = 100  # how often a step looks whether what it waits for has come, where no signal says so
 
 
 def say(text: str) -> None:
@@ -48,6 +54,10 @@ def say(text: str) -> None:
 def attach(window: object) -> None:
     if isinstance(window, StyleDialog):
         DialogPilot(window)
+    elif isinstance(window, Gtk.MessageDialog):
+        QUESTIONS.append(window)
+        texts = (window.get_property(name) or "" for name in ("text", "secondary-text"))
+        say("question: " + " | ".join(texts))
     elif isinstance(window, ProgressWindow) and STEPS and STEPS[0] == "cancel-progress":
         cancel_on_first_progress(window)
 
@@ -58,6 +68,7 @@ class DialogPilot:
         ok = dialog.dialog.get_widget_for_response(Gtk.ResponseType.OK)
         section, config = dialog.server_section, dialog.config
         report(dialog.status, "notify::label", lambda: f"status: {dialog.status.get_text()}")
+        report(dialog.cost.label, "notify::label", lambda: f"cost: {dialog.cost.label.get_text()}")
         report(
             section,
             "notify::expanded",
@@ -81,7 +92,7 @@ class DialogPilot:
         if name == "sleep":
             GLib.timeout_add(int(float(argument) * 1000), self.next_step)
             return False
-        if name in ("connected", "preview", "preview-shown", "help", "ok"):
+        if name in ("connected", "preview", "preview-shown", "cost", "help", "ok", "answer"):
             getattr(self, "_" + name.replace("-", "_"))(argument)
             return False
         if name == "choose":
@@ -149,16 +160,44 @@ class DialogPilot:
         preview = self.dialog.preview
         self._when(lambda: preview.result_shown, preview.image, "notify::pixbuf")
 
+    def _cost(self, _) -> None:
+        cost, preview = self.dialog.cost, self.dialog.preview
+        line = cost.label
+
+        def shown() -> bool:
+            if preview.settling or cost.asked is None or not cost.shows(cost.asked):
+                return False
+            say(f"cost shown: {line.get_text()}")
+            return True
+
+        self._poll(shown)
+
     def _help(self, opened: str) -> None:
         self.dialog.help_button.clicked()
+        self._poll(lambda: os.path.exists(opened))
+
+    def _answer(self, button: str) -> None:
+        response = {"cancel": Gtk.ResponseType.CANCEL, "paint": Gtk.ResponseType.OK}[button]
+
+        def answered() -> bool:
+            if not QUESTIONS:
+                return False
+            QUESTIONS.pop(0).response(response)
+            return True
+
+        self._poll(answered)
+
+    def _poll(self, done) -> None:
+        """The next step once `done()` (which may act) is true, looked at every POLL_MS."""
 
         def look() -> bool:
-            if not os.path.exists(opened):
+            if not done():
                 return True  # again, GLib.timeout_add
             GLib.idle_add(self.next_step)
             return False
 
-        GLib.timeout_add(100, look)
+        if look():
+            GLib.timeout_add(POLL_MS, look)
 
     def _ok(self, _) -> None:
         self.dialog.dialog.response(Gtk.ResponseType.OK)
@@ -171,7 +210,8 @@ class DialogPilot:
 
     def _preview_changed(self, image: Gtk.Image, _) -> None:
         if self.dialog.preview.result_shown:
-            say("preview shown")
+            shown = image.get_pixbuf()
+            say(f"preview shown: {shown.get_width()}x{shown.get_height()}")
 
 
 def report(widget, signal: str, describe) -> None:

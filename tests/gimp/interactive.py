@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-# The image CONTENT in a window and the procedure run interactively, its dialog starting from ARGUMENTS
-# (files by path); RESULT gets the run's status and the image's layers before and after.
+# The image CONTENT (scaled to SCALE_TO, a width and height, unless None) in a window and the procedure run
+# interactively, its dialog starting from ARGUMENTS (files by path); RESULT gets the run's status and the
+# image's layers before and after.
 INTERACTIVE = """
 import json
 import gi
@@ -12,6 +13,8 @@ from gi.repository import Gimp, Gio
 STATUS = {int(Gimp.PDBStatusType.SUCCESS): "success", int(Gimp.PDBStatusType.CANCEL): "cancel",
           int(Gimp.PDBStatusType.EXECUTION_ERROR): "execution-error"}
 image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(CONTENT))
+if SCALE_TO:
+    image.scale(*SCALE_TO)
 Gimp.Display.new(image)
 procedure = Gimp.get_pdb().lookup_procedure("python-fu-impasto")
 config = procedure.create_config()
@@ -28,8 +31,9 @@ with open(RESULT, "w") as f:
 """
 
 
-def interactive_run(content: str, **arguments: object) -> str:
-    """The script for Gimp.run_gui that runs the plug-in's dialog on the image `content` (a path in the root),
-    starting from `arguments` (names with _ for -); see INTERACTIVE."""
+def interactive_run(content: str, scale_to: tuple[int, int] | None = None, **arguments: object) -> str:
+    """The script for Gimp.run_gui that runs the plug-in's dialog on the image `content` (a path in the root;
+    scaled to `scale_to`, a width and height, if given), starting from `arguments` (names with _ for -); see
+    INTERACTIVE."""
     named = {name.replace("_", "-"): value for name, value in arguments.items()}
-    return f"CONTENT = {content!r}\nARGUMENTS = {named!r}\n{INTERACTIVE}"
+    return f"CONTENT = {content!r}\nSCALE_TO = {scale_to!r}\nARGUMENTS = {named!r}\n{INTERACTIVE}"

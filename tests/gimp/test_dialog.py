@@ -7,6 +7,7 @@ Slow (a GIMP start is about 5 s): run alone with `pytest -m slow`. CI runs them.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 from helpers import running_server
 from impasto.client import Client
+from impasto.protocol import PREVIEW_SIDE, ImageHeader, ImpastoError, JobPlan, Settings, StyleChoice
 from interactive import interactive_run
+from wire import job_lines
 
 pytestmark = pytest.mark.slow
 MAX_HEIGHT = 700  # px: a 1366×768 screen less GIMP's menu and the desktop's panels
@@ -161,3 +164,115 @@ def test_an_unreachable_server_and_a_refused_token_are_said_in_the_open_dialog(
         "ok",
         "dialog closed",
     )
+
+
+def said_after(said: str, step: str, prefix: str) -> str:
+    """What the autopilot said first with `prefix` after it said `step`."""
+    at = said.index(f"impasto-autopilot: {step}\n")
+    return re.compile(rf"impasto-autopilot: {re.escape(prefix)}(.*)").search(said, at).group(1)
+
+
+def preview_sizes(said: str) -> list[tuple[int, int]]:
+    return [(int(w), int(h)) for w, h in re.findall(r"impasto-autopilot: preview shown: (\d+)x(\d+)", said)]
+
+
+def beginning(plan: JobPlan) -> tuple[int, int]:
+    """The size of the last scale of `plan` that a preview paints."""
+    scale = [s for s in plan.scales if max(s.width, s.height) <= PREVIEW_SIDE][-1]
+    return scale.width, scale.height
+
+
+def job_sizes(caplog) -> list[tuple[str, str, str]]:
+    """(pixels, size, outcome) of each job the servers in this process logged."""
+    found = [
+        re.search(r" pixels=(\d+) size=(\S+) .* outcome=(\w+)", line) for line in job_lines(caplog.records)
+    ]
+    return [match.groups() for match in found]
+
+
+def test_the_cost_line_says_what_ok_costs_and_the_preview_is_its_beginning(
+    gimp, server: str, images: Path, caplog
+):
+    """The cost line says how long OK takes on which device and at what working size, as the server plans
+    it, and follows the choices; the preview is OK's own job, its scales up to 160 px, sent as a small copy
+    of the layer (the server logs its pixels), and is as large as the plan's last scale up to 160 px."""
+    caplog.set_level(logging.INFO, logger="impasto.jobs")
+    gimp.forget_last_values()
+    content = gimp.put(images / "content" / "chelsea.png")  # 256×170
+    header = ImageHeader("rgba8", 256 * 170 * 4, 256, 170)
+    with Client(server) as client:
+        info = client.info()
+        default = client.plan(header, [StyleChoice("starry-night")])
+        small = client.plan(header, [StyleChoice("starry-night")], Settings(size=128))
+    started = len(job_lines(caplog.records))
+    steps = ["connected", "choose:starry-night", "cost", "preview-shown", "set:size=128", "cost", "preview-shown",
+             "cancel"]  # fmt: skip
+    out, said = gimp.run_gui("cost", interactive_run(content, server=server), autopilot=",".join(steps))
+    assert out is not None and out["status"] == "cancel" and out["after"] == out["before"], (out, said)
+    device = re.escape(f"on {default.device.kind} ({default.device.name})")
+    width, height = default.working_width, default.working_height
+    assert re.fullmatch(
+        rf"OK takes about \d+ s {device}, at {width}×{height} px\.",
+        said_after(said, "cost", "cost shown: "),
+    ), said
+    assert (small.working_width, small.working_height) == (128, 85)
+    assert said_after(said, "set:size=128", "cost shown: ").endswith(", at 128×85 px."), said
+    assert said_after(said, "choose:starry-night", "preview shown: ") == "x".join(
+        map(str, beginning(default))
+    )
+    assert said_after(said, "set:size=128", "preview shown: ") == "128x85"  # the whole job: under 160 px
+    assert preview_sizes(said) and all(max(size) <= PREVIEW_SIDE for size in preview_sizes(said)), said
+    # The previews' jobs: the layer as it is (256×170) at the server's working size, then at 128 px.
+    jobs = job_sizes(caplog)[started:]
+    assert ("43520", str(info.default_size), "ok") in jobs and ("10880", "128", "ok") in jobs, jobs
+    assert {outcome for *_, outcome in jobs} <= {"ok", "cancelled"}, jobs
+
+
+@pytest.fixture(scope="module")
+def budget_server(images: Path) -> Iterator[str]:
+    """A server whose jobs may use 1 GiB of memory: a 1500×1000 layer at full size is painted in tiles."""
+    with running_server("--styles-dir", str(images / "styles"), "--memory-budget", "1GiB") as address:
+        yield address
+
+
+def test_full_size_shows_its_tiles_and_a_long_job_asks_first(gimp, budget_server: str, images: Path, caplog):
+    """Full size on a 1500×1000 layer that a CPU paints in tiles for many minutes: the cost line names the
+    tiles and a GPU server; the preview is the full-size job's first scale, from a 512 px copy of the
+    layer; OK asks first, and Cancel there keeps the dialog open with nothing painted. A working size the
+    server's memory has no room for: the cost line says the server's refusal, and OK keeps the dialog open."""
+    caplog.set_level(logging.INFO, logger="impasto.jobs")
+    gimp.forget_last_values()
+    content = gimp.put(images / "content" / "chelsea.png")
+    header = ImageHeader("rgba8", 1500 * 1000 * 4, 1500, 1000)
+    with Client(budget_server) as client:
+        full = client.plan(header, [StyleChoice("starry-night")], Settings(full_size=True))
+        with pytest.raises(ImpastoError) as refusal:
+            client.plan(header, [StyleChoice("starry-night")], Settings(size=2000))
+    assert full.tiles and full.estimated_seconds > 300, full  # the case this test is for
+    started = len(job_lines(caplog.records))
+    steps = ["connected", "choose:starry-night", "cost", "preview-shown", "measure", "ok", "answer:cancel",
+             "cost", "set:full-size=false", "set:size=2000", "cost", "measure", "ok", "cancel"]  # fmt: skip
+    script = interactive_run(content, scale_to=(1500, 1000), server=budget_server, full_size=True)
+    out, said = gimp.run_gui("long", script, autopilot=",".join(steps))
+    assert out is not None and out["status"] == "cancel" and out["after"] == out["before"], (out, said)
+    at_full_size = f"at 1500×1000 px in {full.tiles} tiles — a GPU server would be much faster"
+    cost = said_after(said, "choose:starry-night", "cost shown: ")
+    assert re.fullmatch(rf"OK takes about .+ on cpu \(.+\), {at_full_size}\.", cost), said
+    question = said_after(said, "ok", "question: ")
+    assert re.fullmatch(
+        rf"This will take about .+ on cpu \(.+\)\. Paint anyway\? \| A{at_full_size[1:]}\.", question
+    )
+    said_in_order(said, "ok", "question: ", "answer:cancel", "cost shown: OK takes", "set:size=2000")
+    # Refused: the server's own sentence, in GIMP's words; OK leaves the dialog open and asks nothing.
+    sentence = refusal.value.sentence("gimp")
+    assert said_after(said, "set:size=2000", "cost shown: ") == f"{sentence[:1].upper()}{sentence[1:]}.", said
+    said_in_order(said, "set:size=2000", "cost shown: ", "ok", "dialog still open", "cancel")
+    assert said.count("impasto-autopilot: question: ") == 1, said
+    # The longest lines it has (two or three lines of text) still leave the dialog on a 1366×768 screen.
+    assert all(height <= MAX_HEIGHT for _, height in sizes(said)), sizes(said)
+    assert said_after(said, "choose:starry-night", "preview shown: ") == "x".join(map(str, beginning(full)))
+    assert all(max(size) <= PREVIEW_SIDE for size in preview_sizes(said)), said
+    # Only previews ran: the layer sent at 512×341, to be painted as the 1500 px job begins.
+    jobs = job_sizes(caplog)[started:]
+    assert jobs and {(pixels, size) for pixels, size, _ in jobs} == {("174592", "1500")}, jobs
+    assert ("174592", "1500", "ok") in jobs, jobs

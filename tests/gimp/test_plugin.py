@@ -507,9 +507,9 @@ def test_dialog_preview_progress_undo_and_last_values_under_xvfb(gimp, tls_serve
 
 
 def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str, images: Path, caplog):
-    """Dialog (with two servers, one of them down) → OK → the progress window shows the job's
-    progress → its Cancel: the server logs the job as cancelled, GIMP's run returns CANCEL (no error
-    message) and the image keeps its layers."""
+    """Dialog (with two servers, one of them down) → OK on a job of many minutes → Paint in the question
+    that asks first → the progress window shows the job's progress → its Cancel: the server logs the job
+    as cancelled, GIMP's run returns CANCEL (no error message) and the image keeps its layers."""
     caplog.set_level(logging.INFO, logger="impasto.jobs")
     gimp.forget_last_values()
     content = gimp.put(images / "content" / "coffee.png")
@@ -518,13 +518,14 @@ def test_progress_window_cancel_stops_the_job_and_adds_nothing(gimp, server: str
     out, said = gimp.run_gui(
         "cancel",
         interactive_run(content, server=servers, style="udnie"),
-        autopilot="connected,set:size=64,set:iterations=5000,ok,cancel-progress",
+        autopilot="connected,set:size=256,set:iterations=5000,ok,answer:paint,cancel-progress",
     )
     assert out is not None, said
     assert out["status"] == "cancel", (out, said)
     assert out["after"] == out["before"], out
     # The dialog connected to the server that answers, of the two; the progress window's Cancel was pressed.
     assert f"status: Connected to {server} (the least busy of 2 servers)" in said, said
+    assert "impasto-autopilot: question: This will take about " in said, said
     assert "impasto-autopilot: cancel-progress" in said, said
     deadline = time.monotonic() + 60  # a guard: the line comes as the job ends
     while not job_lines(caplog.records)[started:] and time.monotonic() < deadline:

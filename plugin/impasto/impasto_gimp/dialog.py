@@ -13,6 +13,7 @@ import threading
 from gi.repository import Gdk, Gimp, GimpUi, GLib, GObject, Gtk
 
 from . import hook
+from .cost import CostLine
 from .local_server import local_address, start_if_needed
 from .pictures import thumbnail_pixbuf
 from .presets import THUMBNAIL, Preset, PresetGrid
@@ -25,6 +26,7 @@ from .remote import (
     addresses,
     chosen_style,
     connect,
+    job_settings,
     sentence,
     style_chosen,
     style_file_path,
@@ -33,6 +35,8 @@ from .store import server_address, token_for
 
 SERVER_FIELDS = ["server", "token", "tls-ca", "insecure"]  # a change: connect again before a job
 ADVANCED_FIELDS = ["iterations", "size", "full-size", "preserve-colors", "seed"]
+# A change: a new preview and cost, once the choices have settled.
+CHOICES = ["style", "strength", *ADVANCED_FIELDS]  # and style-file, which also replaces the preset
 STRENGTH_SLIDER = (0.0, 3.0)  # the slider's range; the number field takes the argument's whole range
 HELP_PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "help.html")
 NO_STYLE_YET = "Choose a style first: a preset above, or a style image file"
@@ -49,7 +53,7 @@ class StyleDialog:
         self.config = config
         self.info: Info | None = None
         self.connected_with: tuple | None = None  # the Server section's fields when it connected
-        self.choices: tuple | None = None  # the style, style file and strength the preview was made for
+        self.choices: tuple | None = None  # the style, style file and settings the preview was made for
         self.closed = False  # a worker's late news is dropped then
         self.ok_when_connected = False  # OK was pressed while the plug-in's own server was starting
         self.server_opened_by_itself = False
@@ -73,10 +77,10 @@ class StyleDialog:
         style_row = Gtk.Box(spacing=12)
         style_row.pack_start(heading, False, False, 0)
         style_row.pack_end(style_file, False, False, 0)
-        self.preview = PreviewPane(config, layer, lambda: self.info)
-        # The cost line is for the server's plan of the job (what OK will cost), hidden until filled. Both
-        # lines wrap, asking for little width and using all there is: their text never widens the dialog.
-        self.cost_line = Gtk.Label(xalign=0, wrap=True, max_width_chars=40, no_show_all=True)
+        self.cost = CostLine(config, layer)  # the preview's pane shows its line
+        self.preview = PreviewPane(config, layer, self._connected, self.cost)
+        # The status line wraps, asking for little width and using all there is: its text never widens the
+        # dialog.
         self.status = Gtk.Label(xalign=0, wrap=True, max_width_chars=40, selectable=True)
         self.connect_button = Gtk.Button.new_with_mnemonic("Connec_t")
         self.connect_button.set_tooltip_text("Connect to the server in the Server field; list its presets")
@@ -86,8 +90,8 @@ class StyleDialog:
         server_fields.pack_start(connect_row, False, False, 0)
         area = dialog.get_content_area()
         area.set_spacing(6)
-        for widget in (style_row, self.grid.widget, strength, self.preview.widget, self.cost_line,
-                       self.status, self.server_section, self.advanced_section):  # fmt: skip
+        for widget in (style_row, self.grid.widget, strength, self.preview.widget, self.status,
+                       self.server_section, self.advanced_section):  # fmt: skip
             area.pack_start(widget, False, False, 0)
         self._own_help()
 
@@ -108,9 +112,9 @@ class StyleDialog:
         token_entry = dialog.get_widget("token", GObject.TYPE_NONE).get_entry()
         token_entry.set_visibility(False)  # a password: dots, not letters
 
-        config.connect("notify::style", lambda *_: self._choices_changed())
+        for name in CHOICES:
+            config.connect(f"notify::{name}", lambda *_: self._choices_changed())
         config.connect("notify::style-file", lambda *_: self._style_file_changed())
-        config.connect("notify::strength", lambda *_: self._choices_changed())
         for name in SERVER_FIELDS:
             config.connect(f"notify::{name}", lambda *_: self._server_fields_changed())
         self._choices_changed()
@@ -155,24 +159,33 @@ class StyleDialog:
             ok = self._ready_to_paint()
         self.closed = True
         self.preview.close()
+        self.cost.close()
         self.dialog.destroy()
         return ok
 
     def _ready_to_paint(self) -> bool:
-        """OK was pressed: True when the job can go; else the status line says why."""
+        """OK was pressed: True when the job can go; else the status line, or the cost line for a job the
+        server would refuse, says why. A long job asks first."""
         try:
             chosen_style(self.config)  # a style file that cannot be read
         except FAILURES as error:
             self._say(sentence(error))
             return False
-        if self.connected_with == self._server_fields():
-            return True
-        self.ok_when_connected = True  # OK goes on by itself once connected, if the local server starts
-        self.load_presets()
-        ready = self.connected_with == self._server_fields()
-        if ready:
+        if not self._connected():
+            self.ok_when_connected = True  # OK goes on by itself once connected, if the local server starts
+            self.load_presets()
+            if not self._connected():
+                return False
             self.ok_when_connected = False
-        return ready
+        try:
+            return self.cost.approve(self.dialog)
+        except FAILURES as error:
+            self._say(sentence(error))
+            return False
+
+    def _connected(self) -> bool:
+        """Connected to the server in the Server section's fields as they are."""
+        return self.info is not None and self.connected_with == self._server_fields()
 
     # ---- the server's presets and state ---------------------------------------------------------
 
@@ -207,6 +220,7 @@ class StyleDialog:
             return False
         self.info = None
         self.ok_when_connected = False
+        self.cost.forget()
         self._show_auto()
         problem = sentence(error).rstrip(".")
         self._say(f"{problem}.\nFix the Server section's fields and press Connect.")
@@ -266,6 +280,7 @@ class StyleDialog:
         """GIMP's widgets also notify values that did not change."""
         if self.connected_with not in (None, self._server_fields()):
             self.connected_with = None
+            self.cost.forget()  # it was the other server's
             self.status.set_text("The Server section changed: press Connect (or OK) to connect again.")
 
     def _show_auto(self):
@@ -305,9 +320,9 @@ class StyleDialog:
         self._choices_changed()
 
     def _choices_changed(self) -> None:
-        """The style, style file or strength changed (GIMP's widgets also notify values that did not)."""
+        """A choice of the job changed (GIMP's widgets also notify values that did not)."""
         style_file = style_file_path(self.config)
-        choices = self.config.get_property("style"), style_file, self.config.get_property("strength")
+        choices = self.config.get_property("style"), style_file, job_settings(self.config)
         if choices == self.choices:
             return
         self.choices = choices

@@ -2,8 +2,9 @@
 
 When the environment variable IMPASTO_TEST_HOOK names a Python file, that file is loaded once and its
 `attach(window)` is called with each window the plug-in shows (the StyleDialog once it has connected,
-then the ProgressWindow), so that it can press their buttons: tests/gimp/autopilot.py does. Without the
-variable nothing is loaded, and the plug-in's zip ships no such file.
+the Gtk.MessageDialog that asks before a long job, then the ProgressWindow), so that it can press their
+buttons: tests/gimp/autopilot.py does. Without the variable nothing is loaded, and the plug-in's zip
+ships no such file.
 """
 
 import functools

@@ -49,3 +49,10 @@ def at_most(image: Image, size: int) -> Image:
     if stride != width * 4:
         data = b"".join(data[y * stride : y * stride + width * 4] for y in range(height))
     return Image(bytes(data), width, height)
+
+
+def file_image_size(path: str) -> tuple[int, int]:
+    """The width and height of the image in the file at `path`, from its header; (0, 0) where GdkPixbuf
+    cannot tell (the server then reads them itself)."""
+    known, width, height = GdkPixbuf.Pixbuf.get_file_info(path)
+    return (width, height) if known is not None else (0, 0)

@@ -1,51 +1,65 @@
-"""The style dialog's preview: a quick small job on the layer, shown in an area of fixed size. It runs
-when Preview is pressed, and by itself once the style and strength have stayed the same for a moment;
-a change stops the one running."""
+"""The style dialog's preview: OK's own job, only its beginning — its scales up to PREVIEW_SIDE px, with
+the same settings, seed and strokes as OK will run them — shown in an area of fixed size. It runs when
+Preview is pressed, and by itself once the choices have stayed the same for a moment; a change stops the
+one running.
+
+Each run first asks the server what OK will cost (cost.py), before its own job is on the server."""
 
 import threading
 from collections.abc import Callable
 
 from gi.repository import GdkPixbuf, Gimp, GLib, Gtk
 
-from .layers import read_layer
+from .cost import CostLine, Question
+from .layers import Box, painted_box, read_layer
 from .local_server import start_if_needed
 from .pictures import at_most, pixbuf_from_rgba
 from .progress import describe
 from .remote import (
     FAILURES,
-    NO_PREVIEWS,
-    Info,
+    PREVIEW_SIDE,
+    Image,
     Progress,
-    chosen_style,
+    Settings,
     connect,
-    job_settings,
+    preview_settings,
     sentence,
     style_chosen,
 )
-from .store import server_address, token_for
 
-PREVIEW_SIZE = 160  # px: the preview job's working long side, at most, and its area's width and height
-SETTLE_MS = 600  # the style and strength unchanged for this long: the preview runs by itself
-READY = "The preview shows the style on a small copy of the layer."
+# px: the long side of the layer's copy that a preview sends. The preview paints the job's first scales
+# only; the server brings the copy to the job's working size itself.
+PREVIEW_UPLOAD = 512
+SETTLE_MS = 600  # the choices unchanged for this long: the preview (and the cost) runs by itself
+WAIT_FOR_PREVIOUS = 30.0  # s: a guard; a preview told to stop ends within an iteration
+READY = "The preview will show the beginning of the painting, as OK will start it."
 NO_STYLE = "Choose a style above: a preset, or a style image file."
+SHOWN = "the beginning of the painting, as OK will start it."
+REFUSED = "No preview: the server refuses this job."  # the cost line, under it, says why
 
 
 class PreviewPane:
-    """`widget` is what the dialog packs; `schedule()` is called when the style or strength changes.
+    """`widget` is what the dialog packs; `schedule()` is called when a choice changes; `ready()` says
+    whether the dialog is connected to the server in its fields.
 
     The job is waited for on a worker thread, which reaches GTK through GLib.idle_add; a generation
     number drops the news of a preview that was stopped meanwhile."""
 
-    def __init__(self, config: Gimp.ProcedureConfig, layer: Gimp.Layer, info: Callable[[], Info | None]):
+    def __init__(
+        self, config: Gimp.ProcedureConfig, layer: Gimp.Layer, ready: Callable[[], bool], cost: CostLine
+    ):
         self.config = config
         self.layer = layer
-        self.info = info  # the server's info, None while not connected
+        self.ready = ready
+        self.cost = cost
         self.generation = 0
         self.cancel: threading.Event | None = None  # of the running preview
+        self.worker: threading.Thread | None = None  # the latest preview's
         self.timer: int | None = None  # the pending start, after a change
         self.closed = False
         self.result_shown = False  # else the layer itself, faded, while no preview is there
-        self.faded: GdkPixbuf.Pixbuf | None = None
+        self.copies: dict[Box, Image] = {}  # the layer's small copies, by the box OK paints
+        self.faded: dict[Box, GdkPixbuf.Pixbuf] = {}
         self.button = Gtk.Button.new_with_mnemonic("_Preview")
         self.button.set_tooltip_text("Run the preview again now")
         self.button.connect("clicked", lambda *_: self.start())
@@ -55,7 +69,7 @@ class PreviewPane:
         self.line = Gtk.Label(xalign=0, yalign=0, wrap=True, max_width_chars=36, width_chars=36)
         self.image = Gtk.Image()
         area = Gtk.Frame(shadow_type=Gtk.ShadowType.IN)
-        area.set_size_request(PREVIEW_SIZE + 4, PREVIEW_SIZE + 4)  # the frame's border inside
+        area.set_size_request(PREVIEW_SIDE + 4, PREVIEW_SIDE + 4)  # the frame's border inside
         area.add(self.image)
         buttons = Gtk.Box(spacing=6)
         buttons.pack_start(self.button, False, False, 0)
@@ -64,7 +78,8 @@ class PreviewPane:
         heading.set_markup("<b>Preview</b>")
         side = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6)
         side.pack_start(heading, False, False, 0)
-        side.pack_start(self.line, True, True, 0)
+        side.pack_start(self.line, False, False, 0)
+        side.pack_start(cost.label, False, False, 0)
         side.pack_end(buttons, False, False, 0)
         self.widget = Gtk.Box(spacing=12)
         self.widget.pack_start(area, False, False, 0)
@@ -72,17 +87,27 @@ class PreviewPane:
         self.clear()
 
     def schedule(self) -> None:
-        """The style or strength changed: the preview shown is cleared, a running one stops, and a new
-        one starts once they have settled (when connected)."""
+        """A choice changed: the preview shown is cleared, a running one stops, and a new one starts once
+        the choices have settled (when connected)."""
         self.clear()
+        self.cost.outdated()
         if self.timer is not None:
             GLib.source_remove(self.timer)
         self.timer = GLib.timeout_add(SETTLE_MS, self._settled)
 
+    @property
+    def settling(self) -> bool:
+        """A choice changed a moment ago: the preview and the cost start once they have settled."""
+        return self.timer is not None
+
     def _settled(self) -> bool:
         self.timer = None
-        if not self.closed and self.info() is not None and style_chosen(self.config):
+        if self.closed:
+            return False
+        if self.ready() and style_chosen(self.config):
             self.start()
+        else:
+            self.cost.forget()
         return False  # once, for GLib.timeout_add
 
     def close(self) -> None:
@@ -96,41 +121,48 @@ class PreviewPane:
     def start(self) -> None:
         self.clear()
         try:
-            style = chosen_style(self.config)
-            settings, content = self._job()
+            question = self.cost.question()
+            long_side = max(question.box[2:])
+            settings = preview_settings(self.config, long_side)
+            content = self._copy(question.box)
         except FAILURES as error:
+            self.cost.forget()
             self.line.set_text(sentence(error))
             return
-        address = server_address(self.config)
-        token = token_for(self.config, address)
         cancel = self.cancel = threading.Event()
         self.stop.set_sensitive(True)
-        self.line.set_text(f"Preview of {style.name}: sending…")
-        worker = threading.Thread(
+        self.line.set_text(f"Preview of {question.style.name}: sending…")
+        previous = self.worker
+        self.worker = threading.Thread(
             target=self._work,
-            args=(self.generation, cancel, address, token, content, style, settings),
+            args=(self.generation, cancel, previous, question, content, settings),
             daemon=True,
         )
-        worker.start()
+        self.worker.start()
 
-    def _job(self):
-        """The settings and (downscaled) layer of a quick job: at most PREVIEW_SIZE px, a quarter of the
-        iterations; the same style, strength, seed and colour choice."""
-        info = self.info()
-        default_size = info.default_size if info else 0
-        default_iterations = info.default_iterations if info else 0
-        size = min(self.config.get_property("size") or default_size or PREVIEW_SIZE, PREVIEW_SIZE)
-        iterations = self.config.get_property("iterations") or default_iterations or 100
-        quick = {"iterations": max(1, iterations // 4), "size": size, "full_size": False}
-        settings = job_settings(self.config, **quick, preview_seconds=NO_PREVIEWS)
-        return settings, at_most(read_layer(self.layer), size)
-
-    def _work(self, generation, cancel, address, token, content, style, settings):
-        """On a worker thread: no GTK here, only idle callbacks."""
+    def _work(
+        self,
+        generation: int,
+        cancel: threading.Event,
+        previous: threading.Thread | None,
+        question: Question,
+        content: Image,
+        settings: Settings,
+    ) -> None:
+        """On a worker thread: no GTK here, only idle callbacks. The preview before this one, told to stop,
+        is off the server first: the plan's jobs ahead are other people's."""
+        if previous is not None:
+            previous.join(WAIT_FOR_PREVIOUS)
+        if cancel.is_set():
+            return  # stopped meanwhile
+        address = question.address
         try:
             start_if_needed(address, lambda text: GLib.idle_add(self._said, generation, text))
-            with connect(self.config, address, token) as client:
-                job = style.start(client, content, settings)
+            with connect(self.config, address, question.token) as client:
+                if self.cost.answer(client, question) is not None:
+                    GLib.idle_add(self._done, generation, None, None, REFUSED)
+                    return
+                job = question.style.start(client, content, settings)
                 watcher = threading.Thread(target=lambda: cancel.wait() and job.cancel(), daemon=True)
                 watcher.start()
                 for event in job.events():
@@ -153,7 +185,7 @@ class PreviewPane:
             self.line.set_text(text)
         return False  # once, for GLib.idle_add
 
-    def _done(self, generation, result, error):
+    def _done(self, generation, result, error, text: str | None = None):
         if generation != self.generation:
             return False  # stopped meanwhile; clear() already said so
         self.stop.set_sensitive(False)
@@ -161,11 +193,12 @@ class PreviewPane:
         if error is not None:
             stopped = getattr(error, "cancelled", False)
             self.line.set_text("Preview stopped." if stopped else sentence(error))
+        elif result is None:
+            self.line.set_text(text)
         else:
             self.result_shown = True
             self.image.set_from_pixbuf(pixbuf_from_rgba(result))
-            size = f"{result.width}×{result.height} px"
-            self.line.set_text(f"Preview at {size}. OK paints the whole layer.")
+            self.line.set_text(f"{result.width}×{result.height} px: {SHOWN}")
         return False
 
     def clear(self, text: str | None = None) -> None:
@@ -179,10 +212,21 @@ class PreviewPane:
         self.stop.set_sensitive(False)
         self.line.set_text(text or (READY if style_chosen(self.config) else NO_STYLE))
 
+    def _copy(self, box: Box) -> Image:
+        """The part of the layer OK paints, at most PREVIEW_UPLOAD px on its long side."""
+        if box not in self.copies:
+            self.copies[box] = at_most(read_layer(self.layer, box), PREVIEW_UPLOAD)
+        return self.copies[box]
+
     def _faded_layer(self) -> GdkPixbuf.Pixbuf:
-        """The layer, small and faded: what the preview will show in the style, until it does."""
-        if self.faded is None:
-            layer = pixbuf_from_rgba(at_most(read_layer(self.layer), PREVIEW_SIZE))
-            self.faded = layer.copy()
-            layer.saturate_and_pixelate(self.faded, 0.15, False)
-        return self.faded
+        """The part of the layer OK paints, small and faded: what the preview will show in the style,
+        until it does."""
+        try:
+            box = painted_box(self.layer.get_image(), self.layer, self.config.get_property("full-size"))
+        except ValueError:  # a selection beside the layer: the whole layer, the start says why
+            box = (0, 0, self.layer.get_width(), self.layer.get_height())
+        if box not in self.faded:
+            layer = pixbuf_from_rgba(at_most(self._copy(box), PREVIEW_SIDE))
+            self.faded[box] = layer.copy()
+            layer.saturate_and_pixelate(self.faded[box], 0.15, False)
+        return self.faded[box]

@@ -16,9 +16,13 @@ from impasto.launcher import IDLE_EXIT_MINUTES, LaunchError, ensure_local_server
 from impasto.protocol import (
     DEFAULT_ADDRESS,
     NO_PREVIEWS,
+    PREVIEW_SIDE,
     Image,
+    ImageHeader,
     ImpastoError,
     Info,
+    JobPlan,
+    Kind,
     Preview,
     Progress,
     Queued,
@@ -35,15 +39,20 @@ __all__ = [
     "FAILURES",
     "IDLE_EXIT_MINUTES",
     "NO_PREVIEWS",
+    "PREVIEW_SIDE",
     "Client",
     "Image",
+    "ImageHeader",
     "ImpastoError",
     "Info",
+    "JobPlan",
+    "Kind",
     "LaunchError",
     "Preview",
     "Progress",
     "Queued",
     "RemoteJob",
+    "Settings",
     "Started",
     "Style",
     "addresses",
@@ -53,6 +62,7 @@ __all__ = [
     "impasto_answers",
     "job_settings",
     "parse_address",
+    "preview_settings",
     "sentence",
     "split_token",
     "style_chosen",
@@ -96,6 +106,14 @@ class Style:
 
     def start(self, client: Client, content: Image, settings: Settings) -> RemoteJob:
         return client.stylize(content, [self.choice], settings, self.uploads)
+
+    def plan(
+        self, client: Client, content: ImageHeader, settings: Settings, upload_size: tuple[int, int] = (0, 0)
+    ) -> JobPlan:
+        """What the job would do and cost on `client`'s server, from sizes alone; `upload_size`: a style
+        image's width and height, (0, 0) where unknown."""
+        uploads = [ImageHeader("encoded", len(image.data), *upload_size) for image in self.uploads]
+        return client.plan(content, [self.choice], settings, uploads)
 
 
 def style_file_path(config: Gimp.ProcedureConfig) -> str | None:
@@ -147,3 +165,12 @@ def job_settings(config: Gimp.ProcedureConfig, **changes) -> Settings:
         seed=config.get_property("seed"),
     )
     return dataclasses.replace(settings, **changes)
+
+
+def preview_settings(config: Gimp.ProcedureConfig, long_side: int) -> Settings:
+    """The settings of OK's job, for only its beginning (its scales up to PREVIEW_SIDE), sent back small.
+    `long_side`: that of the part of the layer OK paints. At full size the preview's working size is that
+    long side, so that its scales are the full-size job's first ones; the preview's layer may then be a
+    smaller copy (the server brings it to the working size itself)."""
+    full_size = {"size": long_side, "full_size": False} if config.get_property("full-size") else {}
+    return job_settings(config, preview_only=True, preview_seconds=NO_PREVIEWS, **full_size)
