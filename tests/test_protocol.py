@@ -194,6 +194,6 @@ def test_a_plan_comes_before_any_image_is_sent(images: Path):
     assert plan.scales[-1].width == 384 and plan.estimated_seconds == pytest.approx(
         sum(scale.seconds for scale in plan.scales)
     )
-    assert preview.scales == plan.scales[: len(preview.scales)] and preview.scales[-1].width <= PREVIEW_SIDE
+    assert preview.scales == plan.scales[:1] and preview.scales[0].width <= PREVIEW_SIDE
     assert full.scales[-1].width == 4000 and full.estimated_seconds > 10 * plan.estimated_seconds
     assert caught.value.kind is Kind.INVALID and "width and height" in caught.value.detail

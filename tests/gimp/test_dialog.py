@@ -177,8 +177,8 @@ def preview_sizes(said: str) -> list[tuple[int, int]]:
 
 
 def beginning(plan: JobPlan) -> tuple[int, int]:
-    """The size of the last scale of `plan` that a preview paints."""
-    scale = [s for s in plan.scales if max(s.width, s.height) <= PREVIEW_SIDE][-1]
+    """The size of the scale of `plan` that a preview paints: its first."""
+    scale = plan.scales[0]
     return scale.width, scale.height
 
 
@@ -194,8 +194,8 @@ def test_the_cost_line_says_what_ok_costs_and_the_preview_is_its_beginning(
     gimp, server: str, images: Path, caplog
 ):
     """The cost line says how long OK takes on which device and at what working size, as the server plans
-    it, and follows the choices; the preview is OK's own job, its scales up to 160 px, sent as a small copy
-    of the layer (the server logs its pixels), and is as large as the plan's last scale up to 160 px."""
+    it, and follows the choices; the preview is OK's own job, its first scale, sent as a small copy of the
+    layer (the server logs its pixels), and is as large as the plan's first scale."""
     caplog.set_level(logging.INFO, logger="impasto.jobs")
     gimp.forget_last_values()
     content = gimp.put(images / "content" / "chelsea.png")  # 256×170

@@ -1,5 +1,5 @@
-"""The style dialog's preview: OK's own job, only its beginning — its scales up to PREVIEW_SIDE px, with
-the same settings, seed and strokes as OK will run them — shown in an area of fixed size. It runs when
+"""The style dialog's preview: OK's own job, only its beginning — its first scale (at most PREVIEW_SIDE px),
+with the same settings, seed and strokes as OK will run them — shown in an area of fixed size. It runs when
 Preview is pressed, and by itself once the choices have stayed the same for a moment; a change stops the
 one running.
 
@@ -27,7 +27,7 @@ from .remote import (
     style_chosen,
 )
 
-# px: the long side of the layer's copy that a preview sends. The preview paints the job's first scales
+# px: the long side of the layer's copy that a preview sends. The preview paints the job's first scale
 # only; the server brings the copy to the job's working size itself.
 PREVIEW_UPLOAD = 512
 SETTLE_MS = 600  # the choices unchanged for this long: the preview (and the cost) runs by itself

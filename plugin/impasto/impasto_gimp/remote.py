@@ -168,7 +168,7 @@ def job_settings(config: Gimp.ProcedureConfig, **changes) -> Settings:
 
 
 def preview_settings(config: Gimp.ProcedureConfig, long_side: int) -> Settings:
-    """The settings of OK's job, for only its beginning (its scales up to PREVIEW_SIDE), sent back small.
+    """The settings of OK's job, for only its beginning (its first scale), sent back small.
     `long_side`: that of the part of the layer OK paints. At full size the preview's working size is that
     long side, so that its scales are the full-size job's first ones; the preview's layer may then be a
     smaller copy (the server brings it to the working size itself)."""

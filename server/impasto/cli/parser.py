@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument(
         "--preview",
         action="store_true",
-        help="write the quick preview the GIMP dialog shows: the job's own first scales (about "
+        help="write the quick preview the GIMP dialog shows: the job's own first scale (at most "
         f"{PREVIEW_SIDE} px), with the same seed and strokes as the whole job, in a fraction of its time",
     )
     stylize.add_argument(

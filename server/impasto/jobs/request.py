@@ -155,7 +155,7 @@ def _check_settings(request: Request, limits: Limits) -> None:
         if not limits.full_size:
             raise ImpastoError(Kind.INVALID, "this server does not paint at the content's full size")
     elif settings.size is not None:
-        # A preview paints only the job's first scales: its size says where they come from, not where
+        # A preview paints only the job's first scale: its size says where they come from, not where
         # painting ends.
         if settings.size > limits.max_size and not settings.preview_only:
             raise ImpastoError(

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 NO_PREVIEWS = math.inf  # a preview interval that never comes
-PREVIEW_SIDE = 160  # a preview_only job paints its scales up to this long side
+# px: the dialog's preview box. A preview_only job paints the job's first scale, which the engine keeps
+# below it (96-136 px on the long side with its default recipe).
+PREVIEW_SIDE = 160
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Settings:
     seed: int | None = None  # default 0
     style_scale: float | None = None  # the style's brush size relative to the working size; default 1
     preview_seconds: float | None = None  # between previews; default 2; NO_PREVIEWS: none
-    # Only the job's own beginning, its scales up to PREVIEW_SIDE, sent as a small result: its preview.
+    # Only the job's own beginning, its first scale, sent as a small result: its preview.
     preview_only: bool = False
 
 
