@@ -24,7 +24,7 @@ On a CPU (--device cpu) it measures the same things with the wall clock; --smoke
 18 MiB, in tiles, and under 8 MiB, refused) and runs one thread, so that a CPU checks the script end
 to end in seconds: `python bench/gpu.py --device cpu --smoke` (tests/test_bench.py).
 --plan-only prints the full-size plans without running them; on a CPU it plans as a CUDA GPU would
-(state on the host where that is faster, a GPU's first-guess rate and host link):
+(state on the host where that is faster, a GPU's first-guess costs and host link):
 `python bench/gpu.py --device cpu --precision bf16 --plan-only`.
 
     python bench/gpu.py                    # on an H100/H200-class GPU: a few minutes (< 10)
@@ -41,7 +41,7 @@ from dataclasses import replace
 
 import torch
 from impasto.engine import DEFAULT, DoesNotFit, Engine, Options, Style, load_original_vgg19, pick_device
-from impasto.engine.estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION, HOST_LINK_BYTES_PER_SECOND
+from impasto.engine.estimate import FIRST_GUESS_COSTS, HOST_LINK_BYTES_PER_SECOND
 from impasto.engine.imageops import resize
 from impasto.engine.recipes import with_optimizer
 from impasto.images import load_picture
@@ -132,12 +132,13 @@ def full_size_job(
     except DoesNotFit as refusal:
         print(f"refused by the plan: {refusal}\n")
         return case | {"tiles": "refused", "planned": f"needs {gib(refusal.needed_bytes)}"}
-    rate = engine.seconds_per_pixel_iteration
+    cost = engine.cost_model
     tiled = [s for s in plan.scales if s.tile is not None]
     given = "given" if options.memory_budget else "default: free less margin"
     print(
         f"budget {gib(plan.memory_budget)} ({given}); {len(plan.scales)} scales, {len(tiled)} in tiles; "
-        f"planned {plan.estimate.seconds:.1f} s at {rate * 1e9:.2f} ns per pixel-iteration, device peak "
+        f"planned {plan.estimate.seconds:.1f} s at {cost.seconds_per_pass * 1e3:.2f} ms per pass and "
+        f"{cost.seconds_per_pixel_iteration * 1e9:.2f} ns per pixel-iteration, device peak "
         f"{gib(plan.estimate.peak_bytes)}, host {gib(plan.estimate.host_bytes)}\n",
         flush=True,
     )
@@ -254,11 +255,11 @@ def main() -> int:
         torch.set_num_threads(1)
     sys.stdout.reconfigure(line_buffering=True)  # each line out at once: the tables are the progress
     device = pick_device(args.device)
-    # Planning only, a CPU plans as a GPU would: the state in host memory, a GPU's first-guess rate.
+    # Planning only, a CPU plans as a GPU would: the state in host memory, a GPU's first-guess costs.
     as_gpu = args.plan_only and device.type == "cpu"
     engine = Engine(load_original_vgg19(), device, args.precision, state_on_host=True if as_gpu else None)
     if as_gpu:
-        engine.seconds_per_pixel_iteration = FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION["cuda", engine.precision]
+        engine.cost_model = FIRST_GUESS_COSTS["cuda", engine.precision]
         engine.host_link_bytes_per_second = HOST_LINK_BYTES_PER_SECOND
     clock = Clock(device)
     style = load_picture(IMAGES / "styles" / "starry-night.jpg").rgb

@@ -33,6 +33,10 @@ def test_eta_benchmark_runs_at_a_tiny_size():
     command = [sys.executable, str(BENCH / "eta.py"), "--quick", "--precision", "fp32"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "| 24 px × 6 it |" in result.stdout and "| 40 px × 6 it |" in result.stdout
-    assert "Goal (eta at 10 % within ±25% on all three):" in result.stdout
-    assert "(fresh engine)" in result.stdout and "(learned)" in result.stdout
+    assert "| fp32 | default: 400×266 at 48 px × 4 it (fresh engine) |" in result.stdout, result.stdout
+    assert "| fp32 | default: 400×266 at 48 px × 4 it (learned) |" in result.stdout, result.stdout
+    assert "Goal (eta within ±25% from 10% to 75% of the work on every job):" in result.stdout
+    # The full-size job runs its finest scale in tiles, under the memory budget.
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| fp32 | full: ")]
+    scales = [cells for cells in rows if len(cells) == 9]  # precision, job, scale, size, tiles, …
+    assert scales and int(scales[-1][4]) > 1, result.stdout

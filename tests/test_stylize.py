@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+import time
 from dataclasses import replace
 
 import pytest
 import torch
 from helpers import gradient_image
 from impasto.engine import DEFAULT, Cancelled, Engine, Options, Progress, Style
+from impasto.engine import run as run_module
+from impasto.engine.estimate import CostModel
 from impasto.engine.imageops import rgb_to_yuv
 from impasto.engine.plan import scale_sizes, schedule
 
@@ -116,6 +119,88 @@ def test_time_left_starts_from_the_plan_and_ends_at_zero(engine: Engine):
     assert seen[-1].eta == 0
 
 
+class FakeClock:
+    """The run's clock, moved on only by the iterations' passes of the network, by what a machine with
+    `costs` would take."""
+
+    def __init__(self, engine: Engine, monkeypatch: pytest.MonkeyPatch, costs: CostModel):
+        self.now, self.costs, features = 0.0, costs, engine.features
+        monkeypatch.setattr(run_module, "time", self)
+
+        def timed(net, image: torch.Tensor):
+            if image.requires_grad:  # an iteration's pass, not a target's
+                self.now += costs.seconds(1, image.shape[2] * image.shape[3])
+            return features(net, image)
+
+        monkeypatch.setattr(engine, "features", timed)
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_plan_costs_each_iteration_its_fixed_part_and_its_pixels(engine: Engine, monkeypatch):
+    """Many small iterations and a few large ones of as many pixel-iterations: the fixed part makes the
+    small ones cost 15 times more."""
+    costs = CostModel(seconds_per_pass=0.05, seconds_per_pixel_iteration=1e-6)
+    monkeypatch.setattr(engine, "cost_model", costs)
+    one_scale = replace(DEFAULT, coarse_to_fine=False)
+    small = Options(size=64, iterations=400, recipe=one_scale, memory_budget=4 << 30)
+    large = replace(small, size=640, iterations=4)
+    pixel_iterations = 48 * 64 * 400
+    assert pixel_iterations == 480 * 640 * 4
+    many = engine.plan((480, 640), [(64, 64)], small).estimate.seconds
+    few = engine.plan((480, 640), [(64, 64)], large).estimate.seconds
+    assert many == pytest.approx(400 * 0.05 + pixel_iterations * 1e-6)  # 21.2 s
+    assert few == pytest.approx(4 * 0.05 + pixel_iterations * 1e-6)  # 1.4 s
+
+
+def test_the_cost_model_learns_both_parts_from_what_scales_took():
+    machine = CostModel(seconds_per_pass=0.03, seconds_per_pixel_iteration=4e-6)
+    # (passes, pixel-iterations): the default CPU job's four scales, and a scale in 6 tiles.
+    work = [(20, 20 * 91 * 136), (20, 20 * 128 * 192), (20, 20 * 181 * 272), (40, 40 * 256 * 384)]
+    work.append((4 * 2 * 6, 4 * 512 * 768 * 3.1))
+    samples = [(passes, pixels, machine.seconds(passes, pixels)) for passes, pixels in work]
+    learned = CostModel(0.0, 1e-5).learned(samples)
+    assert learned.seconds_per_pass == pytest.approx(0.03)
+    assert learned.seconds_per_pixel_iteration == pytest.approx(4e-6)
+    # One size cannot part them, nor can timings that would make a part negative (a coarse scale
+    # slowed by other work): the guess's proportion stays, at the speed the scales show.
+    guess = CostModel(0.01, 1e-6)
+    slowed = [(20, 20 * 91 * 136, 3.0), (20, 20 * 128 * 192, 2.0)]
+    for timings in (samples[3:4], slowed):
+        refitted = guess.learned(timings)
+        assert refitted.seconds_per_pass / refitted.seconds_per_pixel_iteration == pytest.approx(0.01 / 1e-6)
+        planned = sum(refitted.seconds(passes, pixels) for passes, pixels, _ in timings)
+        assert planned == pytest.approx(sum(seconds for *_, seconds in timings))
+    assert guess.learned([]) == guess
+
+
+def test_time_left_counts_the_fixed_cost_of_the_coarse_iterations(engine: Engine, monkeypatch):
+    """On a machine unlike the first guess (fixed costs that dominate a coarse iteration, pixels cheap)
+    the engine learns both costs from one job, and the next job's time left is then the truth from a
+    tenth of its work on."""
+    monkeypatch.setattr(engine, "cost_model", CostModel(0.0, 2e-6))
+    machine = CostModel(seconds_per_pass=0.03, seconds_per_pixel_iteration=0.5e-6)
+    clock = FakeClock(engine, monkeypatch, machine)
+    options = replace(FAST, size=184, iterations=8)  # 4 at 98×130, then 8 at 138×184
+    engine.stylize(CONTENT, [Style(STYLE)], options)
+    assert engine.cost_model.seconds_per_pass == pytest.approx(0.03)
+    assert engine.cost_model.seconds_per_pixel_iteration == pytest.approx(0.5e-6)
+
+    seen = []
+    started = clock.now
+    engine.stylize(CONTENT, [Style(STYLE)], options, on_progress=seen.append)
+    took = clock.now - started
+    assert engine.plan(tuple(CONTENT.shape[2:]), [tuple(STYLE.shape[2:])], options).estimate.seconds == (
+        pytest.approx(took)
+    )
+    # The share of work done is the share of time (by pixels alone a coarse iteration would count for
+    # less than its time: 0.03 s of its 0.036 s are fixed).
+    assert all(p.fraction == pytest.approx(p.elapsed / took) for p in seen)
+    late = [p for p in seen if p.fraction >= 0.1]
+    assert late and all(p.eta == pytest.approx(took - p.elapsed, abs=1e-9) for p in late)
+
+
 def test_previews_arrive_at_the_chosen_interval(engine: Engine):
     previews = []
     engine.stylize(
@@ -200,15 +285,25 @@ def estimate(engine: Engine, options: Options, style_size: tuple[int, int] = (30
     return engine.plan((300, 400), [style_size], options).estimate
 
 
-def test_estimates_grow_with_the_work_and_learn_from_the_last_job(engine: Engine):
+def test_estimates_grow_with_the_work_and_learn_from_the_last_job(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(engine, "cost_model", engine.cost_model)  # what this job learns stays here
     small, large = estimate(engine, Options(size=256)), estimate(engine, Options(size=512))
-    assert 3 < large.peak_bytes / small.peak_bytes < 5 and large.seconds > 3 * small.seconds
-    assert estimate(engine, Options(size=256, iterations=200)).seconds > 1.9 * small.seconds
+    assert 3 < large.peak_bytes / small.peak_bytes < 5 and large.seconds > small.seconds
+    assert estimate(engine, Options(size=256, iterations=200)).seconds == pytest.approx(2 * small.seconds)
+    before = engine.cost_model
+    started = time.monotonic()
     engine.stylize(CONTENT, [Style(STYLE)], FAST)
-    learned = engine.seconds_per_pixel_iteration
-    assert 1e-8 < learned < 1e-3
+    took = time.monotonic() - started
+    learned = engine.cost_model
+    assert learned != before
+    # One scale cannot tell the fixed cost from the pixels': they keep their proportion.
+    assert learned.seconds_per_pass * before.seconds_per_pixel_iteration == pytest.approx(
+        before.seconds_per_pass * learned.seconds_per_pixel_iteration
+    )
     plan = engine.plan((48, 64), [(48, 64)], FAST)
-    assert plan.estimate.seconds == pytest.approx(learned * 48 * 64 * FAST.iterations)
+    assert 0 < plan.estimate.seconds <= took  # what its one scale took, within the whole call
 
 
 def test_the_memory_estimate_counts_a_style_scaled_up(engine: Engine):

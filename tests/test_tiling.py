@@ -225,10 +225,13 @@ def test_a_budget_with_no_room_for_a_worthwhile_tile_is_refused_naming_one_that_
 def test_the_plan_gives_each_scales_tiles_time_and_memory(engine: Engine):
     options = Options(size="full", iterations=4, memory_budget=2 << 30)
     plan = engine.plan((1200, 1600), [(512, 512)], options)
-    rate = engine.seconds_per_pixel_iteration
+    cost = engine.cost_model
     for scale in plan.scales:
         (h, w), tiled = scale.size, scale.tile is not None
-        assert scale.seconds == pytest.approx(h * w * scale.iterations * scale.cost_factor * rate)
+        passes = 2 * scale.tiles if tiled else 1  # each tile runs through the network twice
+        pixels = h * w * scale.cost_factor
+        per_iteration = passes * cost.seconds_per_pass + pixels * cost.seconds_per_pixel_iteration
+        assert scale.seconds == pytest.approx(scale.iterations * per_iteration)
         assert 0 < scale.device_bytes <= 2 << 30 and scale.host_bytes == 0  # a CPU counts it all
         assert (scale.tiles > 1 and 1 < scale.cost_factor <= MAX_TILED_COST) if tiled else scale.tiles == 0
     assert sum(scale.seconds for scale in plan.scales) == pytest.approx(plan.estimate.seconds)

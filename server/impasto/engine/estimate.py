@@ -2,9 +2,9 @@
 
 Memory per working pixel at the peak of an iteration (activations kept for the backward pass plus
 its transients), measured through conv5_1 (docs/benchmarks.md): about 2.5 KB in fp32 and 1.6 KB with
-bf16 convolutions, plus the optimiser's state. Time is pixels × iterations × a seconds-per-pixel-
-iteration rate that starts from a per-device guess and is replaced by what this engine measured on its
-last jobs.
+bf16 convolutions, plus the optimiser's state. Time follows a `CostModel`: each iteration's fixed cost
+plus its pixels' work, from a per-device first guess, refitted by each job to what its scales really
+took.
 
 A tiled scale (engine/tiled.py) needs one tile's working set (its input pixels, halo included, at the
 same cost per pixel) beside buffers of the whole image: the image, its gradient, the resized content,
@@ -17,6 +17,7 @@ and the extra pass without gradients), and its tiles are never so small that thi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .recipes import Recipe
@@ -28,12 +29,53 @@ STYLE_BYTES_PER_PIXEL = {"fp32": 600, "bf16": 350}
 # Pinned host memory to a CUDA GPU and back: PCIe 4.0 ×16 moves about 25 GB/s in theory (a first guess,
 # not yet measured). A GPU's L-BFGS history in host memory crosses it twice a step.
 HOST_LINK_BYTES_PER_SECOND = 20e9
-FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION = {
-    ("cpu", "bf16"): 5.5e-6,  # measured on a 2-core Xeon with AMX
-    ("cpu", "fp32"): 6.5e-6,  # measured on a 2-core Xeon (5.4–6.9; bench/eta.py, docs/benchmarks.md)
-    ("cuda", "bf16"): 6e-9,  # ~1.5 ms at 512² on an H100-class GPU (target, not yet measured)
-    ("cuda", "fp32"): 2.5e-8,
-    ("mps", "fp32"): 1e-7,
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """How long a job's iterations take on one engine: a fixed cost for each pass of the network over the
+    image or a tile of it (Python, the optimiser's step, oneDNN's weight reorders, launches: most of a
+    coarse scale's time) plus a cost for each pixel that the pass runs over."""
+
+    seconds_per_pass: float
+    seconds_per_pixel_iteration: float
+
+    def seconds(self, passes: float, pixel_iterations: float) -> float:
+        return passes * self.seconds_per_pass + pixel_iterations * self.seconds_per_pixel_iteration
+
+    def learned(self, samples: Sequence[tuple[float, float, float]]) -> CostModel:
+        """The model that fits `samples`, each scale's (passes, pixel-iterations, seconds) in a job.
+
+        Least squares on the relative error, so that a coarse scale, where the fixed cost shows, counts
+        as much as a fine one. Where the samples cannot tell the two costs apart (one scale, or scales
+        of one size) or make either negative, the two keep this model's proportion, scaled to the
+        samples' total time."""
+        # Minimise Σ (a·u + b·v − 1)², u and v the samples' passes and pixel-iterations over their time.
+        u = [passes / seconds for passes, _, seconds in samples if seconds > 0]
+        v = [pixels / seconds for _, pixels, seconds in samples if seconds > 0]
+        if not u:
+            return self
+        uu, uv, vv = (
+            sum(x * x for x in u),
+            sum(x * y for x, y in zip(u, v, strict=True)),
+            sum(y * y for y in v),
+        )
+        determinant = uu * vv - uv * uv
+        if determinant > 1e-9 * uu * vv:
+            fixed = (vv * sum(u) - uv * sum(v)) / determinant
+            per_pixel = (uu * sum(v) - uv * sum(u)) / determinant
+            if fixed >= 0 and per_pixel > 0:
+                return CostModel(fixed, per_pixel)
+        factor = sum(seconds for *_, seconds in samples) / sum(self.seconds(*work) for *work, _ in samples)
+        return CostModel(self.seconds_per_pass * factor, self.seconds_per_pixel_iteration * factor)
+
+
+FIRST_GUESS_COSTS = {
+    ("cpu", "bf16"): CostModel(0.0, 5.5e-6),  # measured on a 2-core Xeon with AMX
+    ("cpu", "fp32"): CostModel(0.0, 6.5e-6),  # measured on a 2-core Xeon (5.4–6.9; bench/eta.py)
+    ("cuda", "bf16"): CostModel(0.0, 6e-9),  # ~1.5 ms at 512² on an H100-class GPU (target, not yet measured)
+    ("cuda", "fp32"): CostModel(0.0, 2.5e-8),
+    ("mps", "fp32"): CostModel(0.0, 1e-7),
 }
 
 

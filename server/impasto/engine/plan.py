@@ -19,6 +19,7 @@ from .estimate import (
     MAX_TILED_COST,
     PEAK_BYTES_PER_PIXEL,
     STYLE_BYTES_PER_PIXEL,
+    CostModel,
     Estimate,
     history_traffic_bytes_per_pixel,
     peak_bytes,
@@ -59,6 +60,13 @@ class Scale:
     # A tiled scale may keep L-BFGS's history and the content's features in host memory, `host_bytes`.
     state_on_host: bool = False
     host_bytes: int = 0
+
+    @property
+    def work(self) -> tuple[float, float]:
+        """Its iterations' work in a CostModel's terms: (passes of the network, pixel-iterations). Each
+        tile runs through the network twice an iteration (engine/tiled.py)."""
+        passes = 1 if self.tile is None else 2 * self.tiles
+        return self.iterations * passes, self.iterations * self.size[0] * self.size[1] * self.cost_factor
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ class Planner:
     host memory, and how fast that memory reaches the device (None: it is the device's own)."""
 
     precision: str
-    seconds_per_pixel_iteration: float
+    cost: CostModel
     state_on_host: bool
     host_link_bytes_per_second: float | None = None
 
@@ -214,11 +222,7 @@ class Planner:
         h, w = scale.size
         if tile is None:
             device = peak_bytes(h, w, self.precision, options.recipe)
-            return replace(
-                scale,
-                seconds=h * w * scale.iterations * self.seconds_per_pixel_iteration,
-                device_bytes=device,
-            )
+            return replace(scale, seconds=self.cost.seconds(*scale.work), device_bytes=device)
         align, halo = geometry(options)
         tiles, _, inputs = tile_inputs(h, w, tile, halo, align)
         factor = tiled_cost_factor(inputs, h * w)
@@ -226,19 +230,18 @@ class Planner:
             # The history crosses to the device and back each step, while no tile runs: time counted
             # as work, so that progress and the time left move with it.
             seconds = history_traffic_bytes_per_pixel(options.recipe) / self.host_link_bytes_per_second
-            factor += seconds / self.seconds_per_pixel_iteration
+            factor += seconds / self.cost.seconds_per_pixel_iteration
         device, host = self._tiled_bytes(scale.size, tile, on_host, options)
-        seconds = h * w * scale.iterations * factor * self.seconds_per_pixel_iteration
-        return replace(
+        tiled = replace(
             scale,
             tile=tile,
             tiles=tiles,
             cost_factor=factor,
-            seconds=seconds,
             device_bytes=device,
             host_bytes=host,
             state_on_host=on_host,
         )
+        return replace(tiled, seconds=self.cost.seconds(*tiled.work))
 
     def _with_styles(
         self, scale: Scale, style_sizes: Sequence[tuple[int, int]], options: Options, budget: int

@@ -42,8 +42,8 @@ class Progress:
     tv_loss: float
     elapsed: float
     eta: float = field(default=math.nan)
-    # Share of the job's work done: iterations weighted by their scale's pixels, so that it moves as
-    # time does (a fine scale's iteration costs several coarse ones).
+    # Share of the job's work done: iterations weighted by their planned time (the engine's CostModel),
+    # so that it moves as time does (a fine scale's iteration costs several coarse ones).
     fraction: float = 0.0
     # On a tiled scale: the tile just done (1-based) of `tiles`, reported after each tile's gradient
     # pass and again (tile == tiles) with the iteration; 0 and 0 on a scale optimised whole.
@@ -66,11 +66,15 @@ class Run:
         self.start = time.monotonic()
         self.last_preview = -math.inf
         self.steps_done = 0
-        # An iteration costs about its scale's pixel count (times the tiles' overhead); used for the
-        # time-left estimate.
-        self.cost_total = sum(s.size[0] * s.size[1] * s.iterations * s.cost_factor for s in scales)
+        # Work is counted in the plan's seconds: an iteration weighs what the engine's cost model gave
+        # its scale, fixed cost included, so that fast coarse iterations do not make the fine ones
+        # look cheap.
+        self.cost_total = sum(s.seconds for s in scales)
         self.cost_done = 0.0
         self.steps = sum(s.iterations for s in scales)
+        # What each scale done took, its targets included, for the engine to learn its costs from:
+        # (passes, pixel-iterations, seconds) as CostModel.learned takes them.
+        self.scale_work: list[tuple[float, float, float]] = []
         self.losses = _LossReadout(engine.device)
         cache = engine.gram_cache
         self.style_digests = [image_digest(s.image) if cache is not None else None for s in styles]
@@ -144,6 +148,7 @@ class Run:
         return grams
 
     def optimise_scale(self, index: int, image: torch.Tensor) -> torch.Tensor:
+        started = time.monotonic()
         scale = self.scales[index]
         tiles = (
             None
@@ -185,6 +190,7 @@ class Run:
                     image.clamp_(0, 1)
             tiles_done = (scale.tiles, scale.tiles)
             self._report(index, image, iteration, parts[-1], tiles_done if tiles is not None else None)
+        self.scale_work.append((*scale.work, time.monotonic() - started))
         return image.detach().clamp(0, 1)
 
     def _report(
@@ -199,12 +205,13 @@ class Run:
         scale = self.scales[index]
         h, w = image.shape[2:]
         within = tile is not None and tile[0] < tile[1]
+        iteration_cost = scale.seconds / scale.iterations
         if within:
             # Mid-iteration: the step under way, its share of work done so far; no preview.
-            cost_done = self.cost_done + h * w * scale.cost_factor * tile[0] / tile[1]
+            cost_done = self.cost_done + iteration_cost * tile[0] / tile[1]
         else:
             self.steps_done += 1
-            self.cost_done += h * w * scale.cost_factor
+            self.cost_done += iteration_cost
             cost_done = self.cost_done
         if self.steps_done == self.steps:
             cost_done = self.cost_total  # exactly 1 at the end, whatever the float sums of tiled costs
@@ -248,7 +255,9 @@ class Run:
 
         The rate alone is wild in the first seconds: the elapsed time then holds the targets' forward
         passes and the first iteration's set-up, so after one iteration of a 40-second CPU job it said
-        2:11 (docs/benchmarks.md). The plan's rate was learned from the last job on this device.
+        2:11 (docs/benchmarks.md). The plan's costs were learned from the last job on this engine. Both
+        count work in the plan's seconds, so the job's own rate is how much faster or slower than
+        planned it runs.
         """
         observed = elapsed * (self.cost_total - cost_done) / cost_done
         planned = max(0.0, self.plan.estimate.seconds - elapsed)

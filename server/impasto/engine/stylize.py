@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -13,7 +12,7 @@ import torch
 
 from ..protocol import bounds
 from .device import free_memory_bytes, pick_precision
-from .estimate import FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION, HOST_LINK_BYTES_PER_SECOND
+from .estimate import FIRST_GUESS_COSTS, HOST_LINK_BYTES_PER_SECOND, CostModel
 from .gram_cache import GramCache
 from .imageops import keep_content_colours, resize
 from .memory import fix_malloc_mmap_threshold
@@ -94,9 +93,8 @@ class Engine:
             # Shapes are fixed within a scale, so cuDNN's autotuning pays for itself at once.
             torch.backends.cudnn.benchmark = True
         self._networks: dict[tuple[frozenset[str], str], VGGFeatures] = {}
-        self.seconds_per_pixel_iteration = FIRST_GUESS_SECONDS_PER_PIXEL_ITERATION.get(
-            (device.type, self.precision), 1e-6
-        )
+        # How long iterations take here: a first guess for this kind of device, then what its jobs took.
+        self.cost_model = FIRST_GUESS_COSTS.get((device.type, self.precision), CostModel(0.0, 1e-6))
         self._lock = threading.Lock()
 
     def network(self, recipe: Recipe) -> VGGFeatures:
@@ -123,10 +121,7 @@ class Engine:
         host memory a tiled scale's state takes instead. Raises DoesNotFit, at once, for a job that
         cannot run within its memory budget in tiles worth running."""
         planner = Planner(
-            self.precision,
-            self.seconds_per_pixel_iteration,
-            self.state_on_host,
-            self.host_link_bytes_per_second,
+            self.precision, self.cost_model, self.state_on_host, self.host_link_bytes_per_second
         )
         return planner.plan(content_size, style_sizes, options, self.memory_budget(options))
 
@@ -210,8 +205,8 @@ class Engine:
         image = run.initial_image(scales[0].size)
         for index, scale in enumerate(scales):
             image = run.optimise_scale(index, resize(image, scale.size))
-        # What this device really did replaces the first guess used for the next estimate.
-        self.seconds_per_pixel_iteration = (time.monotonic() - run.start) / run.cost_total
+        # What this device really did replaces the guess used for the next plan.
+        self.cost_model = self.cost_model.learned(run.scale_work)
         if options.preserve_colors:
             image = keep_content_colours(image, content)
         return image.detach().clamp(0, 1).cpu()
