@@ -85,8 +85,8 @@ def test_cancel_stops_between_style_passes(engine: Engine, monkeypatch: pytest.M
 
 def test_progress_is_monotonic_with_a_finite_estimate(engine: Engine):
     seen = []
-    # 130 → 184 → 260: the coarsest scale runs them all (it is the preview), the middle one half.
-    options = replace(FAST, size=260, iterations=4)
+    # 91 → 117 → 150: the coarsest scale runs them all (it is the preview), the middle one half.
+    options = replace(FAST, size=150, iterations=4)
     engine.stylize(CONTENT, [Style(STYLE)], options, on_progress=seen.append)
     assert [p.step for p in seen] == list(range(1, len(seen) + 1))
     assert seen[-1].fraction == 1.0 and seen[-1].scales == 3 and seen[-1].steps == 10
@@ -250,11 +250,15 @@ def test_absurd_options_are_refused(engine: Engine, change, message):
         engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, **change))
 
 
-def test_schedule_climbs_by_root_two_to_the_working_size():
-    sizes = scale_sizes(300, 400, 512, DEFAULT)
-    assert max(sizes[-1]) == 512 and min(max(s) for s in sizes) >= DEFAULT.min_scale
+@pytest.mark.parametrize("shape", [(300, 400), (400, 400), (150, 600)])
+def test_schedule_climbs_evenly_from_the_smallest_scale_to_the_working_size(shape):
+    sizes = scale_sizes(*shape, 512, DEFAULT)
+    assert max(sizes[-1]) == 512
+    # The first scale, the preview, has the recipe's pixels whatever the shape: it costs the same.
+    assert sizes[0][0] * sizes[0][1] == pytest.approx(DEFAULT.min_pixels, rel=0.03)
     ratios = [max(b) / max(a) for a, b in itertools.pairwise(sizes)]
-    assert all(abs(r - math.sqrt(2)) < 0.02 for r in ratios)
+    assert all(r <= math.sqrt(2) + 0.02 and abs(r - ratios[0]) < 0.02 for r in ratios)
+    assert len(scale_sizes(*shape, 64, DEFAULT)) == 1  # smaller than the first scale: painted in one
     assert scale_sizes(300, 400, 512, replace(DEFAULT, coarse_to_fine=False)) == [(384, 512)]
 
 
@@ -319,7 +323,7 @@ def test_a_preview_is_the_whole_jobs_own_beginning(engine: Engine, monkeypatch: 
     what the preview shows is what OK paints, at a fraction of the cost."""
     from impasto.engine import run as run_module
 
-    options = replace(FAST, size=200, iterations=4, recipe=replace(DEFAULT, min_scale=32))
+    options = replace(FAST, size=200, iterations=4, recipe=replace(DEFAULT, min_pixels=32 * 24))
     preview_options = replace(options, preview=True)
     whole_plan = engine.plan((48, 64), [(64, 64)], options)
     preview_plan = engine.plan((48, 64), [(64, 64)], preview_options)

@@ -90,10 +90,14 @@ class Plan:
 
 
 def scale_sizes(height: int, width: int, long_side: int, recipe: Recipe) -> list[tuple[int, int]]:
-    """Working sizes from coarse to fine, about √2 apart, ending at `long_side`."""
-    sides = [long_side]
-    while recipe.coarse_to_fine and sides[-1] / math.sqrt(2) >= recipe.min_scale:
-        sides.append(round(sides[-1] / math.sqrt(2)))
+    """Working sizes from coarse to fine, ending at `long_side`: evenly spaced steps of at most √2 from a
+    first scale of `recipe.min_pixels`, so that it (the job's preview) costs the same at any size."""
+    smallest = math.sqrt(recipe.min_pixels * max(height, width) / min(height, width))  # its long side
+    if not recipe.coarse_to_fine or long_side < smallest * 1.01:
+        return [fit_long_side(height, width, long_side)]
+    steps = math.ceil(math.log(long_side / smallest) / math.log(math.sqrt(2)) - 1e-9)
+    ratio = (long_side / smallest) ** (1 / steps)
+    sides = [round(long_side / ratio**k) for k in range(steps + 1)]
     return [fit_long_side(height, width, side) for side in reversed(sides)]
 
 

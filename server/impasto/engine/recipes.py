@@ -24,8 +24,9 @@ class Recipe:
     # error and one set of weights suits every style image and weight set.
     normalize_by_target: bool = True
     pooling: Pooling = "max"
-    # Smallest long side of the coarse-to-fine schedule; below it VGG's deep layers see too little.
-    min_scale: int = 96
+    # Pixels of the coarse-to-fine schedule's first scale (96×64): below it VGG's deep layers see too
+    # little. Being that scale, the job's preview then costs the same on every shape of picture.
+    min_pixels: int = 96 * 64
     coarse_to_fine: bool = True
     # Each coarser scale runs this share of the final scale's iterations (measured: docs/benchmarks.md).
     coarse_iterations: float = 0.5
