@@ -71,8 +71,10 @@ class CostModel:
 
 
 FIRST_GUESS_COSTS = {
-    ("cpu", "bf16"): CostModel(0.0, 5.5e-6),  # measured on a 2-core Xeon with AMX
-    ("cpu", "fp32"): CostModel(0.0, 6.5e-6),  # measured on a 2-core Xeon (5.4–6.9; bench/eta.py)
+    # Fitted on a 2-core AMD EPYC with AVX512-BF16 (bench/eta.py --costs, docs/benchmarks.md); a 2-core
+    # Xeon measured 5.4–6.9 µs per pixel-iteration in fp32.
+    ("cpu", "bf16"): CostModel(0.010, 3.8e-6),
+    ("cpu", "fp32"): CostModel(0.016, 7.3e-6),
     ("cuda", "bf16"): CostModel(0.0, 6e-9),  # ~1.5 ms at 512² on an H100-class GPU (target, not yet measured)
     ("cuda", "fp32"): CostModel(0.0, 2.5e-8),
     ("mps", "fp32"): CostModel(0.0, 1e-7),

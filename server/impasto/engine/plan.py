@@ -46,6 +46,11 @@ class DoesNotFit(Exception):
         self.needed_bytes, self.budget_bytes, self.largest_side = needed_bytes, budget_bytes, largest_side
 
 
+# A scale's set-up (its targets' passes and the first pass on new shapes) costs about one of its iterations
+# (0.9–1.4 measured: docs/benchmarks.md, "Time left"): a tenth of a coarse scale of few iterations.
+SETUP_ITERATIONS = 1
+
+
 @dataclass(frozen=True)
 class Scale:
     size: tuple[int, int]  # (height, width)
@@ -55,7 +60,7 @@ class Scale:
     # Work per iteration relative to a whole-image iteration of this size (tiles' halos, two passes, and
     # the time the state in host memory takes to reach the device, if it does).
     cost_factor: float = 1.0
-    seconds: float = 0.0  # planned time of its iterations
+    seconds: float = 0.0  # planned time of its set-up and its iterations
     device_bytes: int = 0  # planned peak device memory: its optimisation, or its style passes if more
     # A tiled scale may keep L-BFGS's history and the content's features in host memory, `host_bytes`.
     state_on_host: bool = False
@@ -63,10 +68,16 @@ class Scale:
 
     @property
     def work(self) -> tuple[float, float]:
-        """Its iterations' work in a CostModel's terms: (passes of the network, pixel-iterations). Each
-        tile runs through the network twice an iteration (engine/tiled.py)."""
+        """Its set-up's and iterations' work in a CostModel's terms: (passes of the network,
+        pixel-iterations). Each tile runs through the network twice an iteration (engine/tiled.py)."""
+        runs = self.iterations + SETUP_ITERATIONS
         passes = 1 if self.tile is None else 2 * self.tiles
-        return self.iterations * passes, self.iterations * self.size[0] * self.size[1] * self.cost_factor
+        return runs * passes, runs * self.size[0] * self.size[1] * self.cost_factor
+
+    @property
+    def iteration_seconds(self) -> float:
+        """The planned time of one of its iterations (its set-up takes SETUP_ITERATIONS of them)."""
+        return self.seconds / (self.iterations + SETUP_ITERATIONS)
 
 
 @dataclass(frozen=True)

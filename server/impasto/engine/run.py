@@ -15,7 +15,7 @@ from .gram_cache import image_digest
 from .imageops import fit_long_side, keep_content_colours, resize
 from .lbfgs import LBFGS, History
 from .losses import LossParts, Targets, gram, total_loss
-from .plan import Scale, style_tile
+from .plan import SETUP_ITERATIONS, Scale, style_tile
 from .recipes import Recipe
 from .tiled import TiledScale
 
@@ -205,13 +205,14 @@ class Run:
         scale = self.scales[index]
         h, w = image.shape[2:]
         within = tile is not None and tile[0] < tile[1]
-        iteration_cost = scale.seconds / scale.iterations
+        # The scale's set-up is done with its first iteration's first report.
+        setup = scale.iteration_seconds * SETUP_ITERATIONS if iteration == 1 else 0.0
         if within:
             # Mid-iteration: the step under way, its share of work done so far; no preview.
-            cost_done = self.cost_done + iteration_cost * tile[0] / tile[1]
+            cost_done = self.cost_done + setup + scale.iteration_seconds * tile[0] / tile[1]
         else:
             self.steps_done += 1
-            self.cost_done += iteration_cost
+            self.cost_done += setup + scale.iteration_seconds
             cost_done = self.cost_done
         if self.steps_done == self.steps:
             cost_done = self.cost_total  # exactly 1 at the end, whatever the float sums of tiled costs
