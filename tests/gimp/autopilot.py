@@ -17,6 +17,7 @@ the "ok" that closes the dialog, or "cancel", are the style dialog's:
 - `open:SECTION`, `close:SECTION` open or close the section `server` or `advanced`,
 - `help:PATH` presses Help and waits until the file PATH exists (the test's stand-in browser writes it),
 - `measure` prints the dialog window's size as the X server has it ("window: WIDTHxHEIGHT"),
+- `shot:NAME` saves the screen, as drawn so far, to $TMPDIR/NAME.png (for a look, and for docs/images/),
 - `windows` prints the names of all windows on the screen ("windows: NAME | NAME…"),
 - `ok`, `cancel` press the dialog's buttons; after `ok` it prints whether the dialog is still open
   (while the question before a long job is open, it is),
@@ -105,6 +106,11 @@ class DialogPilot:
             getattr(self.dialog, f"{argument}_section").set_expanded(name == "open")
         elif name == "measure":
             self._measure()
+        elif name == "shot":
+            self._drawn()
+            png = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"{argument}.png")
+            shot = f"xwd -root -silent | xwdtopnm 2>/dev/null | pnmtopng > '{png}'"
+            subprocess.run(["sh", "-c", shot], check=True)
         elif name == "windows":
             tree = subprocess.run(["xwininfo", "-root", "-tree"], capture_output=True, text=True).stdout
             say("windows: " + " | ".join(sorted(set(re.findall(r'^\s+0x[0-9a-f]+ "([^"]+)"', tree, re.M)))))
@@ -124,12 +130,16 @@ class DialogPilot:
         kind = type(config.get_property(name))
         config.set_property(name, value == "true" if kind is bool else kind(value))
 
-    def _measure(self) -> None:
-        """The window's size as the X server has it, once GTK has laid out and drawn what is pending."""
+    def _drawn(self) -> None:
+        """Returns once GTK has laid out and drawn what is pending, and the X server has it."""
         while Gtk.events_pending():
             Gtk.main_iteration()
+        self.dialog.dialog.get_window().get_display().sync()
+
+    def _measure(self) -> None:
+        """The window's size as the X server has it, once GTK has laid out and drawn what is pending."""
+        self._drawn()
         window = self.dialog.dialog.get_window()
-        window.get_display().sync()
         info = subprocess.run(["xwininfo", "-id", str(window.get_xid())], capture_output=True, text=True)
         width, height = (re.search(rf"{side}: (\d+)", info.stdout).group(1) for side in ("Width", "Height"))
         say(f"window: {width}x{height}")

@@ -232,6 +232,23 @@ class Gimp:
                    "--batch-interpreter=python-fu-eval", "-b", batch, "--quit"]  # fmt: skip
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
+    def keep_screenshots(self, *names: str, optional: tuple[str, ...] = ()) -> None:
+        """Checks the screenshots NAME.png taken in the work folder (the screen's size, a picture rather
+        than a blank) and keeps them in build/screenshots/ as impasto-NAME-SUITE.png, for a look and for
+        docs/images/. Those in `optional` may be missing (a moment the run may pass before it is caught)."""
+        from PIL import Image
+
+        kept = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in (*names, *optional):
+            path = self.work / f"{name}.png"
+            if not path.exists():
+                assert name in optional, f"no {name} screenshot"
+                continue
+            screenshot = Image.open(path)
+            assert screenshot.size == (1280, 900) and len(screenshot.convert("L").getcolors(65536)) > 50, name
+            screenshot.save(kept / f"impasto-{name}-{self.suite.id}.png")
+
     def hook(self) -> str:
         """The GUI tests' autopilot (autopilot.py) copied into the root: IMPASTO_TEST_HOOK's value."""
         return self.put(AUTOPILOT)

@@ -212,7 +212,7 @@ def test_the_cost_line_says_what_ok_costs_and_the_preview_is_its_beginning(
     device = re.escape(f"on {default.device.kind} ({default.device.name})")
     width, height = default.working_width, default.working_height
     assert re.fullmatch(
-        rf"OK takes about \d+ s {device}, at {width}×{height} px\.",
+        rf"OK takes about \d+ (s|min) {device}, at {width}×{height} px\.",
         said_after(said, "cost", "cost shown: "),
     ), said
     assert (small.working_width, small.working_height) == (128, 85)
@@ -220,7 +220,7 @@ def test_the_cost_line_says_what_ok_costs_and_the_preview_is_its_beginning(
     assert said_after(said, "choose:starry-night", "preview shown: ") == "x".join(
         map(str, beginning(default))
     )
-    assert said_after(said, "set:size=128", "preview shown: ") == "128x85"  # the whole job: under 160 px
+    assert said_after(said, "set:size=128", "preview shown: ") == "x".join(map(str, beginning(small)))
     assert preview_sizes(said) and all(max(size) <= PREVIEW_SIDE for size in preview_sizes(said)), said
     # The previews' jobs: the layer as it is (256×170) at the server's working size, then at 128 px.
     jobs = job_sizes(caplog)[started:]

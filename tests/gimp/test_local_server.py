@@ -151,12 +151,15 @@ def test_a_script_starts_the_server_and_the_next_run_reuses_it(gimp, own_server:
 
 def test_the_dialog_starts_the_server_then_connects_and_ok_paints(gimp, own_server: OwnServer, images: Path):
     """Filters ▸ Artistic ▸ Impasto Style Transfer… with no server running: the dialog's line says that
-    the plug-in starts its server, then that it is connected; OK gives the new layer."""
+    the plug-in starts its server, then that it is connected; OK gives the new layer. The first run's
+    screenshots (starting, then connected with its preview) are kept in build/screenshots/."""
     gimp.forget_last_values()
     content = gimp.put(images / "content" / "coffee.png")
     script = interactive_run(content, server="", style="starry-night")
-    out, said = gimp.run_gui("own-server", script, autopilot="connected,set:size=48,set:iterations=3,ok")
+    steps = "shot:first-run-starting,connected,preview-shown,shot:first-run,set:size=48,set:iterations=3,ok"
+    out, said = gimp.run_gui("own-server", script, autopilot=steps)
     assert out is not None and out["status"] == "success", (out, said)
+    gimp.keep_screenshots("first-run-starting", "first-run")
     assert out["after"] == [NEW_LAYER, *out["before"]], out
     starting = said.find(f"status: {STARTING}")
     connected = said.find(f"status: Connected to {own_server.address}")
