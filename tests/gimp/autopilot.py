@@ -93,7 +93,7 @@ class DialogPilot:
         if name == "sleep":
             GLib.timeout_add(int(float(argument) * 1000), self.next_step)
             return False
-        if name in ("connected", "preview", "preview-shown", "cost", "help", "ok", "answer"):
+        if name in ("connected", "preview", "preview-shown", "cost", "help", "ok", "answer", "shot"):
             getattr(self, "_" + name.replace("-", "_"))(argument)
             return False
         if name == "choose":
@@ -106,11 +106,6 @@ class DialogPilot:
             getattr(self.dialog, f"{argument}_section").set_expanded(name == "open")
         elif name == "measure":
             self._measure()
-        elif name == "shot":
-            self._drawn()
-            png = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"{argument}.png")
-            shot = f"xwd -root -silent | xwdtopnm 2>/dev/null | pnmtopng > '{png}'"
-            subprocess.run(["sh", "-c", shot], check=True)
         elif name == "windows":
             tree = subprocess.run(["xwininfo", "-root", "-tree"], capture_output=True, text=True).stdout
             say("windows: " + " | ".join(sorted(set(re.findall(r'^\s+0x[0-9a-f]+ "([^"]+)"', tree, re.M)))))
@@ -130,19 +125,32 @@ class DialogPilot:
         kind = type(config.get_property(name))
         config.set_property(name, value == "true" if kind is bool else kind(value))
 
-    def _drawn(self) -> None:
-        """Returns once GTK has laid out and drawn what is pending, and the X server has it."""
-        while Gtk.events_pending():
-            Gtk.main_iteration()
-        self.dialog.dialog.get_window().get_display().sync()
-
     def _measure(self) -> None:
         """The window's size as the X server has it, once GTK has laid out and drawn what is pending."""
-        self._drawn()
+        while Gtk.events_pending():
+            Gtk.main_iteration()
         window = self.dialog.dialog.get_window()
+        window.get_display().sync()
         info = subprocess.run(["xwininfo", "-id", str(window.get_xid())], capture_output=True, text=True)
         width, height = (re.search(rf"{side}: (\d+)", info.stdout).group(1) for side in ("Width", "Height"))
         say(f"window: {width}x{height}")
+
+    def _shot(self, name: str) -> None:
+        """The screen saved once the dialog has painted its next frame (what the steps before changed)."""
+        dialog = self.dialog.dialog
+        clock = dialog.get_frame_clock()
+
+        def painted(*_) -> None:
+            clock.disconnect(handler)
+            dialog.get_window().get_display().sync()
+            png = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"{name}.png")
+            subprocess.run(
+                ["sh", "-c", f"xwd -root -silent | xwdtopnm 2>/dev/null | pnmtopng > '{png}'"], check=True
+            )
+            GLib.idle_add(self.next_step)
+
+        handler = clock.connect("after-paint", painted)
+        dialog.queue_draw()
 
     def _when(self, ready, widget: Gtk.Widget, signal: str) -> None:
         """The next step once `ready()`: at once, or when `widget` emits `signal` and it has become so."""
@@ -219,9 +227,9 @@ class DialogPilot:
         return self.next_step()
 
     def _preview_changed(self, image: Gtk.Image, _) -> None:
-        if self.dialog.preview.result_shown:
-            shown = image.get_pixbuf()
-            say(f"preview shown: {shown.get_width()}x{shown.get_height()}")
+        preview = self.dialog.preview
+        if preview.result_shown:
+            say("preview shown: {}x{}".format(*preview.result_size))
 
 
 def report(widget, signal: str, describe) -> None:

@@ -13,7 +13,7 @@ from gi.repository import GdkPixbuf, Gimp, GLib, Gtk
 from .cost import CostLine, Question
 from .layers import Box, painted_box, read_layer
 from .local_server import start_if_needed
-from .pictures import at_most, pixbuf_from_rgba
+from .pictures import at_most, fit, pixbuf_from_rgba
 from .progress import describe
 from .remote import (
     FAILURES,
@@ -58,6 +58,7 @@ class PreviewPane:
         self.timer: int | None = None  # the pending start, after a change
         self.closed = False
         self.result_shown = False  # else the layer itself, faded, while no preview is there
+        self.result_size = (0, 0)  # the preview's own, as the server painted it
         self.copies: dict[Box, Image] = {}  # the layer's small copies, by the box OK paints
         self.faded: dict[Box, GdkPixbuf.Pixbuf] = {}
         self.button = Gtk.Button.new_with_mnemonic("_Preview")
@@ -196,8 +197,10 @@ class PreviewPane:
         elif result is None:
             self.line.set_text(text)
         else:
-            self.result_shown = True
-            self.image.set_from_pixbuf(pixbuf_from_rgba(result))
+            # In the faded layer's place, at its size: the first scale is smaller than the area.
+            self.result_shown, self.result_size = True, (result.width, result.height)
+            faded = self._faded_layer()
+            self.image.set_from_pixbuf(fit(pixbuf_from_rgba(result), faded.get_width(), faded.get_height()))
             self.line.set_text(f"{result.width}×{result.height} px: {SHOWN}")
         return False
 
