@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -477,8 +478,10 @@ def test_dry_run_prints_the_plan_and_paints_nothing(images: Path, tmp_path: Path
         code = main(args)
     said = capsys.readouterr().out
     assert code == 0 and not out.exists()
-    assert "chelsea.png: working size 384×255" in said and "scale 5/5: 384×255, 40 iterations" in said, said
-    assert main([*args, "--size", "full"]) == 0 and "scale 3/3: 256×170" in capsys.readouterr().out
+    assert "chelsea.png: working size 384×255" in said, said
+    assert re.search(r"scale (\d+)/\1: 384×255, 40 iterations", said), said  # the last scale
+    assert main([*args, "--size", "full"]) == 0
+    assert re.search(r"scale (\d+)/\1: 256×170", capsys.readouterr().out)
     # A budget with no room for tiles worth running is refused at once, naming one that would do.
     assert main([*args, "--size", "full", "--memory-budget", "64MiB"]) == EXIT_FAILED
     refusal = capsys.readouterr().err

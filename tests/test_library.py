@@ -432,26 +432,28 @@ def cached_engine(original_weights, directory: Path, **limits) -> Engine:
 
 def test_a_cache_hit_skips_the_style_pass_with_a_bit_identical_result(original_weights, tmp_path: Path):
     engine = cached_engine(original_weights, tmp_path / "grams")
+    scales = len(engine.plan(tuple(CONTENT.shape[2:]), [tuple(STYLE.shape[2:])], OPTIONS).scales)
     first = engine.stylize(CONTENT, [Style(STYLE)], OPTIONS)
-    assert (engine.gram_cache.hits, engine.gram_cache.misses) == (0, 2)  # one per scale
+    assert scales > 1 and (engine.gram_cache.hits, engine.gram_cache.misses) == (0, scales)  # one a scale
     second = engine.stylize(CONTENT, [Style(STYLE)], OPTIONS)
-    assert (engine.gram_cache.hits, engine.gram_cache.misses) == (2, 2)
+    assert (engine.gram_cache.hits, engine.gram_cache.misses) == (scales, scales)
     assert torch.equal(first, second)
     uncached = Engine(original_weights, torch.device("cpu")).stylize(CONTENT, [Style(STYLE)], OPTIONS)
     assert torch.equal(first, uncached)
 
     restarted = cached_engine(original_weights, tmp_path / "grams")  # a new process: from disk
     assert torch.equal(restarted.stylize(CONTENT, [Style(STYLE)], OPTIONS), first)
-    assert (restarted.gram_cache.hits, restarted.gram_cache.misses) == (2, 0)
+    assert (restarted.gram_cache.hits, restarted.gram_cache.misses) == (scales, 0)
 
 
 def test_a_changed_style_image_or_setting_misses(original_weights, tmp_path: Path):
     engine = cached_engine(original_weights, tmp_path / "grams")
+    scales = len(engine.plan(tuple(CONTENT.shape[2:]), [tuple(STYLE.shape[2:])], OPTIONS).scales)
     engine.stylize(CONTENT, [Style(STYLE)], OPTIONS)
     changed = STYLE.clone()
     changed[0, 0, 0, 0] = 1 - changed[0, 0, 0, 0]
     engine.stylize(CONTENT, [Style(changed)], OPTIONS)
-    assert (engine.gram_cache.hits, engine.gram_cache.misses) == (0, 4)
+    assert (engine.gram_cache.hits, engine.gram_cache.misses) == (0, 2 * scales)
     engine.stylize(CONTENT, [Style(STYLE)], Options(size=184, iterations=2, style_scale=0.5))
     assert engine.gram_cache.hits == 0
 
