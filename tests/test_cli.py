@@ -18,7 +18,7 @@ from helpers import interrupt_stylize, running_server
 from impasto.cli import EXIT_CANCELLED, EXIT_FAILED, build_parser, main
 from impasto.jobs import Jobs
 from impasto.protocol import PREVIEW_SIDE, Kind, from_status
-from impasto.protocol.errors import CLIENT_KINDS
+from impasto.protocol.errors import CLIENT_KINDS, HINTS
 from impasto.service.main import main as server_main
 from PIL import Image
 
@@ -255,6 +255,12 @@ def test_sentences_say_what_to_do_in_the_readers_words():
     unreachable = from_status("UNAVAILABLE", GRPC_DETAILS[Status.UNAVAILABLE], None, "h:1")
     assert unreachable.sentence("cli").startswith("cannot reach an Impasto server at h:1")
     assert "impasto-server" in unreachable.sentence("cli") and "Server field" in unreachable.sentence("gimp")
+    # GIMP's words name the dialog's fields, never a flag of ours (a command quoted whole, run on the
+    # server's machine, aside), wherever a front end's hint follows.
+    assert set(HINTS["gimp"]) == set(HINTS["cli"])
+    assert all("--" not in re.sub(r"`[^`]*`", "", hint) for hint in HINTS["gimp"].values()), HINTS["gimp"]
+    memory = from_status("RESOURCE_EXHAUSTED", "allow it at least 687 MiB", "out_of_memory", "h:1")
+    assert "Working size" in memory.sentence("gimp") and "--memory-budget" in memory.sentence("cli")
     failed = from_status("INTERNAL", "job 1a2b failed (TypeError)", "bug", "h:1")
     assert str(failed) == "the server at h:1 failed: job 1a2b failed (TypeError); its log has details"
 
@@ -486,3 +492,4 @@ def test_dry_run_prints_the_plan_and_paints_nothing(images: Path, tmp_path: Path
     assert main([*args, "--size", "full", "--memory-budget", "64MiB"]) == EXIT_FAILED
     refusal = capsys.readouterr().err
     assert "the memory budget is 64 MiB" in refusal and "allow it at least" in refusal, refusal
+    assert "--memory-budget sets the budget" in refusal, refusal  # the flag, in the CLI's words only

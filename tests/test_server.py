@@ -329,7 +329,7 @@ def test_a_budget_too_small_for_worthwhile_tiles_is_refused_naming_one_that_work
     with running_server("--styles-dir", str(images / "styles"), "--memory-budget", str(1 << 20)) as address:
         error = status_of(address, content, [StyleChoice(preset_id="udnie")], replace(FAST, size=64))
         assert error.kind is Kind.OUT_OF_MEMORY and "memory budget is 1 MiB" in str(error), error
-        assert re.search(r"allow it at least \d+ MiB \(--memory-budget\)", str(error)), error
+        assert re.search(r"allow it at least \d+ MiB", str(error)), error
 
 
 def test_running_out_of_device_memory_mid_job_is_resource_exhausted(images: Path, monkeypatch):

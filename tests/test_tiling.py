@@ -207,7 +207,7 @@ def test_a_budget_with_no_room_for_a_worthwhile_tile_is_refused_naming_one_that_
     error = refused.value
     assert error.budget_bytes == budget < error.needed_bytes
     # What the sentence names works, as a user would take it.
-    named = re.search(r"allow it at least ([\d.]+) (MiB|GiB) \(--memory-budget\)", str(error))
+    named = re.search(r"allow it at least ([\d.]+) (MiB|GiB)", str(error))
     named_budget = int(float(named[1]) * {"MiB": 2**20, "GiB": 2**30}[named[2]])
     assert named_budget >= error.needed_bytes
     styles = [tuple(STYLE.shape[2:])]

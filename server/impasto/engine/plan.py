@@ -311,8 +311,7 @@ class Planner:
         instead = f"choose a working size of at most {largest} px, or " if largest else ""
         message = (
             f"a {size[1]}×{size[0]} px result needs at least {_mib(needed)} of device memory and the "
-            f"memory budget is {_mib(budget, up=False)}{why}; {instead}allow it at least {_mib(needed)} "
-            "(--memory-budget)"
+            f"memory budget is {_mib(budget, up=False)}{why}; {instead}allow it at least {_mib(needed)}"
         )
         return DoesNotFit(message, needed, budget, largest)
 

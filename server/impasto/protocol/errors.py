@@ -97,6 +97,8 @@ HINTS = {
         "tunnel to 127.0.0.1, or --insecure if the network is private and you accept that",
         Kind.NOT_PAIRED: "if its secrets were renewed (--new-secrets), pass the string `impasto-server "
         "--remote` prints now with --server; if not, another machine may be answering at that address",
+        Kind.OUT_OF_MEMORY: "--memory-budget sets the budget: `impasto stylize`'s for its own jobs, "
+        "`impasto-server`'s for a server's",
     },
     "gimp": {
         Kind.UNREACHABLE: "check the Server field, or start the server there",
@@ -107,6 +109,8 @@ HINTS = {
         "is private and you accept that",
         Kind.NOT_PAIRED: "if its secrets were renewed, paste the string `impasto-server --remote` prints now "
         "into the Server field; if not, another machine may be answering at that address",
+        Kind.OUT_OF_MEMORY: "lower the Working size under Advanced or untick Full size; the server's memory "
+        "budget is set where it runs",
     },
 }
 
