@@ -57,8 +57,8 @@ class PreviewPane:
         self.worker: threading.Thread | None = None  # the latest preview's
         self.timer: int | None = None  # the pending start, after a change
         self.closed = False
-        self.result_shown = False  # else the layer itself, faded, while no preview is there
-        self.result_size = (0, 0)  # the preview's own, as the server painted it
+        # The preview shown, in its own size as the server painted it; None: the layer itself, faded.
+        self.result_size: tuple[int, int] | None = None
         self.copies: dict[Box, Image] = {}  # the layer's small copies, by the box OK paints
         self.faded: dict[Box, GdkPixbuf.Pixbuf] = {}
         self.button = Gtk.Button.new_with_mnemonic("_Preview")
@@ -95,6 +95,10 @@ class PreviewPane:
         if self.timer is not None:
             GLib.source_remove(self.timer)
         self.timer = GLib.timeout_add(SETTLE_MS, self._settled)
+
+    @property
+    def result_shown(self) -> bool:
+        return self.result_size is not None
 
     @property
     def settling(self) -> bool:
@@ -198,7 +202,7 @@ class PreviewPane:
             self.line.set_text(text)
         else:
             # In the faded layer's place, at its size: the first scale is smaller than the area.
-            self.result_shown, self.result_size = True, (result.width, result.height)
+            self.result_size = (result.width, result.height)
             faded = self._faded_layer()
             self.image.set_from_pixbuf(fit(pixbuf_from_rgba(result), faded.get_width(), faded.get_height()))
             self.line.set_text(f"{result.width}×{result.height} px: {SHOWN}")
@@ -210,7 +214,7 @@ class PreviewPane:
         if self.cancel is not None:
             self.cancel.set()
             self.cancel = None
-        self.result_shown = False
+        self.result_size = None
         self.image.set_from_pixbuf(self._faded_layer())
         self.stop.set_sensitive(False)
         self.line.set_text(text or (READY if style_chosen(self.config) else NO_STYLE))
