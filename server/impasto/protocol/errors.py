@@ -109,8 +109,6 @@ HINTS = {
         "is private and you accept that",
         Kind.NOT_PAIRED: "if its secrets were renewed, paste the string `impasto-server --remote` prints now "
         "into the Server field; if not, another machine may be answering at that address",
-        Kind.OUT_OF_MEMORY: "lower the Working size under Advanced or untick Full size; the server's memory "
-        "budget is set where it runs",
     },
 }
 
