@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import running_server
@@ -13,6 +14,7 @@ from impasto import client as client_module
 from impasto.arguments import parse_bytes
 from impasto.client import Client
 from impasto.protocol import (
+    KIND_KEY,
     NO_PREVIEWS,
     PREVIEW_SIDE,
     Device,
@@ -177,6 +179,30 @@ def test_a_refusal_sent_while_the_upload_goes_on_keeps_the_servers_words(images:
                 list(job.events())
             assert caught.value.kind is Kind.NOT_FOUND
             assert caught.value.detail == "no style preset 'no-such-style' on this server"
+
+
+def test_a_send_that_fails_after_the_servers_refusal_still_reports_the_refusal():
+    """The race behind the test above, forced: the server's trailers-only refusal has arrived, but
+    grpclib fails the next send with h2's StreamClosedError instead of raising that status. The user
+    must read the server's sentence, not "this client failed"; seen once in ~20 runs of the suite."""
+    from h2.exceptions import StreamClosedError
+
+    refusal = [
+        (":status", "200"),
+        ("grpc-status", "5"),
+        ("grpc-message", "no style preset %27no-such-style%27 on this server"),
+        (KIND_KEY, "not_found"),
+    ]
+
+    def grpclib_stream(headers):  # what grpclib's Stream holds: parsed trailers, the raw HTTP/2 stream
+        raw = SimpleNamespace(headers=headers, trailers=None)
+        return SimpleNamespace(trailing_metadata=None, _stream=raw)
+
+    error = client_module._failure(StreamClosedError(19), "127.0.0.1:50051", grpclib_stream(refusal))
+    assert error.kind is Kind.NOT_FOUND
+    assert error.detail == "no style preset 'no-such-style' on this server"
+    dropped = client_module._failure(StreamClosedError(19), "127.0.0.1:50051", grpclib_stream(None))
+    assert dropped.kind is Kind.UNREACHABLE
 
 
 def test_a_plan_comes_before_any_image_is_sent(images: Path):

@@ -22,8 +22,10 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 
 from grpclib.client import Channel, Stream
-from grpclib.const import Cardinality
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.metadata import decode_grpc_message
+from h2.exceptions import StreamClosedError
 
 from .protocol import (
     KIND_KEY,
@@ -326,13 +328,18 @@ def _failure(error: BaseException, address: str, stream: Stream | None) -> Impas
     """What ended a call, as the error its user reads."""
     if isinstance(error, ImpastoError):
         return error
+    if isinstance(error, GRPCError):
+        return from_status(error.status.name, (error.message or "").strip(), _kind_sent(stream), address)
+    sent = _status_sent(stream)
+    if sent is not None:
+        # The server ended the call while the upload was still going: grpclib may then fail the next
+        # send with h2's StreamClosedError (or a late cancellation) instead of the status it received.
+        return from_status(*sent, _kind_sent(stream), address)
     if isinstance(error, asyncio.CancelledError):
         return ImpastoError(Kind.CANCELLED, "nothing was written", address)
     if isinstance(error, asyncio.TimeoutError):
         return from_status("DEADLINE_EXCEEDED", "", None, address)
-    if isinstance(error, GRPCError):
-        return from_status(error.status.name, (error.message or "").strip(), _kind_sent(stream), address)
-    if isinstance(error, OSError | StreamTerminatedError | ProtocolError):
+    if isinstance(error, OSError | StreamTerminatedError | StreamClosedError | ProtocolError):
         return ImpastoError(Kind.UNREACHABLE, _why_unreachable(error), address)
     return ImpastoError(Kind.BUG, f"this client failed ({type(error).__name__}: {error})", address)
 
@@ -340,15 +347,32 @@ def _failure(error: BaseException, address: str, stream: Stream | None) -> Impas
 def _kind_sent(stream: Stream | None) -> str | None:
     """The error kind the server put in the call's trailers. grpclib keeps them as `trailing_metadata`
     when it read them itself; when the server ended the call while the upload was still being sent,
-    grpclib raises its status from the raw header block instead, which only its stream holds."""
+    only the raw header block holds them."""
     metadata = getattr(stream, "trailing_metadata", None)
     if metadata:
         return metadata.get(KIND_KEY)
-    raw = getattr(stream, "_stream", None)
+    return _sent(stream, KIND_KEY)
+
+
+def _status_sent(stream: Stream | None) -> tuple[str, str] | None:
+    """The failing status (name, message) the server ended the call with, if one has arrived."""
+    code = _sent(stream, "grpc-status")
+    try:
+        status = Status(int(code)) if code is not None else Status.OK
+    except ValueError:
+        return None
+    if status is Status.OK:
+        return None
+    return status.name, decode_grpc_message(_sent(stream, "grpc-message") or "").strip()
+
+
+def _sent(stream: Stream | None, key: str) -> str | None:
+    """A value from the trailers the server sent, or from its headers when it sent headers only."""
+    raw = getattr(stream, "_stream", None)  # grpclib's HTTP/2 stream: what arrived, parsed or not
     for block in (getattr(raw, "trailers", None), getattr(raw, "headers", None)):
-        kind = dict(block or ()).get(KIND_KEY)
-        if kind is not None:
-            return kind
+        value = dict(block or ()).get(key)
+        if value is not None:
+            return value
     return None
 
 
@@ -359,7 +383,7 @@ def _why_unreachable(error: BaseException) -> str:
         return "the TLS handshake failed: an https:// address needs a TLS server, and its certificate"
     if isinstance(error, socket.gaierror):
         return "that host name is not known"
-    if isinstance(error, StreamTerminatedError | ConnectionError):
+    if isinstance(error, StreamTerminatedError | StreamClosedError | ConnectionError):
         return "the connection was dropped"
     if isinstance(error, ProtocolError):
         return "what answers there does not speak gRPC as asked; check http:// or https://"
