@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -82,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print("impasto-server: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     # Before anything is printed: whoever reads the first line may stop the server at once.
-    stop = threading.Event()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: stop.set())
+    stop = _StopRequest()
     try:
         port, shutdown = start(args, token, on_idle=stop.set)
     except CannotListen as error:
@@ -108,6 +107,30 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     shutdown()
     return 0
+
+
+class _StopRequest:
+    """SIGTERM, SIGINT or the idle watcher asks the main thread to shut down.
+
+    A self-pipe rather than a threading.Event: a signal handler runs on the main thread between two
+    bytecodes, possibly while that thread holds the Event's lock inside wait(), and setting the Event
+    there deadlocks (seen under load when SIGTERM came right after the first line). The C-level
+    handler writes the signal's number to the pipe itself, so the Python handler has nothing to do."""
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()  # sockets: what set_wakeup_fd takes on Windows too
+        self._write.setblocking(False)
+        signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signal_number, lambda *_: None)
+
+    def set(self) -> None:
+        """From any thread but a signal handler's."""
+        with contextlib.suppress(BlockingIOError):  # full: requests enough are waiting already
+            self._write.send(b"\0")
+
+    def wait(self) -> None:
+        self._read.recv(1)
 
 
 class CannotListen(Exception):
