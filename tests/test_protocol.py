@@ -185,6 +185,7 @@ def test_a_send_that_fails_after_the_servers_refusal_still_reports_the_refusal()
     """The race behind the test above, forced: the server's trailers-only refusal has arrived, but
     grpclib fails the next send with h2's StreamClosedError instead of raising that status. The user
     must read the server's sentence, not "this client failed"; seen once in ~20 runs of the suite."""
+    from grpclib.client import Stream as GrpclibStream
     from h2.exceptions import StreamClosedError
 
     refusal = [
@@ -194,9 +195,11 @@ def test_a_send_that_fails_after_the_servers_refusal_still_reports_the_refusal()
         (KIND_KEY, "not_found"),
     ]
 
-    def grpclib_stream(headers):  # what grpclib's Stream holds: parsed trailers, the raw HTTP/2 stream
-        raw = SimpleNamespace(headers=headers, trailers=None)
-        return SimpleNamespace(trailing_metadata=None, _stream=raw)
+    def grpclib_stream(headers):  # grpclib's call, as it stands: the raw HTTP/2 stream holds what arrived
+        stream = GrpclibStream.__new__(GrpclibStream)
+        stream._stream = SimpleNamespace(headers=headers, trailers=None)
+        stream._status_details_codec = None
+        return stream
 
     error = client_module._failure(StreamClosedError(19), "127.0.0.1:50051", grpclib_stream(refusal))
     assert error.kind is Kind.NOT_FOUND

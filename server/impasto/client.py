@@ -22,9 +22,8 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 
 from grpclib.client import Channel, Stream
-from grpclib.const import Cardinality, Status
+from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
-from grpclib.metadata import decode_grpc_message
 from h2.exceptions import StreamClosedError
 
 from .protocol import (
@@ -328,13 +327,10 @@ def _failure(error: BaseException, address: str, stream: Stream | None) -> Impas
     """What ended a call, as the error its user reads."""
     if isinstance(error, ImpastoError):
         return error
+    if not isinstance(error, GRPCError):
+        error = _status_received(stream) or error
     if isinstance(error, GRPCError):
         return from_status(error.status.name, (error.message or "").strip(), _kind_sent(stream), address)
-    sent = _status_sent(stream)
-    if sent is not None:
-        # The server ended the call while the upload was still going: grpclib may then fail the next
-        # send with h2's StreamClosedError (or a late cancellation) instead of the status it received.
-        return from_status(*sent, _kind_sent(stream), address)
     if isinstance(error, asyncio.CancelledError):
         return ImpastoError(Kind.CANCELLED, "nothing was written", address)
     if isinstance(error, asyncio.TimeoutError):
@@ -351,28 +347,24 @@ def _kind_sent(stream: Stream | None) -> str | None:
     metadata = getattr(stream, "trailing_metadata", None)
     if metadata:
         return metadata.get(KIND_KEY)
-    return _sent(stream, KIND_KEY)
-
-
-def _status_sent(stream: Stream | None) -> tuple[str, str] | None:
-    """The failing status (name, message) the server ended the call with, if one has arrived."""
-    code = _sent(stream, "grpc-status")
-    try:
-        status = Status(int(code)) if code is not None else Status.OK
-    except ValueError:
-        return None
-    if status is Status.OK:
-        return None
-    return status.name, decode_grpc_message(_sent(stream, "grpc-message") or "").strip()
-
-
-def _sent(stream: Stream | None, key: str) -> str | None:
-    """A value from the trailers the server sent, or from its headers when it sent headers only."""
     raw = getattr(stream, "_stream", None)  # grpclib's HTTP/2 stream: what arrived, parsed or not
     for block in (getattr(raw, "trailers", None), getattr(raw, "headers", None)):
-        value = dict(block or ()).get(key)
-        if value is not None:
-            return value
+        kind = dict(block or ()).get(KIND_KEY)
+        if kind is not None:
+            return kind
+    return None
+
+
+def _status_received(stream: Stream | None) -> GRPCError | None:
+    """The failing status the server ended the call with, when grpclib received it but raised something
+    else: with the upload still going, it may fail the next send with h2's StreamClosedError (or a late
+    cancellation) instead."""
+    try:
+        stream._maybe_raise()  # grpclib's own reading of the headers and trailers that arrived
+    except GRPCError as status:
+        return status
+    except AttributeError:  # no stream yet, or a grpclib that reads them otherwise
+        pass
     return None
 
 
