@@ -164,8 +164,10 @@ def test_a_job_ends_whatever_goes_wrong_in_the_client(images: Path, monkeypatch:
         follower.start()
         follower.join(timeout=120)  # a guard only: the job ends as soon as the event arrives
         assert not follower.is_alive(), "events() never ended"
-    assert isinstance(outcome[0], ImpastoError) and outcome[0].kind is Kind.BUG
-    assert "RuntimeError" in str(outcome[0])
+    assert isinstance(outcome[0], ImpastoError) and outcome[0].kind is Kind.CLIENT_BUG
+    said = f"this program failed while talking to the server at {address}: RuntimeError"
+    assert str(outcome[0]).startswith(said)
+    assert "its log" not in str(outcome[0])  # the server's log knows nothing of a failure here
 
 
 def test_a_refusal_sent_while_the_upload_goes_on_keeps_the_servers_words(images: Path):
@@ -184,7 +186,7 @@ def test_a_refusal_sent_while_the_upload_goes_on_keeps_the_servers_words(images:
 def test_a_send_that_fails_after_the_servers_refusal_still_reports_the_refusal():
     """The race behind the test above, forced: the server's trailers-only refusal has arrived, but
     grpclib fails the next send with h2's StreamClosedError instead of raising that status. The user
-    must read the server's sentence, not "this client failed"; seen once in ~20 runs of the suite."""
+    must read the server's sentence, not "this program failed"; seen once in ~20 runs of the suite."""
     from grpclib.client import Stream as GrpclibStream
     from h2.exceptions import StreamClosedError
 

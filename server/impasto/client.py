@@ -337,7 +337,7 @@ def _failure(error: BaseException, address: str, stream: Stream | None) -> Impas
         return from_status("DEADLINE_EXCEEDED", "", None, address)
     if isinstance(error, OSError | StreamTerminatedError | StreamClosedError | ProtocolError):
         return ImpastoError(Kind.UNREACHABLE, _why_unreachable(error), address)
-    return ImpastoError(Kind.BUG, f"this client failed ({type(error).__name__}: {error})", address)
+    return ImpastoError(Kind.CLIENT_BUG, f"{type(error).__name__}: {error}", address)
 
 
 def _kind_sent(stream: Stream | None) -> str | None:

@@ -32,6 +32,8 @@ class Kind(enum.Enum):
     UNREACHABLE = ("UNAVAILABLE", "cannot reach an Impasto server at {address}{detail_in_brackets}")
     INCOMPATIBLE = ("UNIMPLEMENTED", "{server} is not compatible with this client: {detail}")
     BUG = ("INTERNAL", "{server} failed: {detail}; its log has details")
+    # Found by the client: it failed itself, so the server's log knows nothing of it.
+    CLIENT_BUG = ("INTERNAL", "this program failed while talking to {server}: {detail}; please report it")
     # Found by the client before anything is sent: the token would cross the network in clear.
     INSECURE = (
         "FAILED_PRECONDITION",
@@ -174,5 +176,5 @@ def _kind_named(name: str | None) -> Kind | None:
 
 
 CLIENT_KINDS = frozenset(
-    {Kind.UNREACHABLE, Kind.INSECURE, Kind.NOT_PAIRED}
+    {Kind.UNREACHABLE, Kind.INSECURE, Kind.NOT_PAIRED, Kind.CLIENT_BUG}
 )  # found by a client; no server sends them
