@@ -52,7 +52,7 @@ def gradients(fp32_engine: Engine) -> dict[str, object]:
     engine, content = fp32_engine, photo(SIZE)
     options = Options(size=max(SIZE), tile_size=TILE)
     net = engine.network(options.recipe)
-    plan = Plan([Scale(SIZE, 1)], Estimate(0, 0), None)
+    plan = Plan([Scale(SIZE, 1)], Estimate(0, 0), SIZE)
     run = Run(engine, net, content, [Style(STYLE)], options, plan, None, None, None)
     targets = run.targets(Scale(SIZE, 1))
     generator = torch.Generator().manual_seed(0)

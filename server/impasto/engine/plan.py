@@ -86,10 +86,10 @@ class Plan:
 
     scales: list[Scale]
     estimate: Estimate
-    memory_budget: int | None = None  # what the plan was made to fit
     # Where the whole job ends: the working size, which the content is brought to first. A preview
     # (Options.preview) stops at its first scale, as the whole job passes it.
-    final_size: tuple[int, int] | None = None
+    final_size: tuple[int, int]
+    memory_budget: int | None = None  # what the plan was made to fit
 
     @property
     def working_size(self) -> tuple[int, int]:
@@ -184,7 +184,7 @@ class Planner:
             max(scale.device_bytes for scale in scales),
             max(scale.host_bytes for scale in scales),
         )
-        return Plan(scales, estimate, budget, whole[-1].size)
+        return Plan(scales, estimate, whole[-1].size, budget)
 
     def _tiling(self, scale: Scale, options: Options, budget: int) -> Scale:
         """`scale` whole where it fits, else in tiles: the fastest of its state's places that fit,

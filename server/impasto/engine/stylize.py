@@ -200,7 +200,7 @@ class Engine:
             # the budget (engine/memory.py has the measurements, and why not always).
             fix_malloc_mmap_threshold()
         # Every later resize starts from the working size, not from a layer of many megapixels.
-        content = resize(content.to(self.device, torch.float32), plan.final_size or scales[-1].size)
+        content = resize(content.to(self.device, torch.float32), plan.final_size)
         run = Run(self, net, content, styles, options, plan, on_progress, on_preview, cancel)
         image = run.initial_image(scales[0].size)
         for index, scale in enumerate(scales):
