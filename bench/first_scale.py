@@ -6,6 +6,7 @@ Quality is bench/quality.py's two views (lower is better; "conv" is the judge th
 optimise); time is the wall time of `Engine.stylize` on a warm engine.
 
     .venv/bin/python bench/first_scale.py                  # the evaluation pairs, fp32
+    .venv/bin/python bench/first_scale.py --schedules now --precision bf16   # today's job in bf16
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--schedules", nargs="+", choices=["before", "now"], default=["before", "now"])
     args = parser.parse_args()
 
     engine = load_engine("cpu", precision=args.precision)
@@ -42,7 +44,8 @@ def main() -> None:
         content_name, style_name = pair.split(":")
         content = load_picture(IMAGES / "content" / f"{content_name}.png").rgb
         style = load_picture(IMAGES / "styles" / f"{style_name}.jpg").rgb
-        for name, recipe in (("before", BEFORE), ("now", DEFAULT)):
+        for name in args.schedules:
+            recipe = {"before": BEFORE, "now": DEFAULT}[name]
             options = Options(size=args.size, iterations=args.iterations, recipe=recipe)
             plan = engine.plan(tuple(content.shape[2:]), [tuple(style.shape[2:])], options)
             started = time.perf_counter()

@@ -38,7 +38,7 @@ def pick_precision(device: torch.device, precision: str = "auto") -> str:
     """bf16 convolutions where the hardware multiplies bf16 natively, else fp32."""
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "fp32"
+    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_prefers_bf16()) else "fp32"
 
 
 def default_size(device: torch.device) -> int:
@@ -56,15 +56,35 @@ def default_iterations(device: torch.device) -> int:
 CPU_ITERATIONS = 40
 
 
-def cpu_has_bf16() -> bool:
-    # bf16 convolutions beat fp32 only on CPUs with AMX's bf16 tiles; with AVX512-BF16 alone they are
-    # slower than fp32, and without either they are emulated (docs/benchmarks.md, "Precision").
+def cpu_prefers_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether bf16 convolutions beat fp32 on this CPU (`cpuinfo`: the text of /proc/cpuinfo, read when
+    not given). Measured (docs/benchmarks.md, "Precision"): with AMX's bf16 tiles, 2.3–2.8× faster; on an
+    AMD CPU with AVX512-BF16 (Zen 4 and later), 1.9× faster; on an Intel CPU with AVX512-BF16 but no AMX,
+    1.5× slower; without either, bf16 is emulated."""
+    if cpuinfo is None:
+        cpuinfo = _read_cpuinfo()
+    flags = set(_cpuinfo_field(cpuinfo, "flags").split())
+    return "amx_bf16" in flags or (
+        "avx512_bf16" in flags and _cpuinfo_field(cpuinfo, "vendor_id") == "AuthenticAMD"
+    )
+
+
+def _read_cpuinfo() -> str:
+    """Linux's description of the CPU; "" elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return f.read()
     except OSError:
-        return False
-    return "amx_bf16" in flags
+        return ""
+
+
+def _cpuinfo_field(cpuinfo: str, name: str) -> str:
+    """The value of the first line `name : value` in /proc/cpuinfo's text; "" where there is none."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return ""
 
 
 def describe(device: torch.device) -> DeviceInfo:
@@ -99,14 +119,7 @@ def free_memory_bytes(device: torch.device) -> int:
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
+    return _cpuinfo_field(_read_cpuinfo(), "model name") or platform.processor() or "CPU"
 
 
 def max_working_size(info: DeviceInfo, precision: str) -> int:
