@@ -230,8 +230,10 @@ def test_the_cost_line_says_what_ok_costs_and_the_preview_is_its_beginning(
 
 @pytest.fixture(scope="module")
 def budget_server(images: Path) -> Iterator[str]:
-    """A server whose jobs may use 1 GiB of memory: a 1500×1000 layer at full size is painted in tiles."""
-    with running_server("--styles-dir", str(images / "styles"), "--memory-budget", "1GiB") as address:
+    """A server whose jobs may use 1 GiB of memory: a 1500×1000 layer at full size is painted in tiles, in
+    fp32 for many minutes (the slow job the test needs, whichever precision this CPU would pick)."""
+    budget = ("--memory-budget", "1GiB", "--precision", "fp32")
+    with running_server("--styles-dir", str(images / "styles"), *budget) as address:
         yield address
 
 
