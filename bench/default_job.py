@@ -1,7 +1,7 @@
 """The default CPU job a GIMP user starts: a 12-megapixel photo, a built-in preset, nothing else set.
 
 Runs `impasto stylize PHOTO --style PRESET -o OUT.png` as a user would (a fresh process each time, the
-product's defaults; `--precision` only to pin what runs: fp32 unless told, what a CPU without AMX runs)
+product's defaults; `--precision` only to pin what runs: fp32 unless told, what most CPUs run)
 and reads the progress bar it draws on stderr as the user reads it, with a clock. For each run it
 reports:
 
@@ -16,7 +16,7 @@ The photo is made by scaling one of the sample photos to --megapixels (4:3): a c
 same to decode, scale and write, and the optimisation runs at the working size whatever the detail.
 
     python bench/default_job.py                       # 12 Mpx, 3 runs, ~3-5 min on 2 cores
-    python bench/default_job.py --precision bf16      # as `auto` runs it on a CPU with AMX
+    python bench/default_job.py --precision bf16      # as `auto` runs it with AMX or on AMD's Zen 4
     python bench/default_job.py --megapixels 0.5 --repeats 1 --extra-args --iterations 5   # a check
 """
 

@@ -6,6 +6,7 @@ deadline; every loop is bounded in count and time; waits are polls with deadline
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import math
@@ -17,12 +18,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import helpers
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from impasto.protocol import Image as ResultImage
+from impasto.protocol import Limits, Result
+from impasto.service.servicer import StyleTransferServicer
 from impasto.v1 import impasto_pb2 as pb
 from PIL import Image, ImageFile
 from wire import (
@@ -1107,6 +1112,34 @@ def test_a_client_leaving_while_its_answer_is_blocked_is_one_info_line(
     assert not errors(log.records), errors(log.records)
     gone = [r for r in log.records if r.name == "impasto.service" and "went away" in r.getMessage()]
     assert len(gone) == 1 and gone[0].levelno == logging.INFO, [r.getMessage() for r in log.records]
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_client_leaving_that_cancels_the_handler_is_the_same_one_line(
+    stopping: bool, caplog: pytest.LogCaptureFixture
+):
+    """The race behind the test above, forced: where gRPC sees the client leave before the blocked write
+    fails, it cancels the handler instead, and the operator must still read the line (seen once, in a
+    whole-suite run under load). A server that is stopping cancels its handlers too: no client left then."""
+
+    class LeavingClient:
+        async def write(self, message) -> None:
+            raise asyncio.CancelledError()
+
+    async def answer() -> None:
+        jobs = SimpleNamespace(limits=Limits(), queue=None)
+        servicer = StyleTransferServicer(jobs)
+        if stopping:
+            servicer.closing.set()
+        events: asyncio.Queue = asyncio.Queue()
+        events.put_nowait(Result(ResultImage(bytes(16 * 16 * 4), 16, 16)))
+        with pytest.raises(asyncio.CancelledError):
+            await servicer._send_events(SimpleNamespace(id="1a2b"), events, LeavingClient())
+
+    caplog.set_level(logging.INFO, logger="impasto.service")
+    asyncio.run(answer())
+    gone = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert len(gone) == (0 if stopping else 1) and all(r.levelno == logging.INFO for r in gone), gone
 
 
 def test_silent_streams_lock_a_sending_user_out_for_seconds_at_most(

@@ -338,8 +338,12 @@ class StyleTransferServicer:
                 try:
                     for message in wire.result_messages(event.image):
                         await self._write(context, message)
-                except _ClientGone:
-                    log.info("job id=%s: its client went away before it had the whole result", job.id)
+                except (_ClientGone, asyncio.CancelledError):
+                    # A client that leaves mid-answer fails the write, or, where gRPC sees it first,
+                    # cancels this handler: the same departure, told once either way. A server that is
+                    # stopping cancels its handlers too; that is no client's leaving.
+                    if not self.closing.is_set():
+                        log.info("job id=%s: its client went away before it had the whole result", job.id)
                     raise
                 return
             await self._write(context, wire.event_message(event))
