@@ -24,6 +24,7 @@ from quality import Reference
 from sample_images import IMAGES
 
 BEFORE = replace(DEFAULT, min_pixels=128 * 85, first_scale_iterations=DEFAULT.coarse_iterations)
+SCHEDULES = {"before": BEFORE, "now": DEFAULT}
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--schedules", nargs="+", choices=["before", "now"], default=["before", "now"])
+    parser.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES))
     args = parser.parse_args()
 
     engine = load_engine("cpu", precision=args.precision)
@@ -45,8 +46,7 @@ def main() -> None:
         content = load_picture(IMAGES / "content" / f"{content_name}.png").rgb
         style = load_picture(IMAGES / "styles" / f"{style_name}.jpg").rgb
         for name in args.schedules:
-            recipe = {"before": BEFORE, "now": DEFAULT}[name]
-            options = Options(size=args.size, iterations=args.iterations, recipe=recipe)
+            options = Options(size=args.size, iterations=args.iterations, recipe=SCHEDULES[name])
             plan = engine.plan(tuple(content.shape[2:]), [tuple(style.shape[2:])], options)
             started = time.perf_counter()
             result = engine.stylize(content, [Style(style)], options)
