@@ -6,6 +6,7 @@ import threading
 from gi.repository import Gimp, GLib, Gtk, Pango
 
 from . import hook
+from .cost import duration
 from .pictures import fit, pixbuf_from_png
 from .remote import ImpastoError, Preview, Progress, Queued, RemoteJob, Started
 
@@ -19,11 +20,11 @@ def describe(event: object) -> str | None:
         return f"Waiting for the server: {ahead} job(s) ahead" if ahead else "Starting…"
     if isinstance(event, Started):
         s = event
-        about = f", about {s.estimated_seconds:.0f} s" if s.estimated_seconds >= 1 else ""
+        about = f", about {duration(s.estimated_seconds)}" if s.estimated_seconds >= 1 else ""
         return f"Painting at {s.working_width}×{s.working_height} on {s.device}{about}"
     if isinstance(event, Progress):
         p = event
-        left = f", about {p.eta_seconds:.0f} s left" if p.eta_seconds > 0 else ""
+        left = f", about {duration(p.eta_seconds)} left" if p.eta_seconds > 0 else ""
         tile = f", tile {p.tile} of {p.tiles}" if p.tiles else ""
         return f"Scale {p.scale} of {p.scales}{tile}, iteration {p.iteration} of {p.iterations}{left}"
     return None
