@@ -330,7 +330,19 @@ with open(record, "w", encoding="utf-8") as file:
 PY
 }
 
+# GIMP from Flathub runs its plug-ins in a sandbox, from which the plug-in starts the server (installed
+# here, outside it) with flatpak-spawn --host; Flatpak allows that only to an app given this permission.
+allow_flatpak_to_start_the_server() {
+  local allow=(flatpak override --user --talk-name=org.freedesktop.Flatpak org.gimp.GIMP)
+  if command -v flatpak >/dev/null 2>&1 && "${allow[@]}"; then
+    say "Allowed GIMP's Flatpak to start the Impasto server outside its sandbox (${allow[*]}; to take it back: flatpak override --user --no-talk-name=org.freedesktop.Flatpak org.gimp.GIMP)"
+  else
+    say "GIMP's Flatpak may not start the Impasto server until you run: ${allow[*]}"
+  fi
+}
+
 plugin_dirs=()  # where the plug-in was installed
+flatpak_asked=""
 if [ "$want_plugin" = 1 ]; then
   if [ ${#gimp_dirs[@]} -eq 0 ]; then
     say "GIMP 3 was not found, so the plug-in was not installed"
@@ -340,7 +352,10 @@ if [ "$want_plugin" = 1 ]; then
       mkdir -p "$dir/plug-ins"
       rm -rf "$dir/plug-ins/impasto"
       cp -r "$stage" "$dir/plug-ins/impasto"
-      if [ -x "$server_program" ]; then record_server "$dir"; fi
+      if [ -x "$server_program" ]; then
+        record_server "$dir"
+        case "$dir" in */.var/app/org.gimp.GIMP/*) [ -n "$flatpak_asked" ] || allow_flatpak_to_start_the_server; flatpak_asked=1 ;; esac
+      fi
       say "Installed the plug-in into $dir/plug-ins/impasto"
       plugin_dirs+=("$dir")
     done

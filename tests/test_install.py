@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 SERVER = Path(sys.executable).with_name("impasto-server")  # this checkout's, where install.sh put it
 
 
-def install(*args: str) -> str:
+def install(*args: str, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
-        [str(REPO / "install.sh"), *args], capture_output=True, text=True, timeout=600, check=False
+        [str(REPO / "install.sh"), *args], capture_output=True, text=True, timeout=600, check=False, env=env
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result.stdout
@@ -39,3 +40,25 @@ def test_a_record_the_user_wrote_is_kept(tmp_path: Path):
     out = install("--plugin-only", "--gimp-dir", str(gimp_dir))
     assert (gimp_dir / "impasto-server.json").read_text() == own
     assert "it names a server of your own" in out
+
+
+def test_installing_into_gimps_flatpak_allows_it_to_start_the_server(tmp_path: Path):
+    """Flathub's GIMP starts the server outside its sandbox (flatpak-spawn --host), which Flatpak allows
+    only with a permission that install.sh gives it, once, however many of its folders get the plug-in."""
+    flatpaks = tmp_path / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP"
+    flatpak_dirs = [flatpaks / "3.0", flatpaks / "3.2"]
+    own_gimp = tmp_path / ".config" / "GIMP" / "3.2"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    flatpak = bin_dir / "flatpak"  # a stand-in that notes how it was called
+    flatpak.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/flatpak-calls"\n')
+    flatpak.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    folders = [arg for d in (*flatpak_dirs, own_gimp) for arg in ("--gimp-dir", str(d))]
+    out = install("--plugin-only", *folders, env=env)
+    assert (tmp_path / "flatpak-calls").read_text() == (
+        "override --user --talk-name=org.freedesktop.Flatpak org.gimp.GIMP\n"
+    )
+    assert "Allowed GIMP's Flatpak to start the Impasto server outside its sandbox" in out
+    for gimp_dir in (*flatpak_dirs, own_gimp):
+        assert json.loads((gimp_dir / "impasto-server.json").read_text())["command"] == [str(SERVER)]

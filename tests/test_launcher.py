@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import os
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import free_port, kill_servers_on, running_server, servers_on, wait_until_gone
+from impasto import launcher
 from impasto.client import Client, impasto_answers
 from impasto.launcher import LaunchError, ensure_local_server
 
@@ -127,3 +129,49 @@ def test_a_server_that_wants_a_token_answers_and_none_is_started_beside_it():
         assert impasto_answers(address)
         assert ensure_local_server(address, None, impasto_answers) is None
     assert not impasto_answers(address)  # stopped: nothing answers
+
+
+def fake_flatpak_spawn(folder: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Path:
+    """Makes this test a Flatpak sandbox whose `flatpak-spawn` runs `body` (sh); returns the file in which
+    it writes the arguments it was given."""
+    marker = folder / "flatpak-info"
+    marker.write_text("[Application]\nname=org.gimp.GIMP\n")
+    monkeypatch.setattr(launcher, "FLATPAK_INFO", marker)
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    spawn = bin_dir / "flatpak-spawn"
+    spawn.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{folder}/spawned"\n{body}\n')
+    spawn.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FLATPAK_ID", "org.gimp.GIMP")
+    return folder / "spawned"
+
+
+def test_in_gimps_flatpak_the_server_is_started_outside_the_sandbox(
+    port: int, command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The sandbox's /usr is its runtime's, where the server's virtual environment cannot run: the server
+    starts on the host, through flatpak-spawn --host (here a stand-in that runs it in its folder)."""
+    on_the_host = 'shift; cd "${1#--directory=}"; shift; exec "$@"'  # drops --host, enters --directory
+    spawned = fake_flatpak_spawn(tmp_path, monkeypatch, on_the_host)
+    pid = ensure_local_server(f"127.0.0.1:{port}", command, impasto_answers, log_dir=tmp_path)
+    assert pid is not None and servers_on(port) == [pid]
+    arguments = spawned.read_text().splitlines()
+    assert arguments[:2] == ["--host", f"--directory={Path.home()}"]
+    assert arguments[2:] == [*command, "--host", "127.0.0.1", "--port", str(port), "--idle-exit", "20"]
+    assert "starting: flatpak-spawn --host" in (tmp_path / "server.log").read_text()
+
+
+def test_a_flatpak_not_allowed_out_of_its_sandbox_says_how_to_allow_it(
+    port: int, command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    refused = "Portal call failed: The name org.freedesktop.Flatpak was not provided by any .service files"
+    fake_flatpak_spawn(tmp_path, monkeypatch, f'echo "{refused}" >&2; exit 1')
+    with pytest.raises(LaunchError) as caught:
+        ensure_local_server(f"127.0.0.1:{port}", command, impasto_answers, log_dir=tmp_path)
+    assert caught.value.reason == "sandboxed"
+    message = str(caught.value)
+    assert message.startswith("GIMP runs in Flatpak's sandbox, and Flatpak did not let it start the Impasto")
+    assert refused in message
+    assert "run once: flatpak override --user --talk-name=org.freedesktop.Flatpak org.gimp.GIMP" in message
+    assert servers_on(port) == []

@@ -31,12 +31,15 @@ LOG_NAME = "server.log"
 LOG_LIMIT_BYTES = 1 << 20  # beyond this the log becomes server.log.1 at the next start
 LOG_TAIL_LINES = 12
 IDLE_EXIT_MINUTES = 20.0  # a started server's --idle-exit unless the caller says otherwise
+# Present in every Flatpak sandbox, such as Flathub's GIMP runs its plug-ins in.
+FLATPAK_INFO = Path("/.flatpak-info")
 
 
 class LaunchError(Exception):
     """The local server could not be started or reached; the message is a sentence for the user.
 
-    `reason` lets a client add its own advice: "not installed", "exited", "port taken", "no answer"."""
+    `reason` lets a client add its own advice: "not installed", "exited", "port taken", "no answer",
+    "sandboxed" (GIMP's Flatpak may not start programs outside its sandbox)."""
 
     def __init__(self, message: str, reason: str, log_path: Path | None = None):
         super().__init__(message)
@@ -133,7 +136,9 @@ def _start(
     deadline: float,
     answers: Callable[[str], bool],
 ) -> int | None:
-    if not command or not _installed(command[0]):
+    sandboxed = FLATPAK_INFO.exists()
+    # In a sandbox the server's program is a path on the host, which the sandbox may not show.
+    if not command or not (sandboxed or _installed(command[0])):
         where = f" (looked for {command[0]})" if command else ""
         raise LaunchError(
             f"No Impasto server is installed on this computer{where}, so none could be started; install "
@@ -141,6 +146,10 @@ def _start(
             "not installed",
         )
     argv = [*command, "--host", host, "--port", str(port), "--idle-exit", f"{idle_minutes:g}"]
+    if sandboxed:
+        # The sandbox's /usr is its runtime's: the server's virtual environment works only on the host.
+        # flatpak-spawn exits with the server's own status, so the checks below hold through it.
+        argv = ["flatpak-spawn", "--host", f"--directory={Path.home()}", *argv]
     _rotate(log_path)
     with open(log_path, "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
@@ -169,9 +178,12 @@ def _start(
                 return None
             raise _port_taken(port, log_path)
         if code is not None:
+            said = _tail(log_path, start_of_run)
+            if sandboxed and "Portal call failed" in said:  # flatpak-spawn's words: the server never ran
+                raise _not_let_out(said.splitlines()[-1], log_path)
             raise LaunchError(
                 f"The Impasto server stopped while starting (exit status {code}). The last lines of its "
-                f"log, {log_path}:\n{_tail(log_path, start_of_run)}",
+                f"log, {log_path}:\n{said}",
                 "exited",
                 log_path,
             )
@@ -193,6 +205,18 @@ def _port_taken(port: int, log_path: Path | None) -> LaunchError:
         f"Another program is using port {port} on this computer, so the Impasto server cannot listen "
         f"there; close that program, or use an Impasto server at another address.{log}",
         "port taken",
+        log_path,
+    )
+
+
+def _not_let_out(said: str, log_path: Path) -> LaunchError:
+    """flatpak-spawn --host refused: the app lacks the permission to run commands outside its sandbox."""
+    app = os.environ.get("FLATPAK_ID") or "org.gimp.GIMP"
+    return LaunchError(
+        f"GIMP runs in Flatpak's sandbox, and Flatpak did not let it start the Impasto server outside it "
+        f"({said}). To allow it, run once: flatpak override --user --talk-name=org.freedesktop.Flatpak "
+        f"{app}; then restart GIMP.",
+        "sandboxed",
         log_path,
     )
 

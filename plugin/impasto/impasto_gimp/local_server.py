@@ -100,6 +100,8 @@ ADVICE = {
     "that file ({readme}). Or enter the address of a running Impasto server in the Server field.",
     "port taken": "Enter another server's address in the Server field, or give this one another port: the "
     "“address” in {record}.",
+    "sandboxed": "(install.sh does that when it installs the plug-in into GIMP's Flatpak.) Or enter the "
+    "address of a running Impasto server in the Server field.",
 }
 
 
