@@ -316,18 +316,18 @@ _MEMORY_PROBE = textwrap.dedent(
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak-RSS reset")
-def test_a_tiled_scale_stays_within_the_memory_budget(fp32_engine: Engine, tmp_path: Path):
+def test_a_tiled_scale_stays_within_the_memory_budget(fp32_engine: Engine):
     """512 × 512 needs ~0.7 GB whole; with a 480 MiB budget (503 MB) it runs in tiles, and the process's
     peak resident memory grows by less than the budget (measured in a fresh process: Linux's VmHWM,
     reset just before the job) with nothing set outside the process. Measured (fp32, 4 tiles of 320 px,
     planned at 501 MB): 404 MB (earlier, under 320 MiB in 25 tiles of 112 px, which the plan now
     refuses as too small: 262–264 MB; with glibc's own growing mmap threshold, which keeps freed
     blocks, 444 MB, over the budget). In fp32, whose buffers are the largest (bf16's whole run fits)."""
-    engine, size, budget = fp32_engine, 512, 480 << 20
-    whole = engine.plan((size, size), [(128, 128)], Options(size=size, memory_budget=8 << 30)).estimate
+    size, budget = 512, 480 << 20
+    whole = fp32_engine.plan((size, size), [(128, 128)], Options(size=size, memory_budget=8 << 30)).estimate
     assert whole.peak_bytes > budget
     result = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE, engine.precision, str(size), str(budget)],
+        [sys.executable, "-c", _MEMORY_PROBE, fp32_engine.precision, str(size), str(budget)],
         # Nothing set outside the process: the engine itself fixes glibc's mmap threshold for a tiled
         # job (engine/memory.py), as it does in impasto-server and impasto stylize.
         env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"},
