@@ -101,16 +101,18 @@ class FakeEngine:
 class Owner:
     """A job's owner: its events in order, and the budget's use when the last one came."""
 
-    def __init__(self, budget: ByteBudget):
-        self.budget = budget
+    def __init__(self, budget: ByteBudget, jobs: JobQueue | None = None):
+        self.budget, self.jobs = budget, jobs
         self.events: list = []
         self.used_at_end: int | None = None
+        self.running_at_end: int | None = None  # jobs the queue ran when the end came
         self._ended = threading.Event()
 
     def __call__(self, event) -> None:
         self.events.append(event)
         if isinstance(event, Result | Failed):
             self.used_at_end = self.budget.used
+            self.running_at_end = self.jobs.running if self.jobs is not None else None
             self._ended.set()
 
     def ended(self) -> Result | Failed:
@@ -129,8 +131,8 @@ def budget() -> ByteBudget:
     return ByteBudget(10_000)
 
 
-def make_job(budget: ByteBudget, held: int = 1000) -> tuple[Job, Owner]:
-    owner = Owner(budget)
+def make_job(budget: ByteBudget, held: int = 1000, jobs: JobQueue | None = None) -> tuple[Job, Owner]:
+    owner = Owner(budget, jobs)
     pixels = bytearray(range(4 * 8 * 8))
     source = picture_from_rgba8(pixels, 8, 8, "content")
     job = Job(
@@ -165,7 +167,7 @@ def jobs(engine: FakeEngine) -> Iterator[JobQueue]:
 
 def running(jobs: JobQueue, engine: FakeEngine, budget: ByteBudget) -> tuple[Job, Owner, Run]:
     """A job submitted and started on the (only) worker."""
-    job, owner = make_job(budget)
+    job, owner = make_job(budget, jobs=jobs)
     jobs.submit(job)
     return job, owner, engine.next_run()
 
@@ -173,7 +175,7 @@ def running(jobs: JobQueue, engine: FakeEngine, budget: ByteBudget) -> tuple[Job
 # ---- the queue -------------------------------------------------------------------------------
 
 
-def test_a_job_is_queued_started_and_finished_and_its_memory_released_first(jobs, engine, budget):
+def test_a_job_is_queued_started_and_finished_and_its_memory_and_worker_released_first(jobs, engine, budget):
     _, owner, run = running(jobs, engine, budget)
     assert budget.used == 1000 and jobs.running == 1
     run.finish()
@@ -183,6 +185,7 @@ def test_a_job_is_queued_started_and_finished_and_its_memory_released_first(jobs
     assert isinstance(end, Result) and (end.image.width, end.image.height) == (8, 8)
     assert len(end.image.data) == 8 * 8 * 4
     assert owner.used_at_end == 0  # released before its owner heard the end
+    assert owner.running_at_end == 0  # so that a plan asked at once finds no job ahead (the dialog's)
 
 
 def test_waiting_jobs_are_told_their_place_as_the_queue_moves(jobs, engine, budget):

@@ -188,14 +188,17 @@ class JobQueue:
     def _work(self, worker: int) -> None:
         while (job := self._next_job(worker)) is not None:
             try:
-                self._run(job, worker)
+                ending = self._run(job, worker)
             finally:
                 with self._changed:
                     self._running[worker] = None
                     self._tell_positions()
                     self._changed.notify_all()
+            # Told once the worker is free: a client that plans its next job as soon as it has this one's
+            # result (the dialog after its preview) must not find this job ahead of it.
+            job.end(ending)
 
-    def _run(self, job: Job, worker: int) -> None:
+    def _run(self, job: Job, worker: int) -> Result | Failed:
         engine = self.engines[worker]
         started = time.monotonic()
         pixels = job.content.shape[2] * job.content.shape[3]
@@ -217,9 +220,9 @@ class JobQueue:
             time.monotonic() - started,
             outcome,
         )
-        job.end(ending)
         if engine.device.type == "cuda":
             torch.cuda.empty_cache()
+        return ending
 
     def _stylize(self, job: Job, worker: int) -> Image:
         if job.cancel.is_set():
