@@ -115,9 +115,13 @@ if [ "$run_tests" = 1 ]; then
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+  # The plug-in in GIMP's Flatpak starts the server with flatpak-spawn, through Flatpak's session helper.
+  [ -x /usr/libexec/flatpak-xdg-utils/flatpak-spawn ] || missing+=(flatpak-xdg-utils)
+  [ -x /usr/libexec/flatpak-session-helper ] || missing+=(flatpak)
+  command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus-daemon)
   if [ "$(id -u)" != 0 ]; then
     say "The real-GIMP tests will not run: GIMP runs in Debian roots with chroot, which needs root (sudo ./install.sh --test)"
-    [ ${#missing[@]} -eq 0 ] || say "The proxy tests will not run without ${missing[*]} (as root, --test installs them)"
+    [ ${#missing[@]} -eq 0 ] || say "The proxy and Flatpak tests will not run without ${missing[*]} (as root, --test installs them)"
   elif [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
       say "Installing what the tests need from the system: ${missing[*]}"

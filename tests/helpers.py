@@ -181,19 +181,25 @@ def kill_servers_on(port: int) -> None:
 
 
 def system_tool(binary: str, packages: list[str], required_in_ci: bool) -> str:
-    """The path of `binary`, installed from Debian's `packages` with apt-get where it is missing (as root).
-    Where it cannot be had the test skips with the reason, or fails under CI=true if `required_in_ci`."""
+    """The path of `binary` (a name on the PATH or in /usr/sbin, or a full path), installed from Debian's
+    `packages` with apt-get where it is missing (as root). Where it cannot be had the test skips with the
+    reason, or fails under CI=true if `required_in_ci`."""
     import os
     import shutil
 
-    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+    def find() -> str | None:
+        if os.path.isabs(binary):
+            return binary if os.access(binary, os.X_OK) else None
+        return shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+
+    found = find()
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
         if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
             subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
             subprocess.run(install, env=env, capture_output=True, check=False)
-        found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+        found = find()
     if found is None:
         reason = f"needs {binary} (apt-get install {' '.join(packages)}, as root)"
         if required_in_ci and os.environ.get("CI"):

@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port, kill_servers_on, running_server, servers_on, wait_until_gone
+from helpers import free_port, kill_servers_on, running_server, servers_on, system_tool, wait_until_gone
 from impasto import launcher
 from impasto.client import Client, impasto_answers
 from impasto.launcher import LaunchError, ensure_local_server
@@ -131,47 +131,82 @@ def test_a_server_that_wants_a_token_answers_and_none_is_started_beside_it():
     assert not impasto_answers(address)  # stopped: nothing answers
 
 
-def fake_flatpak_spawn(folder: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Path:
-    """Makes this test a Flatpak sandbox whose `flatpak-spawn` runs `body` (sh); returns the file in which
-    it writes the arguments it was given."""
-    marker = folder / "flatpak-info"
+# Flatpak's own programs. flatpak-spawn --host asks Flatpak's session helper, on the session bus, to run a
+# command outside the sandbox; the sandbox's part is only whether its D-Bus proxy lets that request
+# through, and each test below plays one answer with a bus of its own: one on which the helper starts
+# when asked, or one without it.
+FLATPAK_SPAWN = "/usr/libexec/flatpak-xdg-utils/flatpak-spawn"
+SESSION_HELPER = "/usr/libexec/flatpak-session-helper"
+
+
+@pytest.fixture
+def in_gimps_flatpak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
+    """Makes this process a plug-in in GIMP's Flatpak, with flatpak-spawn on its PATH as in the sandbox;
+    `in_gimps_flatpak(allowed)` gives it a session bus of its own, on which Flatpak's session helper
+    answers flatpak-spawn --host (allowed) or nothing does (GIMP's Flatpak without that permission)."""
+    spawn = system_tool(FLATPAK_SPAWN, ["flatpak-xdg-utils"], required_in_ci=True)
+    system_tool(SESSION_HELPER, ["flatpak"], required_in_ci=True)
+    dbus_daemon = system_tool("dbus-daemon", ["dbus-daemon"], required_in_ci=True)
+    marker = tmp_path / "flatpak-info"
     marker.write_text("[Application]\nname=org.gimp.GIMP\n")
     monkeypatch.setattr(launcher, "FLATPAK_INFO", marker)
-    bin_dir = folder / "bin"
-    bin_dir.mkdir()
-    spawn = bin_dir / "flatpak-spawn"
-    spawn.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{folder}/spawned"\n{body}\n')
-    spawn.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{Path(spawn).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FLATPAK_ID", "org.gimp.GIMP")
-    return folder / "spawned"
+    daemons = []
+
+    def bus(allowed: bool) -> None:
+        config = tmp_path / "bus.conf"
+        # The standard session bus starts the services it knows when called; this one knows none.
+        config.write_text(
+            '<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen><policy context="default">'
+            '<allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>'
+            "</policy></busconfig>"
+        )
+        which = ["--session"] if allowed else [f"--config-file={config}"]
+        daemon = subprocess.Popen(
+            [dbus_daemon, *which, "--nofork", "--print-address=1"], stdout=subprocess.PIPE, text=True
+        )
+        daemons.append(daemon)
+        monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", daemon.stdout.readline().strip())
+
+    yield bus
+    for daemon in daemons:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def parent_name(pid: int) -> str:
+    parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    return Path(f"/proc/{parent}/comm").read_text().strip()
 
 
 def test_in_gimps_flatpak_the_server_is_started_outside_the_sandbox(
-    port: int, command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    port: int, command: list[str], tmp_path: Path, in_gimps_flatpak
 ):
-    """The sandbox's /usr is its runtime's, where the server's virtual environment cannot run: the server
-    starts on the host, through flatpak-spawn --host (here a stand-in that runs it in its folder)."""
-    on_the_host = 'shift; cd "${1#--directory=}"; shift; exec "$@"'  # drops --host, enters --directory
-    spawned = fake_flatpak_spawn(tmp_path, monkeypatch, on_the_host)
-    pid = ensure_local_server(f"127.0.0.1:{port}", command, impasto_answers, log_dir=tmp_path)
-    assert pid is not None and servers_on(port) == [pid]
-    arguments = spawned.read_text().splitlines()
-    assert arguments[:2] == ["--host", f"--directory={Path.home()}"]
-    assert arguments[2:] == [*command, "--host", "127.0.0.1", "--port", str(port), "--idle-exit", "20"]
-    assert "starting: flatpak-spawn --host" in (tmp_path / "server.log").read_text()
+    """The sandbox's /usr is its runtime's, where the server's virtual environment cannot run: the plug-in
+    asks Flatpak to start the server on the host (flatpak-spawn --host), and the server's output reaches
+    the log through it."""
+    in_gimps_flatpak(allowed=True)
+    spawn = ensure_local_server(f"127.0.0.1:{port}", command, impasto_answers, log_dir=tmp_path)
+    assert spawn in servers_on(port)  # flatpak-spawn names the server's command line, and waits for it
+    (server,) = [pid for pid in servers_on(port) if pid != spawn]
+    assert parent_name(server) == "flatpak-session"  # Flatpak's helper started it, not the plug-in
+    log = (tmp_path / "server.log").read_text()
+    assert f"starting: flatpak-spawn --host --directory={Path.home()} {' '.join(command)}" in log
+    assert "listening on" in log
+    with Client(f"127.0.0.1:{port}", timeout=10) as client:
+        assert client.info().idle_exit_minutes == 20
 
 
 def test_a_flatpak_not_allowed_out_of_its_sandbox_says_how_to_allow_it(
-    port: int, command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    port: int, command: list[str], tmp_path: Path, in_gimps_flatpak
 ):
-    refused = "Portal call failed: The name org.freedesktop.Flatpak was not provided by any .service files"
-    fake_flatpak_spawn(tmp_path, monkeypatch, f'echo "{refused}" >&2; exit 1')
+    in_gimps_flatpak(allowed=False)
     with pytest.raises(LaunchError) as caught:
         ensure_local_server(f"127.0.0.1:{port}", command, impasto_answers, log_dir=tmp_path)
     assert caught.value.reason == "sandboxed"
     message = str(caught.value)
     assert message.startswith("GIMP runs in Flatpak's sandbox, and Flatpak did not let it start the Impasto")
-    assert refused in message
+    assert "(Portal call failed: The name org.freedesktop.Flatpak was not provided" in message
     assert "run once: flatpak override --user --talk-name=org.freedesktop.Flatpak org.gimp.GIMP" in message
     assert servers_on(port) == []

@@ -70,10 +70,11 @@ def ensure_local_server(
 
     If one answers, returns None at once. Otherwise starts `command` (the server's program and any
     arguments of its own) with --host, --port and --idle-exit, detached, and returns its process id once
-    it answers; None if another caller's server answered first. `probe(address)` says whether an Impasto
-    server answers there (any reply from one counts, a refused token too): the client's
-    `impasto_answers`. `starting()` is called once nothing answered, before this caller starts the server
-    or waits for another's start: a client's cue to say so. Raises LaunchError.
+    it answers (in a Flatpak sandbox: of the flatpak-spawn that started it outside); None if another
+    caller's server answered first. `probe(address)` says whether an Impasto server answers there (any
+    reply from one counts, a refused token too): the client's `impasto_answers`. `starting()` is called
+    once nothing answered, before this caller starts the server or waits for another's start: a client's
+    cue to say so. Raises LaunchError.
     """
     answers = probe
     if answers(address):
@@ -179,8 +180,9 @@ def _start(
             raise _port_taken(port, log_path)
         if code is not None:
             said = _tail(log_path, start_of_run)
-            if sandboxed and "Portal call failed" in said:  # flatpak-spawn's words: the server never ran
-                raise _not_let_out(said.splitlines()[-1], log_path)
+            refusal = [line for line in said.splitlines() if line.startswith("Portal call failed")]
+            if sandboxed and refusal:  # flatpak-spawn's words: the server never ran
+                raise _not_let_out(refusal[-1], log_path)
             raise LaunchError(
                 f"The Impasto server stopped while starting (exit status {code}). The last lines of its "
                 f"log, {log_path}:\n{said}",
