@@ -210,3 +210,18 @@ def test_a_flatpak_not_allowed_out_of_its_sandbox_says_how_to_allow_it(
     assert "(Portal call failed: The name org.freedesktop.Flatpak was not provided" in message
     assert "run once: flatpak override --user --talk-name=org.freedesktop.Flatpak org.gimp.GIMP" in message
     assert servers_on(port) == []
+
+
+def test_in_gimps_flatpak_a_server_missing_outside_the_sandbox_is_not_installed(
+    port: int, tmp_path: Path, in_gimps_flatpak
+):
+    """The sandbox cannot see every folder of the host, so only Flatpak can tell that the program is not
+    there: the same sentence as outside a sandbox, with Flatpak's words."""
+    in_gimps_flatpak(allowed=True)
+    missing = tmp_path / "nowhere" / "impasto-server"
+    with pytest.raises(LaunchError) as caught:
+        ensure_local_server(f"127.0.0.1:{port}", [str(missing)], impasto_answers, log_dir=tmp_path)
+    assert caught.value.reason == "not installed"
+    message = str(caught.value)
+    assert message.startswith(f"No Impasto server is installed on this computer (looked for {missing}: ")
+    assert "Failed to execute child process" in message and "flatpak override" not in message

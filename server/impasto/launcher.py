@@ -140,12 +140,7 @@ def _start(
     sandboxed = FLATPAK_INFO.exists()
     # In a sandbox the server's program is a path on the host, which the sandbox may not show.
     if not command or not (sandboxed or _installed(command[0])):
-        where = f" (looked for {command[0]})" if command else ""
-        raise LaunchError(
-            f"No Impasto server is installed on this computer{where}, so none could be started; install "
-            "Impasto's server, or name the one to start.",
-            "not installed",
-        )
+        raise _not_installed(f" (looked for {command[0]})" if command else "")
     argv = [*command, "--host", host, "--port", str(port), "--idle-exit", f"{idle_minutes:g}"]
     if sandboxed:
         # The sandbox's /usr is its runtime's: the server's virtual environment works only on the host.
@@ -182,7 +177,7 @@ def _start(
             said = _tail(log_path, start_of_run)
             refusal = [line for line in said.splitlines() if line.startswith("Portal call failed")]
             if sandboxed and refusal:  # flatpak-spawn's words: the server never ran
-                raise _not_let_out(refusal[-1], log_path)
+                raise _not_started_outside(refusal[-1], command[0], log_path)
             raise LaunchError(
                 f"The Impasto server stopped while starting (exit status {code}). The last lines of its "
                 f"log, {log_path}:\n{said}",
@@ -211,8 +206,20 @@ def _port_taken(port: int, log_path: Path | None) -> LaunchError:
     )
 
 
-def _not_let_out(said: str, log_path: Path) -> LaunchError:
-    """flatpak-spawn --host refused: the app lacks the permission to run commands outside its sandbox."""
+def _not_installed(where: str, log_path: Path | None = None) -> LaunchError:
+    return LaunchError(
+        f"No Impasto server is installed on this computer{where}, so none could be started; install "
+        "Impasto's server, or name the one to start.",
+        "not installed",
+        log_path,
+    )
+
+
+def _not_started_outside(said: str, program: str, log_path: Path) -> LaunchError:
+    """flatpak-spawn --host failed before the server ran (`said` is its line): the app may not run
+    commands outside its sandbox, or the program is not there."""
+    if "org.freedesktop.Flatpak" not in said:  # "Failed to execute child process “…” (No such file…)"
+        return _not_installed(f" (looked for {program}: {said})", log_path)
     app = os.environ.get("FLATPAK_ID") or "org.gimp.GIMP"
     return LaunchError(
         f"GIMP runs in Flatpak's sandbox, and Flatpak did not let it start the Impasto server outside it "
