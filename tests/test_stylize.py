@@ -13,7 +13,7 @@ import torch
 from helpers import gradient_image
 from impasto.engine import DEFAULT, Cancelled, Engine, Options, Progress, Style
 from impasto.engine import run as run_module
-from impasto.engine.estimate import CostModel
+from impasto.engine.estimate import FIRST_GUESS_COSTS, CostModel
 from impasto.engine.imageops import rgb_to_yuv
 from impasto.engine.plan import SETUP_ITERATIONS, scale_sizes, schedule
 
@@ -176,6 +176,19 @@ def test_the_cost_model_learns_both_parts_from_what_scales_took():
         planned = sum(refitted.seconds(passes, pixels) for passes, pixels, _ in timings)
         assert planned == pytest.approx(sum(seconds for *_, seconds in timings))
     assert guess.learned([]) == guess
+
+
+@pytest.mark.parametrize("device", [("cuda", "bf16"), ("cuda", "fp32"), ("mps", "fp32")])
+def test_a_gpus_first_rate_learned_from_a_preview_keeps_oks_plan_in_proportion(device):
+    """A GPU's preview (one scale of ~78² px, 40 iterations) takes its time in launches, not pixels: what
+    the engine learns from it must not plan OK's large scales at many times the guess (before the guess
+    had a fixed part, a preview at 4 ms an iteration planned a 1024 px job at ~100× its first guess)."""
+    guess = FIRST_GUESS_COSTS[device]
+    preview = (41, 41 * 78 * 78)  # its set-up and iterations: passes, pixel-iterations
+    ok = (300, 2e8)  # a 1024 px job's scales, roughly
+    for milliseconds_an_iteration in (1, 4, 10):
+        learned = guess.learned([(*preview, preview[0] * milliseconds_an_iteration / 1000)])
+        assert learned.seconds(*ok) < 10 * guess.seconds(*ok), milliseconds_an_iteration
 
 
 def test_time_left_counts_the_fixed_cost_of_the_coarse_iterations(engine: Engine, monkeypatch):

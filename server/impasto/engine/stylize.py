@@ -12,7 +12,7 @@ import torch
 
 from ..protocol import bounds
 from .device import free_memory_bytes, pick_precision
-from .estimate import FIRST_GUESS_COSTS, HOST_LINK_BYTES_PER_SECOND, CostModel
+from .estimate import FIRST_GUESS_COSTS, HOST_LINK_BYTES_PER_SECOND, OTHER_DEVICE_COSTS
 from .gram_cache import GramCache
 from .imageops import keep_content_colours, resize
 from .memory import fix_malloc_mmap_threshold
@@ -94,7 +94,7 @@ class Engine:
             torch.backends.cudnn.benchmark = True
         self._networks: dict[tuple[frozenset[str], str], VGGFeatures] = {}
         # How long iterations take here: a first guess for this kind of device, then what its jobs took.
-        self.cost_model = FIRST_GUESS_COSTS.get((device.type, self.precision), CostModel(0.0, 1e-6))
+        self.cost_model = FIRST_GUESS_COSTS.get((device.type, self.precision), OTHER_DEVICE_COSTS)
         self._lock = threading.Lock()
 
     def network(self, recipe: Recipe) -> VGGFeatures:
