@@ -10,8 +10,7 @@ the "ok" that closes the dialog, or "cancel", are the style dialog's:
   plug-in may be starting its own server first,
 - `preview` presses Preview and waits until the preview has ended (shown, or an error said),
 - `preview-shown` waits until a preview shows (one that started by itself),
-- `cost` waits until the cost line is for the choices as they are, and prints it ("cost shown: TEXT")
-  and the plan's estimate behind it, to the last digit ("cost estimate: SECONDS"),
+- `cost` waits until the cost line is for the choices as they are, and prints it ("cost shown: TEXT"),
 - `choose:ID` chooses the preset ID in the grid, as a click does,
 - `set:NAME=VALUE` sets an argument (`set:iterations=40`, `set:full-size=true`, `set:style-file=PATH`),
 - `connect` presses Connect,
@@ -187,9 +186,6 @@ class DialogPilot:
             if preview.settling or cost.asked is None or not cost.shows(cost.asked):
                 return False
             say(f"cost shown: {line.get_text()}")
-            job_plan, _ = cost.answered[1]
-            if job_plan is not None:
-                say(f"cost estimate: {job_plan.estimated_seconds!r}")
             return True
 
         self._poll(shown)

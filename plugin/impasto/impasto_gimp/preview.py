@@ -173,10 +173,6 @@ class PreviewPane:
                 for event in job.events():
                     GLib.idle_add(self._event, generation, event)
                 result = job.result
-                if result is not None:
-                    # The server has just learned from the preview how fast its device is now (under
-                    # whatever else it runs): OK's time is asked again, and shows with the picture.
-                    self.cost.answer(client, question)
             GLib.idle_add(self._done, generation, result, None)
         except FAILURES as error:
             GLib.idle_add(self._done, generation, None, error)
