@@ -179,10 +179,10 @@ def test_the_cost_model_learns_both_parts_from_what_scales_took():
 
 
 @pytest.mark.parametrize("device", [("cuda", "bf16"), ("cuda", "fp32"), ("mps", "fp32")])
-def test_a_gpus_first_rate_learned_from_a_preview_keeps_oks_plan_in_proportion(device):
-    """A GPU's preview (one scale of ~78² px, 40 iterations) takes its time in launches, not pixels: what
-    the engine learns from it must not plan OK's large scales at many times the guess (before the guess
-    had a fixed part, a preview at 4 ms an iteration planned a 1024 px job at ~100× its first guess)."""
+def test_a_gpus_first_rate_learned_from_one_small_scale_keeps_large_plans_in_proportion(device):
+    """A small job of one scale on a GPU (~78² px, 40 iterations, a preview's size) takes its time in
+    launches, not pixels: what the engine learns from it must not plan a large job at many times the
+    guess (before the guess had a fixed part, 4 ms an iteration planned a 1024 px job at ~100×)."""
     guess = FIRST_GUESS_COSTS[device]
     preview = (41, 41 * 78 * 78)  # its set-up and iterations: passes, pixel-iterations
     ok = (300, 2e8)  # a 1024 px job's scales, roughly
@@ -325,6 +325,9 @@ def test_estimates_grow_with_the_work_and_learn_from_the_last_job(
     )
     plan = engine.plan((48, 64), [(48, 64)], FAST)
     assert 0 < plan.estimate.seconds <= took  # what its one scale took, within the whole call
+    # A preview's one small scale teaches nothing: its time per unit of work is not the whole job's.
+    engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, size=128, preview=True))
+    assert engine.cost_model == learned
 
 
 def test_the_memory_estimate_counts_a_style_scaled_up(engine: Engine):

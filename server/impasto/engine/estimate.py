@@ -76,10 +76,9 @@ FIRST_GUESS_COSTS = {
     ("cpu", "bf16"): CostModel(0.010, 3.8e-6),
     ("cpu", "fp32"): CostModel(0.016, 7.3e-6),
     # Not yet measured on a GPU: ~1.5 ms at 512² on an H100-class card is the target. The fixed part, a
-    # few ms of kernel launches and optimiser steps per pass, matters before it is measured too: a
-    # dialog's preview (one small scale, nearly all fixed cost) teaches the engine its first rate, which a
-    # guess with no fixed part would put all on the pixels, and OK's large scales would be planned at
-    # many times their time.
+    # few ms of kernel launches and optimiser steps per pass, matters before it is measured too: a small
+    # job of one scale (nearly all fixed cost) teaches the engine its first rate, which a guess with no
+    # fixed part would put all on the pixels, and large scales would be planned at many times their time.
     ("cuda", "bf16"): CostModel(0.003, 6e-9),
     ("cuda", "fp32"): CostModel(0.003, 2.5e-8),
     ("mps", "fp32"): CostModel(0.005, 1e-7),

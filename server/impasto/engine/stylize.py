@@ -205,8 +205,11 @@ class Engine:
         image = run.initial_image(scales[0].size)
         for index, scale in enumerate(scales):
             image = run.optimise_scale(index, resize(image, scale.size))
-        # What this device really did replaces the guess used for the next plan.
-        self.cost_model = self.cost_model.learned(run.scale_work)
+        if not options.preview:
+            # What this device really did replaces the guess used for the next plan. Not a preview's
+            # one small scale: measured, it plans a whole job 12–64 % long on a quiet machine (docs/
+            # benchmarks.md, "The dialog's cost line").
+            self.cost_model = self.cost_model.learned(run.scale_work)
         if options.preserve_colors:
             image = keep_content_colours(image, content)
         return image.detach().clamp(0, 1).cpu()
