@@ -337,6 +337,8 @@ PY
 # GIMP from Flathub runs its plug-ins in a sandbox, from which the plug-in starts the server (installed
 # here, outside it) with flatpak-spawn --host; Flatpak allows that only to an app given this permission.
 allow_flatpak_to_start_the_server() {
+  [ -z "$flatpak_allowed" ] || return 0  # once, however many of its folders get the plug-in
+  flatpak_allowed=1
   local allow=(flatpak override --user --talk-name=org.freedesktop.Flatpak org.gimp.GIMP)
   if command -v flatpak >/dev/null 2>&1 && "${allow[@]}"; then
     say "Allowed GIMP's Flatpak to start the Impasto server outside its sandbox (${allow[*]}; to take it back: flatpak override --user --no-talk-name=org.freedesktop.Flatpak org.gimp.GIMP)"
@@ -346,7 +348,7 @@ allow_flatpak_to_start_the_server() {
 }
 
 plugin_dirs=()  # where the plug-in was installed
-flatpak_asked=""
+flatpak_allowed=""
 if [ "$want_plugin" = 1 ]; then
   if [ ${#gimp_dirs[@]} -eq 0 ]; then
     say "GIMP 3 was not found, so the plug-in was not installed"
@@ -358,7 +360,7 @@ if [ "$want_plugin" = 1 ]; then
       cp -r "$stage" "$dir/plug-ins/impasto"
       if [ -x "$server_program" ]; then
         record_server "$dir"
-        case "$dir" in */.var/app/org.gimp.GIMP/*) [ -n "$flatpak_asked" ] || allow_flatpak_to_start_the_server; flatpak_asked=1 ;; esac
+        case "$dir" in */.var/app/org.gimp.GIMP/*) allow_flatpak_to_start_the_server ;; esac
       fi
       say "Installed the plug-in into $dir/plug-ins/impasto"
       plugin_dirs+=("$dir")

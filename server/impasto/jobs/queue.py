@@ -195,7 +195,7 @@ class JobQueue:
                     self._tell_positions()
                     self._changed.notify_all()
             # Told once the worker is free: a client that plans its next job as soon as it has this one's
-            # result (the dialog after its preview) must not find this job ahead of it.
+            # result must not find this job ahead of it.
             job.end(ending)
 
     def _run(self, job: Job, worker: int) -> Result | Failed:
