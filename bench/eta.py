@@ -16,9 +16,10 @@ The jobs (`--jobs`):
 
 Per precision (`--precision fp32 bf16`) one engine is built as the server builds it (`load_engine`,
 then `warm_up`) and runs the chosen jobs twice over: the first job on the engine's first guess of its
-costs (as a fresh `impasto stylize` process runs), every later one on the costs the engine learned
-from the job before (as a server runs). Each job gets an empty Gram cache, so it pays its style passes
-as a first use of that style does. Per scale: what the plan gave it and what it took.
+costs (as the first job on a machine runs), every later one on the costs the engine learned from the
+jobs before (as a server runs, and the next server: engine/learned_costs.py). Each job gets an empty
+Gram cache, so it pays its style passes as a first use of that style does. Per scale: what the plan
+gave it and what it took.
 
     python bench/eta.py --precision fp32 bf16 --threads 1   # default and full jobs, ~15 min on 2 cores
     python bench/eta.py --jobs sweep --precision fp32        # the three working sizes
@@ -314,13 +315,13 @@ def main() -> int:
 
     jobs: list[Job] = []
     for precision in args.precision:
-        engine = load_engine("cpu", precision=precision)
+        engine = load_engine("cpu", precision=precision, keep_pace=False)
         engine.warm_up()  # as the server does before its first job
         if args.costs:
             print(f"Cost of an iteration, {engine.precision} (load before: {load_average()}):\n")
             print("\n".join(measure_costs(engine, content, style, args.costs, args.rounds)))
             print(f"\n- load after: {load_average()}\n", flush=True)
-            engine = load_engine("cpu", precision=precision)  # the jobs start from the first guess
+            engine = load_engine("cpu", precision=precision, keep_pace=False)  # from the first guess
             engine.warm_up()
         for index, spec in enumerate([*specs, *specs]):
             job = run_job(engine, spec, style, learned=index > 0)

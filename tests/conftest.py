@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from impasto.engine import Engine, load_original_vgg19
+from impasto.engine.learned_costs import FILE_NAME as LEARNED_COSTS
 from impasto.engine.weights import WeightSet
 from PIL import Image
 
@@ -84,6 +86,11 @@ def engine(original_weights: WeightSet) -> Engine:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
-    # Tests never write into the user's real cache.
+def _isolated_cache(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> Iterator[None]:
+    # Tests never write into the user's real cache. The pace a server learned from one test's jobs is
+    # not the plan of a server started in another.
     monkeypatch.setenv("IMPASTO_CACHE_DIR", str(cache_dir))
+    learned_costs = cache_dir / LEARNED_COSTS
+    learned_costs.unlink(missing_ok=True)
+    yield
+    learned_costs.unlink(missing_ok=True)

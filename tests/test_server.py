@@ -28,6 +28,7 @@ from impasto.launcher import EXIT_PORT_IN_USE
 from impasto.protocol import (
     NO_PREVIEWS,
     Image,
+    ImageHeader,
     ImpastoError,
     Kind,
     Preview,
@@ -591,6 +592,33 @@ def test_calls_keep_an_idle_exit_server_running(images: Path):
                 time.sleep(0.1)
         assert process.wait(timeout=120) == 0
         assert time.monotonic() - last_call >= idle_seconds
+    finally:
+        process.kill()
+
+
+def test_a_new_server_plans_at_the_pace_the_last_one_measured(images: Path):
+    """The plug-in's own server ends itself when unused; the next one quotes the first job at the pace
+    the last one's jobs measured on this machine, not at the first guess's (fitted on another)."""
+    header = ImageHeader("rgba8", 1200 * 900 * 4, 1200, 900)
+    styles = [StyleChoice(preset_id="udnie")]
+    content, _ = rgba(images / "content" / "camera.png")
+    flags = ("--styles-dir", str(images / "styles"))
+    process, address = start_server_process(*flags)
+    try:
+        with Client(address) as client:
+            guessed = client.plan(header, styles)
+            run_job(address, content, styles)
+            learned = client.plan(header, styles)
+        process.terminate()
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    assert learned.estimated_seconds != guessed.estimated_seconds
+    process, address = start_server_process(*flags)
+    try:
+        with Client(address) as client:
+            planned = client.plan(header, styles)
+        assert (planned.scales, planned.estimated_seconds) == (learned.scales, learned.estimated_seconds)
     finally:
         process.kill()
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from helpers import gradient_image
 from impasto.engine import DEFAULT, Cancelled, Engine, Options, Progress, Style
+from impasto.engine import estimate as estimate_module
 from impasto.engine import run as run_module
-from impasto.engine.estimate import FIRST_GUESS_COSTS, CostModel
+from impasto.engine.estimate import FIRST_GUESS_COSTS, LEARNING_SECONDS, CostModel
 from impasto.engine.imageops import rgb_to_yuv
+from impasto.engine.learned_costs import LearnedCosts
 from impasto.engine.plan import SETUP_ITERATIONS, scale_sizes, schedule
 
 CONTENT = gradient_image(48, 64, seed=0)
@@ -132,7 +134,7 @@ class FakeClock:
             if image.requires_grad:  # an iteration's pass, not a target's
                 runs = 1 if image.shape == shape[0] else 1 + SETUP_ITERATIONS
                 shape[0] = image.shape
-                self.now += runs * costs.seconds(1, image.shape[2] * image.shape[3])
+                self.now += runs * self.costs.seconds(1, image.shape[2] * image.shape[3])
             return features(net, image)
 
         monkeypatch.setattr(engine, "features", timed)
@@ -196,6 +198,7 @@ def test_time_left_counts_the_fixed_cost_of_the_coarse_iterations(engine: Engine
     the engine learns both costs from one job, and the next job's time left is then the truth from a
     tenth of its work on."""
     monkeypatch.setattr(engine, "cost_model", CostModel(0.0, 2e-6))
+    monkeypatch.setattr(estimate_module, "LEARNING_SECONDS", 0.0)  # one job teaches all it fits
     machine = CostModel(seconds_per_pass=0.03, seconds_per_pixel_iteration=0.5e-6)
     clock = FakeClock(engine, monkeypatch, machine)
     options = replace(FAST, size=184, iterations=8)  # 8 at 68×91, 4 and 4, then 8 at 138×184
@@ -314,20 +317,62 @@ def test_estimates_grow_with_the_work_and_learn_from_the_last_job(
     twice = estimate(engine, Options(size=256, iterations=200)).seconds  # the set-ups are paid once
     assert 1.9 * small.seconds < twice < 2 * small.seconds
     before = engine.cost_model
-    started = time.monotonic()
+    planned = engine.plan((48, 64), [(48, 64)], FAST).estimate.seconds
+    # A job of a fraction of a second (its time mostly start-up and noise) barely moves the plans.
+    clock = FakeClock(engine, monkeypatch, CostModel(0.01, 5e-6))
     engine.stylize(CONTENT, [Style(STYLE)], FAST)
-    took = time.monotonic() - started
+    took = clock.now
+    replanned = engine.plan((48, 64), [(48, 64)], FAST).estimate.seconds
+    assert took < 0.1 * LEARNING_SECONDS and 0 < (replanned - planned) / (took - planned) < 0.1
+    # A job of many minutes (the same one on a machine a thousand times slower) nearly replaces them.
+    clock.costs = CostModel(10.0, 5e-3)
+    started = clock.now
+    engine.stylize(CONTENT, [Style(STYLE)], FAST)
+    took = clock.now - started
     learned = engine.cost_model
-    assert learned != before
+    assert took > 20 * LEARNING_SECONDS
+    assert engine.plan((48, 64), [(48, 64)], FAST).estimate.seconds == pytest.approx(took, rel=0.05)
     # One scale cannot tell the fixed cost from the pixels': they keep their proportion.
     assert learned.seconds_per_pass * before.seconds_per_pixel_iteration == pytest.approx(
         before.seconds_per_pass * learned.seconds_per_pixel_iteration
     )
-    plan = engine.plan((48, 64), [(48, 64)], FAST)
-    assert 0 < plan.estimate.seconds <= took  # what its one scale took, within the whole call
     # A preview's one small scale teaches nothing: its time per unit of work is not the whole job's.
     engine.stylize(CONTENT, [Style(STYLE)], replace(FAST, size=128, preview=True))
     assert engine.cost_model == learned
+
+
+def test_a_new_engine_plans_at_the_pace_the_last_job_here_measured(
+    original_weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The plug-in's server ends itself when unused: the next one must not plan its first job (and the
+    dialog quote it) at the first guess's pace again, which was fitted on another machine."""
+    kept = tmp_path / "costs.json"
+    machine = CostModel(1.0, 5e-4)  # a job of FAST takes many seconds: enough to teach
+
+    def engine_keeping_its_pace(precision: str = "auto") -> Engine:
+        return Engine(original_weights, torch.device("cpu"), precision, learned_costs=LearnedCosts(kept))
+
+    first = engine_keeping_its_pace()
+    guess = FIRST_GUESS_COSTS[("cpu", first.precision)]
+    assert first.cost_model == guess
+    FakeClock(first, monkeypatch, machine)
+    first.stylize(CONTENT, [Style(STYLE)], FAST)
+    assert first.cost_model != guess
+    job = ((960, 1280), [(512, 512)], Options(size=1024))
+    again = engine_keeping_its_pace()
+    assert again.cost_model == first.cost_model
+    assert again.plan(*job).estimate == first.plan(*job).estimate
+    # Another precision runs at another pace: it starts from its own guess.
+    other_precision = "fp32" if first.precision == "bf16" else "bf16"
+    assert engine_keeping_its_pace(other_precision).cost_model == FIRST_GUESS_COSTS[("cpu", other_precision)]
+    # A damaged file costs one job planned from the guess; that job writes it anew.
+    kept.write_text('{"cpu: half a file')
+    damaged = engine_keeping_its_pace()
+    assert damaged.cost_model == guess
+    FakeClock(damaged, monkeypatch, replace(machine, seconds_per_pass=0.2))
+    damaged.stylize(CONTENT, [Style(STYLE)], FAST)
+    assert damaged.cost_model not in (guess, first.cost_model)
+    assert engine_keeping_its_pace().cost_model == damaged.cost_model
 
 
 def test_the_memory_estimate_counts_a_style_scaled_up(engine: Engine):

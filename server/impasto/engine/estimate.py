@@ -69,6 +69,23 @@ class CostModel:
         factor = sum(seconds for *_, seconds in samples) / sum(self.seconds(*work) for *work, _ in samples)
         return CostModel(self.seconds_per_pass * factor, self.seconds_per_pixel_iteration * factor)
 
+    def taught(self, samples: Sequence[tuple[float, float, float]]) -> CostModel:
+        """This model moved towards what one job's `samples` fit (`learned`), as far as the job's length
+        can tell (LEARNING_SECONDS)."""
+        seconds = sum(seconds for *_, seconds in samples)
+        share = seconds / (seconds + LEARNING_SECONDS)
+        fitted = self.learned(samples)
+        return CostModel(
+            (1 - share) * self.seconds_per_pass + share * fitted.seconds_per_pass,
+            (1 - share) * self.seconds_per_pixel_iteration + share * fitted.seconds_per_pixel_iteration,
+        )
+
+
+# How far one job moves the cost model to what its own scales fit: by the share seconds / (seconds +
+# LEARNING_SECONDS) of its length. A job of a fraction of a second, its time mostly start-up and noise,
+# barely moves it (taken whole, such jobs planned the default job up to 85 % long); the default CPU job,
+# half a minute, nearly replaces it (bench/pace.py; docs/benchmarks.md, "What a server learns of its pace").
+LEARNING_SECONDS = 5.0
 
 FIRST_GUESS_COSTS = {
     # Fitted on a 2-core AMD EPYC with AVX512-BF16 (bench/eta.py --costs, docs/benchmarks.md); a 2-core

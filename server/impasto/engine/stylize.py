@@ -12,9 +12,14 @@ import torch
 
 from ..protocol import bounds
 from .device import free_memory_bytes, pick_precision
-from .estimate import FIRST_GUESS_COSTS, HOST_LINK_BYTES_PER_SECOND, OTHER_DEVICE_COSTS
+from .estimate import (
+    FIRST_GUESS_COSTS,
+    HOST_LINK_BYTES_PER_SECOND,
+    OTHER_DEVICE_COSTS,
+)
 from .gram_cache import GramCache
 from .imageops import keep_content_colours, resize
+from .learned_costs import LearnedCosts, pace_key
 from .memory import fix_malloc_mmap_threshold
 from .plan import Plan, Planner
 from .recipes import DEFAULT, Recipe
@@ -81,6 +86,7 @@ class Engine:
         precision: Precision = "auto",
         gram_cache: GramCache | None = None,
         state_on_host: bool | None = None,
+        learned_costs: LearnedCosts | None = None,
     ):
         self.weights = weights
         self.device = device
@@ -93,8 +99,13 @@ class Engine:
             # Shapes are fixed within a scale, so cuDNN's autotuning pays for itself at once.
             torch.backends.cudnn.benchmark = True
         self._networks: dict[tuple[frozenset[str], str], VGGFeatures] = {}
-        # How long iterations take here: a first guess for this kind of device, then what its jobs took.
-        self.cost_model = FIRST_GUESS_COSTS.get((device.type, self.precision), OTHER_DEVICE_COSTS)
+        # How long iterations take here: what the last job here took (kept by `learned_costs` between
+        # servers), else a first guess for this kind of device.
+        self.learned_costs = learned_costs
+        self.pace_key = pace_key(device, self.precision)
+        self.cost_model = (learned_costs and learned_costs.get(self.pace_key)) or FIRST_GUESS_COSTS.get(
+            (device.type, self.precision), OTHER_DEVICE_COSTS
+        )
         self._lock = threading.Lock()
 
     def network(self, recipe: Recipe) -> VGGFeatures:
@@ -205,14 +216,20 @@ class Engine:
         image = run.initial_image(scales[0].size)
         for index, scale in enumerate(scales):
             image = run.optimise_scale(index, resize(image, scale.size))
-        if not options.preview:
-            # What this device really did replaces the guess used for the next plan. Not a preview's
-            # one small scale: measured, it plans a whole job 12–64 % long on a quiet machine (docs/
-            # benchmarks.md, "The dialog's cost line").
-            self.cost_model = self.cost_model.learned(run.scale_work)
+        self._learn_pace(run.scale_work, options)
         if options.preserve_colors:
             image = keep_content_colours(image, content)
         return image.detach().clamp(0, 1).cpu()
+
+    def _learn_pace(self, scale_work: list[tuple[float, float, float]], options: Options) -> None:
+        """What this device really did teaches the plans of the next jobs, here and in the next server.
+        Not a preview's one small scale: measured, it planned whole jobs 12–64 % long on a quiet machine
+        (docs/benchmarks.md, "The dialog's cost line")."""
+        if options.preview:
+            return
+        self.cost_model = self.cost_model.taught(scale_work)
+        if self.learned_costs is not None:
+            self.learned_costs.put(self.pace_key, self.cost_model)
 
 
 def check_options(options: Options, styles: Sequence[Style]) -> None:
