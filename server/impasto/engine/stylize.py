@@ -12,11 +12,7 @@ import torch
 
 from ..protocol import bounds
 from .device import free_memory_bytes, pick_precision
-from .estimate import (
-    FIRST_GUESS_COSTS,
-    HOST_LINK_BYTES_PER_SECOND,
-    OTHER_DEVICE_COSTS,
-)
+from .estimate import FIRST_GUESS_COSTS, HOST_LINK_BYTES_PER_SECOND, OTHER_DEVICE_COSTS
 from .gram_cache import GramCache
 from .imageops import keep_content_colours, resize
 from .learned_costs import LearnedCosts, pace_key
@@ -103,9 +99,8 @@ class Engine:
         # servers), else a first guess for this kind of device.
         self.learned_costs = learned_costs
         self.pace_key = pace_key(device, self.precision)
-        self.cost_model = (learned_costs and learned_costs.get(self.pace_key)) or FIRST_GUESS_COSTS.get(
-            (device.type, self.precision), OTHER_DEVICE_COSTS
-        )
+        kept = learned_costs.get(self.pace_key) if learned_costs is not None else None
+        self.cost_model = kept or FIRST_GUESS_COSTS.get((device.type, self.precision), OTHER_DEVICE_COSTS)
         self._lock = threading.Lock()
 
     def network(self, recipe: Recipe) -> VGGFeatures:
