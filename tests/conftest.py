@@ -85,11 +85,18 @@ def engine(original_weights: WeightSet) -> Engine:
     return Engine(original_weights, torch.device("cpu"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(cache_dir: Path) -> Iterator[None]:
+    # Tests never write into the user's real cache: set before any fixture, so that the servers the
+    # module- and session-wide fixtures start (thumbnails, learned costs) keep out of it too.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMPASTO_CACHE_DIR", str(cache_dir))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> Iterator[None]:
-    # Tests never write into the user's real cache. The pace a server learned from one test's jobs is
-    # not the plan of a server started in another.
-    monkeypatch.setenv("IMPASTO_CACHE_DIR", str(cache_dir))
+def _first_guess_of_pace(cache_dir: Path) -> Iterator[None]:
+    # The pace a server learned from one test's jobs is not the plan of a server started in another.
     learned_costs = cache_dir / LEARNED_COSTS
     learned_costs.unlink(missing_ok=True)
     yield
