@@ -1,24 +1,27 @@
 """What a server learns of this machine's pace from its jobs, and what the next server starts from.
 
-Starts `impasto-server` as its own process on a fresh cache folder and asks it for the plan of the
-default job on a 1200×900 layer (what the dialog's cost line says) before any job, then after each of a
-few jobs of other sizes (by default three of 48 px, 4 iterations, a fraction of a second each, then one
-of 128 px), then runs that default job itself: its time is the truth the plans are compared with. Then
-it stops the server and starts another on the same cache folder, which plans the default job again
-before running anything (the plug-in's own server ends itself after 20 minutes unused).
+Starts `impasto-server` as its own process on a fresh cache folder and asks it for the plan of a job
+on a 1200×900 layer (by default the default job: what the dialog's cost line says) before any job, then
+after each of a few jobs of other sizes (by default three of 48 px, 4 iterations, a fraction of a second
+each, then one of 128 px), then runs the planned job itself: its time is the truth the plans are
+compared with. Then it stops the server and starts another on the same cache folder, which plans the
+job again before running anything (the plug-in's own server ends itself after 20 minutes unused).
 
     .venv/bin/python bench/pace.py                    # about a minute on 2 cores
     stress-ng --cpu 2 & .venv/bin/python bench/pace.py; kill %1    # the same under load
+    .venv/bin/python bench/pace.py --jobs 48x2 --planned 64x2      # seconds (the test suite runs it)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from impasto.client import Client
@@ -29,14 +32,30 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 LAYER = ImageHeader("rgba8", 1200 * 900 * 4, 1200, 900)
 
 
-def start_server(cache: Path) -> tuple[subprocess.Popen, str]:
+@contextlib.contextmanager
+def server(cache: Path) -> Iterator[str]:
+    """An impasto-server on a loopback port whose cache folder is `cache`; yields its address."""
     command = [sys.executable, "-m", "impasto.service.main", "--port", "0", "--device", "cpu"]
     environment = {**os.environ, "IMPASTO_CACHE_DIR": str(cache)}
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment)
-    for line in process.stderr:
-        if "listening on" in line:
-            return process, line.split("listening on ", 1)[1].split()[0]
-    raise RuntimeError("impasto-server did not start")
+    try:
+        for line in process.stderr:
+            if "listening on" in line:
+                yield line.split("listening on ", 1)[1].split()[0]
+                break
+        else:
+            raise RuntimeError("impasto-server did not start")
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def settings(job: str | None) -> Settings:
+    """SIZExITERATIONS, or None for the server's defaults."""
+    if job is None:
+        return Settings(preview_seconds=NO_PREVIEWS)
+    size, iterations = map(int, job.split("x"))
+    return Settings(size=size, iterations=iterations, preview_seconds=NO_PREVIEWS)
 
 
 def main() -> int:
@@ -45,40 +64,33 @@ def main() -> int:
     parser.add_argument(
         "--jobs", nargs="+", default=["48x4", "48x4", "48x4", "128x20"], help="SIZExITERATIONS"
     )
+    parser.add_argument(
+        "--planned", help="SIZExITERATIONS of the job planned and run (default: the server's)"
+    )
     args = parser.parse_args()
-    styles = [StyleChoice(preset_id=args.style)]
+    styles, planned_job = [StyleChoice(preset_id=args.style)], settings(args.planned)
     photo = REPOSITORY / "docs" / "examples" / "chelsea.jpg"
     content = Image.from_file(photo)
+
+    def planned(client: Client) -> float:
+        return client.plan(LAYER, styles, planned_job).estimated_seconds
+
     rows: list[tuple[str, float | None, float]] = []
     with tempfile.TemporaryDirectory() as cache:
-        process, address = start_server(Path(cache))
-        try:
-            with Client(address) as client:
-                rows.append(("(none yet)", None, client.plan(LAYER, styles).estimated_seconds))
-                for job in args.jobs:
-                    size, iterations = map(int, job.split("x"))
-                    settings = Settings(size=size, iterations=iterations, preview_seconds=NO_PREVIEWS)
-                    took = run(client, content, styles, settings)
-                    rows.append(
-                        (f"{size} px, {iterations} it.", took, client.plan(LAYER, styles).estimated_seconds)
-                    )
-                truth = run(client, layer_content(photo), styles, Settings(preview_seconds=NO_PREVIEWS))
-        finally:
-            process.terminate()
-            process.wait()
-        process, address = start_server(Path(cache))
-        try:
-            with Client(address) as client:
-                rows.append(("(a new server)", None, client.plan(LAYER, styles).estimated_seconds))
-        finally:
-            process.terminate()
-            process.wait()
-    print(f"the default job on a 1200×900 layer took {truth:.1f} s")
-    print("| after the job | it took (s) | plan of the default job (s) | error |")
+        with server(Path(cache)) as address, Client(address) as client:
+            rows.append(("(none yet)", None, planned(client)))
+            for job in args.jobs:
+                took = run(client, content, styles, settings(job))
+                rows.append((f"{job.replace('x', ' px, ')} it.", took, planned(client)))
+            truth = run(client, layer_content(photo), styles, planned_job)
+        with server(Path(cache)) as address, Client(address) as client:
+            rows.append(("(a new server)", None, planned(client)))
+    print(f"the planned job on a {LAYER.width}×{LAYER.height} layer took {truth:.1f} s")
+    print("| after the job | it took (s) | the planned job's plan (s) | error |")
     print("|---|---:|---:|---:|")
-    for label, took, planned in rows:
+    for label, took, seconds in rows:
         took_text = "" if took is None else f"{took:.2f}"
-        print(f"| {label} | {took_text} | {planned:.1f} | {planned / truth - 1:+.0%} |")
+        print(f"| {label} | {took_text} | {seconds:.1f} | {seconds / truth - 1:+.0%} |")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The prepared GPU benchmark must stay runnable: checked here on the CPU at a tiny size."""
+"""The benchmarks must stay runnable: each is checked here on the CPU at a tiny size."""
 
 from __future__ import annotations
 
@@ -41,3 +41,12 @@ def test_eta_benchmark_runs_at_a_tiny_size():
     rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| fp32 | full: ")]
     scales = [cells for cells in rows if len(cells) == 9]  # precision, job, scale, size, tiles, …
     assert scales and int(scales[-1][4]) > 1, result.stdout
+
+
+def test_pace_benchmark_runs_at_a_tiny_size():
+    command = [sys.executable, str(BENCH / "pace.py"), "--jobs", "48x2", "--planned", "64x2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| (")]
+    assert rows == ["| (none yet)", "| (a new server)"], result.stdout
+    assert "| 48 px, 2 it. | " in result.stdout, result.stdout
