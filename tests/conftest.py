@@ -4,6 +4,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import impasto  # noqa: F401 (before torch: its OpenMP setting must precede PyTorch's loading)
 import numpy as np
 import pytest
 import torch

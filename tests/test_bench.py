@@ -50,3 +50,12 @@ def test_pace_benchmark_runs_at_a_tiny_size():
     rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| (")]
     assert rows == ["| (none yet)", "| (a new server)"], result.stdout
     assert "| 48 px, 2 it. | " in result.stdout, result.stdout
+
+
+def test_openmp_benchmark_runs_at_a_tiny_size():
+    settings = ["--settings", "default", "spin=10000"]
+    command = [sys.executable, str(BENCH / "openmp.py"), "--sizes", "32", *settings]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ")[:2] for line in result.stdout.splitlines() if " px × " in line]
+    assert rows == [["| default", "32 px × 40 it"], ["| spin=10000", "32 px × 40 it"]], result.stdout

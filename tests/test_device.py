@@ -1,6 +1,11 @@
-"""Which precision `auto` picks on a CPU: the one measured faster on that kind of chip."""
+"""How the CPU runs: the precision `auto` picks (the one measured faster on that kind of chip), and how
+PyTorch's threads wait for each other."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 from impasto.engine.device import cpu_prefers_bf16
@@ -27,3 +32,24 @@ def cpuinfo(vendor: str, *flags: str) -> str:
 )
 def test_bf16_is_chosen_only_where_it_was_measured_faster(text: str, bf16: bool):
     assert cpu_prefers_bf16(text) is bf16
+
+
+@pytest.mark.parametrize(
+    ("chosen", "seen"),
+    [
+        ({}, "10000 None"),  # a short spin: as fast on a quiet machine, far faster on a busy one
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "None ACTIVE"),  # the user's choice stands
+        ({"GOMP_SPINCOUNT": "5"}, "5 None"),
+    ],
+)
+def test_the_server_and_the_cli_start_pytorchs_threads_with_a_short_wait(chosen: dict, seen: str):
+    """libgomp reads its setting once, when PyTorch loads: each entry point sets it before, unless the
+    user set one. (Run in fresh processes: this one loaded PyTorch long ago.)"""
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    for entry_point in ("impasto.service.main", "impasto.cli"):
+        shown = "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+        code = f"import os, {entry_point}; {shown}"
+        result = subprocess.run(
+            [sys.executable, "-c", code], env={**environment, **chosen}, capture_output=True, text=True
+        )
+        assert result.returncode == 0 and result.stdout.split("\n")[0] == seen, (entry_point, result)
