@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +25,8 @@ from pathlib import Path
 from impasto.client import Client
 from impasto.protocol import NO_PREVIEWS, Image, ImageHeader, Settings, StyleChoice
 from PIL import Image as PILImage
+from sample_images import IMAGES
+from transfer import start_server
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 LAYER = ImageHeader("rgba8", 1200 * 900 * 4, 1200, 900)
@@ -34,17 +34,10 @@ LAYER = ImageHeader("rgba8", 1200 * 900 * 4, 1200, 900)
 
 @contextlib.contextmanager
 def server(cache: Path) -> Iterator[str]:
-    """An impasto-server on a loopback port whose cache folder is `cache`; yields its address."""
-    command = [sys.executable, "-m", "impasto.service.main", "--port", "0", "--device", "cpu"]
-    environment = {**os.environ, "IMPASTO_CACHE_DIR": str(cache)}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment)
+    """A CPU impasto-server whose cache folder is `cache`; yields its address."""
+    process, address = start_server(IMAGES / "styles", cache)
     try:
-        for line in process.stderr:
-            if "listening on" in line:
-                yield line.split("listening on ", 1)[1].split()[0]
-                break
-        else:
-            raise RuntimeError("impasto-server did not start")
+        yield address
     finally:
         process.terminate()
         process.wait()

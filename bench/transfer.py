@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import subprocess
 import sys
@@ -39,9 +40,11 @@ from sample_images import IMAGES
 TINY = Settings(size=16, iterations=1, preview_seconds=NO_PREVIEWS)
 
 
-def start_server(styles: Path) -> tuple[subprocess.Popen, str]:
+def start_server(styles: Path, cache: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """impasto-server on a loopback port (its cache folder `cache`, if given): (process, address)."""
     command = [sys.executable, "-m", "impasto.service.main", "--port", "0", "--styles-dir", str(styles)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    environment = {**os.environ, **({"IMPASTO_CACHE_DIR": str(cache)} if cache else {})}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment)
     for line in process.stderr:
         if "listening on" in line:
             return process, line.split("listening on ", 1)[1].split()[0]

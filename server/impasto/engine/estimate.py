@@ -31,6 +31,13 @@ STYLE_BYTES_PER_PIXEL = {"fp32": 600, "bf16": 350}
 HOST_LINK_BYTES_PER_SECOND = 20e9
 
 
+# How far one job moves the cost model to what its own scales fit: by the share seconds / (seconds +
+# LEARNING_SECONDS) of its length. A job of a fraction of a second, its time mostly start-up and noise,
+# barely moves it (taken whole, such jobs planned the default job up to 85 % long); the default CPU job,
+# half a minute, nearly replaces it (bench/pace.py; docs/benchmarks.md, "What a server learns of its pace").
+LEARNING_SECONDS = 5.0
+
+
 @dataclass(frozen=True)
 class CostModel:
     """How long a job's iterations take on one engine: a fixed cost for each pass of the network over the
@@ -80,12 +87,6 @@ class CostModel:
             (1 - share) * self.seconds_per_pixel_iteration + share * fitted.seconds_per_pixel_iteration,
         )
 
-
-# How far one job moves the cost model to what its own scales fit: by the share seconds / (seconds +
-# LEARNING_SECONDS) of its length. A job of a fraction of a second, its time mostly start-up and noise,
-# barely moves it (taken whole, such jobs planned the default job up to 85 % long); the default CPU job,
-# half a minute, nearly replaces it (bench/pace.py; docs/benchmarks.md, "What a server learns of its pace").
-LEARNING_SECONDS = 5.0
 
 FIRST_GUESS_COSTS = {
     # Fitted on a 2-core AMD EPYC with AVX512-BF16 (bench/eta.py --costs, docs/benchmarks.md); a 2-core
