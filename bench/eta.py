@@ -15,9 +15,10 @@ The jobs (`--jobs`):
 * `sweep`: working sizes 128, 256 and 384 px (`--sizes`, `--iterations`): 1, 2 and 4 scales.
 
 Per precision (`--precision fp32 bf16`) one engine is built as the server builds it (`load_engine`,
-then `warm_up`) and runs the chosen jobs twice over: the first job on the engine's first guess of its
-costs (as the first job on a machine runs), every later one on the costs the engine learned from the
-jobs before (as a server runs, and the next server: engine/learned_costs.py). Each job gets an empty
+then `warm_up`, which measures this machine's pace with a small job, as on a machine where no job
+has run) and runs the chosen jobs twice over: the first job on that measured pace (as the first job on a
+machine runs), every later one on the costs the engine learned from the jobs before (as a server runs,
+and the next server: engine/learned_costs.py). Each job gets an empty
 Gram cache, so it pays its style passes as a first use of that style does. Per scale: what the plan
 gave it and what it took.
 
@@ -78,7 +79,7 @@ class Job:
     name: str
     precision: str
     costs_before: str  # the engine's cost model when the job was planned
-    learned: bool  # planned on costs learned from an earlier job (else the first guess)
+    learned: bool  # planned on costs learned from an earlier job (else the pace warm_up measured)
     estimate: float = math.nan  # plan.estimate.seconds, before the job
     total: float = math.nan  # wall seconds of Engine.stylize
     start: float = math.nan
@@ -321,7 +322,7 @@ def main() -> int:
             print(f"Cost of an iteration, {engine.precision} (load before: {load_average()}):\n")
             print("\n".join(measure_costs(engine, content, style, args.costs, args.rounds)))
             print(f"\n- load after: {load_average()}\n", flush=True)
-            engine = load_engine("cpu", precision=precision, keep_pace=False)  # from the first guess
+            engine = load_engine("cpu", precision=precision, keep_pace=False)  # measured anew
             engine.warm_up()
         for index, spec in enumerate([*specs, *specs]):
             job = run_job(engine, spec, style, learned=index > 0)

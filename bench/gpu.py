@@ -7,7 +7,8 @@ square crop of chelsea with starry-night:
 1. ms per iteration at each --iter-sizes (default 512 and 1024), one scale, default recipe (L-BFGS)
    and Adam: the time between the end of iteration --warmup and the last one, divided by the
    iterations between, measured with device events; median over --repeats.
-2. A whole default job at 1024 px (coarse to fine, --job-iterations at full size): wall seconds.
+2. A whole default job at 1024 px (coarse to fine, --job-iterations at full size): wall seconds, against
+   its plan at the pace `Engine.measure_pace` measured first, as a new server does (and that time).
 3. Peak device memory for a few iterations at each --memory-sizes (default 512 … 4096).
 4. Full-size jobs (`Options(size="full")`, chelsea scaled up to each size; coarse to fine up to the
    content's own size with the default recipe, --full-iterations at full size, half that on each
@@ -307,12 +308,18 @@ def measure_speed_and_memory(engine: Engine, style: torch.Tensor, clock: Clock, 
 
     options = Options(size=args.job_size, iterations=args.job_iterations)
     start = time.perf_counter()
+    engine.measure_pace()  # what a new server does before it listens
+    measured = time.perf_counter() - start
+    cost, planned = engine.cost_model, engine.plan(content.shape[2:], [style.shape[2:]], options)
+    start = time.perf_counter()
     engine.stylize(content, [Style(style)], options)
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(
-        f"\nWhole default job at {args.job_size} px, {args.job_iterations} iterations at full size: "
-        f"{time.perf_counter() - start:.2f} s\n"
+        f"\nPace measured in {measured:.2f} s: {cost.seconds_per_pass * 1e3:.2f} ms per pass and "
+        f"{cost.seconds_per_pixel_iteration * 1e9:.2f} ns per pixel-iteration. "
+        f"Whole default job at {args.job_size} px, {args.job_iterations} iterations at full size: "
+        f"{time.perf_counter() - start:.2f} s (planned {planned.estimate.seconds:.2f} s)\n"
     )
 
     print("| size | peak memory (3 iterations, one scale) |")

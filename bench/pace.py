@@ -1,7 +1,8 @@
 """What a server learns of this machine's pace from its jobs, and what the next server starts from.
 
-Starts `impasto-server` as its own process on a fresh cache folder and asks it for the plan of a job
-on a 1200×900 layer (by default the default job: what the dialog's cost line says) before any job, then
+Starts `impasto-server` as its own process on a fresh cache folder (where it measures this machine's pace
+with a small job before it listens: `Engine.measure_pace`) and asks it for the plan of a job on a
+1200×900 layer (by default the default job: what the dialog's cost line says) before any job, then
 after each of a few jobs of other sizes (by default three of 48 px, 4 iterations, a fraction of a second
 each, then one of 128 px), then runs the planned job itself: its time is the truth the plans are
 compared with. Then it stops the server and starts another on the same cache folder, which plans the
@@ -9,6 +10,7 @@ job again before running anything (the plug-in's own server ends itself after 20
 
     .venv/bin/python bench/pace.py                    # about a minute on 2 cores
     stress-ng --cpu 2 & .venv/bin/python bench/pace.py; kill %1    # the same under load
+    OMP_NUM_THREADS=1 .venv/bin/python bench/pace.py --precision fp32  # a machine slower than the guess's
     .venv/bin/python bench/pace.py --jobs 48x2 --planned 64x2      # seconds (the test suite runs it)
 """
 
@@ -33,9 +35,13 @@ LAYER = ImageHeader("rgba8", 1200 * 900 * 4, 1200, 900)
 
 
 @contextlib.contextmanager
-def server(cache: Path) -> Iterator[str]:
+def server(cache: Path, precision: str) -> Iterator[str]:
     """A CPU impasto-server whose cache folder is `cache`; yields its address."""
-    process, address = start_server(IMAGES / "styles", cache)
+    # On a fresh cache folder the server measures this machine's pace before it listens.
+    which = "the same" if any(cache.iterdir()) else "a fresh"
+    started = time.monotonic()
+    process, address = start_server(IMAGES / "styles", cache, ("--precision", precision))
+    print(f"a server on {which} cache folder listened after {time.monotonic() - started:.1f} s")
     try:
         yield address
     finally:
@@ -54,6 +60,7 @@ def settings(job: str | None) -> Settings:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--style", default="starry-night")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument(
         "--jobs", nargs="+", default=["48x4", "48x4", "48x4", "128x20"], help="SIZExITERATIONS"
     )
@@ -70,13 +77,13 @@ def main() -> int:
 
     rows: list[tuple[str, float | None, float]] = []
     with tempfile.TemporaryDirectory() as cache:
-        with server(Path(cache)) as address, Client(address) as client:
+        with server(Path(cache), args.precision) as address, Client(address) as client:
             rows.append(("(none yet)", None, planned(client)))
             for job in args.jobs:
                 took = run(client, content, styles, settings(job))
                 rows.append((f"{job.replace('x', ' px, ')} it.", took, planned(client)))
             truth = run(client, layer_content(photo), styles, planned_job)
-        with server(Path(cache)) as address, Client(address) as client:
+        with server(Path(cache), args.precision) as address, Client(address) as client:
             rows.append(("(a new server)", None, planned(client)))
     print(f"the planned job on a {LAYER.width}×{LAYER.height} layer took {truth:.1f} s")
     print("| after the job | it took (s) | the planned job's plan (s) | error |")

@@ -249,7 +249,7 @@ def main() -> None:
     else:
         fixed = memory.fix_malloc_mmap_threshold()
         mmap = "fixed at 1 MiB" if fixed else "not fixed (not glibc, or set outside)"
-    engine = load_engine(args.device, "original", args.precision, keep_pace=False)  # plans: the first guess
+    engine = load_engine(args.device, "original", args.precision, keep_pace=False)  # warm_up measures
     engine.state_on_host = args.state == "host"
     engine.warm_up()
     threads = torch.get_num_threads()

@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -40,9 +41,13 @@ from sample_images import IMAGES
 TINY = Settings(size=16, iterations=1, preview_seconds=NO_PREVIEWS)
 
 
-def start_server(styles: Path, cache: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """impasto-server on a loopback port (its cache folder `cache`, if given): (process, address)."""
+def start_server(
+    styles: Path, cache: Path | None = None, flags: Sequence[str] = ()
+) -> tuple[subprocess.Popen, str]:
+    """impasto-server on a loopback port (its cache folder `cache`, if given; more of its `flags`):
+    (process, address)."""
     command = [sys.executable, "-m", "impasto.service.main", "--port", "0", "--styles-dir", str(styles)]
+    command += flags
     environment = {**os.environ, **({"IMPASTO_CACHE_DIR": str(cache)} if cache else {})}
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment)
     for line in process.stderr:

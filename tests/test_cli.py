@@ -16,6 +16,7 @@ import pytest
 from grpclib.const import Status
 from helpers import interrupt_stylize, running_server
 from impasto.cli import EXIT_CANCELLED, EXIT_FAILED, build_parser, main
+from impasto.engine.learned_costs import FILE_NAME as LEARNED_COSTS
 from impasto.jobs import Jobs
 from impasto.protocol import PREVIEW_SIDE, Kind, from_status
 from impasto.protocol.errors import CLIENT_KINDS, HINTS
@@ -472,7 +473,9 @@ def test_preview_writes_the_small_picture_the_dialog_shows(images: Path, tmp_pat
 
 
 @pytest.mark.parametrize("where", ["in-process", "server"])
-def test_dry_run_prints_the_plan_and_paints_nothing(images: Path, tmp_path: Path, capsys, where: str):
+def test_dry_run_prints_the_plan_and_paints_nothing(
+    images: Path, tmp_path: Path, capsys, where: str, cache_dir: Path
+):
     out = tmp_path / "never.png"
     content = images / "content" / "chelsea.png"  # 256×170
     args = ["stylize", str(content), "--style", "udnie", "-o", str(out), "--dry-run"]
@@ -481,6 +484,8 @@ def test_dry_run_prints_the_plan_and_paints_nothing(images: Path, tmp_path: Path
             code = main([*args, "--server", address])
     else:
         code = main(args)
+        # The plan of a first run here is at this machine's pace, measured before it (as a server does).
+        assert (cache_dir / LEARNED_COSTS).is_file()
     said = capsys.readouterr().out
     assert code == 0 and not out.exists()
     assert "chelsea.png: working size 384×255" in said, said

@@ -23,6 +23,7 @@ import torch
 from helpers import interrupt_stylize, running_server, self_signed, start_long_job
 from impasto.client import Client
 from impasto.engine import Engine
+from impasto.engine.learned_costs import FILE_NAME as LEARNED_COSTS
 from impasto.jobs import queue as job_queue
 from impasto.launcher import EXIT_PORT_IN_USE
 from impasto.protocol import (
@@ -596,9 +597,10 @@ def test_calls_keep_an_idle_exit_server_running(images: Path):
         process.kill()
 
 
-def test_a_new_server_plans_at_the_pace_the_last_one_measured(images: Path):
+def test_a_new_server_plans_at_the_pace_the_last_one_measured(images: Path, cache_dir: Path):
     """The plug-in's own server ends itself when unused; the next one quotes the first job at the pace
-    the last one's jobs measured on this machine, not at the first guess's (fitted on another)."""
+    the last one measured on this machine (at its start, then by its jobs), not at the first guess's
+    (fitted on another), and measures nothing itself."""
     header = ImageHeader("rgba8", 1200 * 900 * 4, 1200, 900)
     styles = [StyleChoice(preset_id="udnie")]
     content, _ = rgba(images / "content" / "camera.png")
@@ -606,14 +608,16 @@ def test_a_new_server_plans_at_the_pace_the_last_one_measured(images: Path):
     process, address = start_server_process(*flags)
     try:
         with Client(address) as client:
-            guessed = client.plan(header, styles)
+            # A server on a machine where no job has run yet measures its pace before it listens.
+            assert (cache_dir / LEARNED_COSTS).is_file()
+            measured = client.plan(header, styles)
             run_job(address, content, styles)
             learned = client.plan(header, styles)
         process.terminate()
         assert process.wait(timeout=60) == 0
     finally:
         process.kill()
-    assert learned.estimated_seconds != guessed.estimated_seconds
+    assert learned.estimated_seconds != measured.estimated_seconds
     process, address = start_server_process(*flags)
     try:
         with Client(address) as client:
@@ -621,6 +625,28 @@ def test_a_new_server_plans_at_the_pace_the_last_one_measured(images: Path):
         assert (planned.scales, planned.estimated_seconds) == (learned.scales, learned.estimated_seconds)
     finally:
         process.kill()
+
+
+def test_a_gpu_too_full_to_measure_its_pace_at_start_still_serves(
+    images: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """Other programs may fill a GPU while the server starts: it says so and serves; its jobs then plan
+    at the first guess until one has run, and tile or refuse what does not fit, as always."""
+
+    def out_of_memory(engine: Engine, *args) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(Engine, "measure_pace", out_of_memory)
+    caplog.set_level(logging.WARNING, logger="impasto.server")
+    content, _ = rgba(images / "content" / "camera.png")
+    with running_server("--styles-dir", str(images / "styles")) as address:
+        _, result = run_job(address, content, [StyleChoice(preset_id="udnie")])
+    assert result is not None and (result.width, result.height) == (content.width, content.height)
+    warned = [r.getMessage() for r in caplog.records if "measure its pace" in r.getMessage()]
+    assert warned == [
+        "cpu: too little free memory to warm up and measure its pace (CUDA out of memory. Tried to allocate "
+        "2.00 GiB); the first job will pay the set-up and is planned from a guess"
+    ], warned
 
 
 def test_a_second_server_on_the_same_port_refuses_to_start(server: str):

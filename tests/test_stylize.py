@@ -375,6 +375,27 @@ def test_a_new_engine_plans_at_the_pace_the_last_job_here_measured(
     assert engine_keeping_its_pace().cost_model == damaged.cost_model
 
 
+def test_a_new_machine_is_planned_at_its_own_pace_before_its_first_job(
+    original_weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The first guess was fitted on another machine: on one three times slower, with a larger fixed cost,
+    the dialog's first quote would be a third of the truth. Warming up, a new engine times a small job
+    and plans at what it measured; the next engine here reads that and measures nothing."""
+    kept = tmp_path / "costs.json"
+    fresh = Engine(original_weights, torch.device("cpu"), learned_costs=LearnedCosts(kept))
+    guess = fresh.cost_model
+    machine = CostModel(3 * guess.seconds_per_pass + 0.02, 3 * guess.seconds_per_pixel_iteration)
+    FakeClock(fresh, monkeypatch, machine)
+    fresh.warm_up()
+    assert fresh.cost_model.seconds_per_pass == pytest.approx(machine.seconds_per_pass)
+    assert fresh.cost_model.seconds_per_pixel_iteration == pytest.approx(machine.seconds_per_pixel_iteration)
+
+    known = Engine(original_weights, torch.device("cpu"), learned_costs=LearnedCosts(kept))
+    FakeClock(known, monkeypatch, CostModel(1.0, 1e-3))  # would be learned, were anything timed
+    known.warm_up()
+    assert known.cost_model == fresh.cost_model
+
+
 def test_the_memory_estimate_counts_a_style_scaled_up(engine: Engine):
     """A style drawn at 8× the working size costs far more memory than the optimisation itself."""
     plain = estimate(engine, Options(size=128), (1000, 1000))

@@ -54,6 +54,7 @@ class LocalRunner:
         )
         self.init_file = args.init not in ("content", "noise")  # the last upload is the --init image
         engine = load_engine(args.device, args.weights, args.precision)
+        engine.warm_up()  # as the server does: on a new machine, measures its pace for the plans
         memory = host_memory_bytes()
         # This machine's own limits: the whole host, no network to protect it from.
         limits = Limits(

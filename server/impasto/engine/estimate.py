@@ -3,8 +3,8 @@
 Memory per working pixel at the peak of an iteration (activations kept for the backward pass plus
 its transients), measured through conv5_1 (docs/benchmarks.md): about 2.5 KB in fp32 and 1.6 KB with
 bf16 convolutions, plus the optimiser's state. Time follows a `CostModel`: each iteration's fixed cost
-plus its pixels' work, from a per-device first guess, refitted by each job to what its scales really
-took.
+plus its pixels' work: a per-device first guess until a small job measures this machine
+(`Engine.measure_pace`), then moved by each job towards what its scales really took.
 
 A tiled scale (engine/tiled.py) needs one tile's working set (its input pixels, halo included, at the
 same cost per pixel) beside buffers of the whole image: the image, its gradient, the resized content,

@@ -1,12 +1,13 @@
 """Each engine's cost model as its last job left it, kept on disk between servers.
 
 The first guess for a kind of device was fitted on one machine (estimate.FIRST_GUESS_COSTS); a user's
-machine runs at its own pace, and the plug-in's own server ends itself after a while unused. Without this
-file each new server would plan its first job, and the dialog quote it, at the guess's pace again.
+machine runs at its own pace, measured by a small job where nothing is kept (`Engine.measure_pace`) and
+then by each job, and the plug-in's own server ends itself after a while unused. Without this file each
+new server would measure again and forget what the jobs taught.
 
 One JSON object, `{key: [seconds_per_pass, seconds_per_pixel_iteration]}`, in the cache folder: losing it
-costs one job planned from the guess. A key names what sets the pace (device, model, precision, threads,
-PyTorch), so a model learned on one never plans for another.
+costs a small job timed at the next start. A key names what sets the pace (device, model, precision,
+threads, PyTorch), so a model learned on one never plans for another.
 """
 
 from __future__ import annotations

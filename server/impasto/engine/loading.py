@@ -29,7 +29,7 @@ def load_engines(
     """One engine per device of `devices`: 'auto', one name ('cpu', 'cuda:1', 'mps'), several separated
     by commas ('cuda:0,cuda:1'), or 'all' (every CUDA GPU). They share the weights and the Gram cache,
     and where `keep_pace`, what the last jobs here measured of each device's pace (else they start from
-    the first guess, as benchmarks of the plans do)."""
+    the first guess, which `Engine.warm_up` replaces by a measurement, as benchmarks of the plans do)."""
     if weights == "original":
         weight_set = load_original_vgg19()
     elif weights == "torchvision":

@@ -11,8 +11,8 @@ from typing import Literal
 import torch
 
 from ..protocol import bounds
-from .device import free_memory_bytes, pick_precision
-from .estimate import FIRST_GUESS_COSTS, HOST_LINK_BYTES_PER_SECOND, OTHER_DEVICE_COSTS
+from .device import default_size, free_memory_bytes, pick_precision
+from .estimate import FIRST_GUESS_COSTS, HOST_LINK_BYTES_PER_SECOND, OTHER_DEVICE_COSTS, CostModel
 from .gram_cache import GramCache
 from .imageops import keep_content_colours, resize
 from .learned_costs import LearnedCosts, pace_key
@@ -32,6 +32,11 @@ class Style:
     image: torch.Tensor  # (1, 3, H, W), RGB in [0, 1]
     weight: float = 1.0
 
+
+# Iterations at the working size of the job that measures a new device's pace (`Engine.measure_pace`),
+# whose working size is half the device's default: its scales' sizes and its iterations are few, but
+# enough to part a pass's fixed cost from its pixels' (docs/benchmarks.md, "A new machine's first plan").
+PACE_JOB_ITERATIONS = 2
 
 # A memory budget left to its default keeps this share of the free memory, and at least this much, free.
 BUDGET_MARGIN_SHARE = 0.1
@@ -96,11 +101,12 @@ class Engine:
             torch.backends.cudnn.benchmark = True
         self._networks: dict[tuple[frozenset[str], str], VGGFeatures] = {}
         # How long iterations take here: what the last job here took (kept by `learned_costs` between
-        # servers), else a first guess for this kind of device.
+        # servers), else a first guess for this kind of device until `measure_pace`.
         self.learned_costs = learned_costs
         self.pace_key = pace_key(device, self.precision)
         kept = learned_costs.get(self.pace_key) if learned_costs is not None else None
         self.cost_model = kept or FIRST_GUESS_COSTS.get((device.type, self.precision), OTHER_DEVICE_COSTS)
+        self.pace_measured = kept is not None  # else the first guess, from another machine
         self._lock = threading.Lock()
 
     def network(self, recipe: Recipe) -> VGGFeatures:
@@ -113,11 +119,33 @@ class Engine:
             return self._networks[key]
 
     def warm_up(self, recipe: Recipe = DEFAULT) -> None:
-        """Loads the network and runs one small pass, so that a first job does not pay the set-up."""
+        """Loads the network and runs one small pass, so that a first job does not pay the set-up; then,
+        where no job has measured this device's pace yet, measures it (`measure_pace`)."""
         image = torch.rand(1, 3, 64, 64, device=self.device, requires_grad=True)
         features = self.features(self.network(recipe), image)
         sum(f.float().mean() for f in features.values()).backward()
         torch.optim.Adam([image])  # PyTorch's first optimiser imports torch._dynamo: seconds
+        if not self.pace_measured:
+            self.measure_pace(recipe)
+
+    def measure_pace(self, recipe: Recipe = DEFAULT) -> None:
+        """Times a small job (random pictures, half the default working size, PACE_JOB_ITERATIONS: 0.6–1.1
+        s on a 2-core CPU) and plans at its pace from then on.
+
+        The first guess was fitted on one machine: a CPU of half its speed was planned at half the time,
+        and the dialog's first quote said so. What this job's scales took replaces it whole; later jobs
+        teach by their length as usual (docs/benchmarks.md, "A new machine's first plan")."""
+        side = default_size(self.device) // 2
+        generator = torch.Generator().manual_seed(0)
+        content = torch.rand(1, 3, side * 3 // 4, side, generator=generator)
+        style = torch.rand(1, 3, side, side, generator=generator)
+        options = Options(size=side, iterations=PACE_JOB_ITERATIONS, recipe=recipe)
+        # On a CUDA GPU each new shape's first passes choose its convolutions' algorithms (cudnn.benchmark):
+        # a moment that a real job's scales hardly notice but most of this small job's time. It is timed
+        # on its second run. Not measured (no GPU yet): bench/gpu.py prints its plan against a job.
+        for _ in range(2 if self.device.type == "cuda" else 1):
+            _, _, scale_work = self._optimise(content, [Style(style)], options)
+        self._keep_pace(self.cost_model.learned(scale_work))
 
     def plan(
         self, content_size: tuple[int, int], style_sizes: Sequence[tuple[int, int]], options: Options
@@ -193,6 +221,29 @@ class Engine:
 
         `plan` is what `self.plan` made for this content, styles and options (made here if not given).
         """
+        image, content, scale_work = self._optimise(
+            content, styles, options, plan, on_progress, on_preview, cancel
+        )
+        if not options.preview:
+            # Not a preview's one small scale: measured, it planned whole jobs 12–64 % long on a quiet
+            # machine (docs/benchmarks.md, "The dialog's cost line").
+            self._keep_pace(self.cost_model.taught(scale_work))
+        if options.preserve_colors:
+            image = keep_content_colours(image, content)
+        return image.detach().clamp(0, 1).cpu()
+
+    def _optimise(
+        self,
+        content: torch.Tensor,
+        styles: Sequence[Style],
+        options: Options,
+        plan: Plan | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[float, float, float]]]:
+        """The job's scales, coarse to fine: (the image, the content at the working size, each scale's
+        work and seconds for a CostModel)."""
         if content.ndim != 4 or content.shape[:2] != (1, 3):
             raise ValueError(f"content must be a (1, 3, H, W) tensor, got {tuple(content.shape)}")
         check_options(options, styles)
@@ -211,20 +262,13 @@ class Engine:
         image = run.initial_image(scales[0].size)
         for index, scale in enumerate(scales):
             image = run.optimise_scale(index, resize(image, scale.size))
-        self._learn_pace(run.scale_work, options)
-        if options.preserve_colors:
-            image = keep_content_colours(image, content)
-        return image.detach().clamp(0, 1).cpu()
+        return image, content, run.scale_work
 
-    def _learn_pace(self, scale_work: list[tuple[float, float, float]], options: Options) -> None:
-        """What this device really did teaches the plans of the next jobs, here and in the next server.
-        Not a preview's one small scale: measured, it planned whole jobs 12–64 % long on a quiet machine
-        (docs/benchmarks.md, "The dialog's cost line")."""
-        if options.preview:
-            return
-        self.cost_model = self.cost_model.taught(scale_work)
+    def _keep_pace(self, model: CostModel) -> None:
+        """Plans here, and in the next server on this machine, at the pace this device was measured at."""
+        self.cost_model, self.pace_measured = model, True
         if self.learned_costs is not None:
-            self.learned_costs.put(self.pace_key, self.cost_model)
+            self.learned_costs.put(self.pace_key, model)
 
 
 def check_options(options: Options, styles: Sequence[Style]) -> None:

@@ -150,6 +150,8 @@ def start(
     and no job for that long; main() then shuts down as on SIGTERM. Raises CannotListen.
     """
     # Engine imports pull in torch; kept here so that `--help` answers at once.
+    import torch
+
     from ..engine import describe
     from ..engine.loading import load_engines
     from ..jobs import Jobs
@@ -157,7 +159,17 @@ def start(
 
     engines = load_engines(args.device, precision=args.precision)
     for engine in engines:
-        engine.warm_up()  # load and place the network once, before the first job
+        try:
+            engine.warm_up()  # load and place the network once (and measure its pace), before the first job
+        except torch.OutOfMemoryError as error:
+            # A GPU that other programs fill now may have room later, and the jobs refuse or tile what does
+            # not fit: the server still serves.
+            log.warning(
+                "%s: too little free memory to warm up and measure its pace (%s); the first job will pay "
+                "the set-up and is planned from a guess",
+                engine.device,
+                str(error).splitlines()[0],
+            )
     devices = [describe(engine.device) for engine in engines]
     limits = limits_from(args, engines)
     library = StyleLibrary(args.styles_dir, limits.max_pixels)
