@@ -627,6 +627,21 @@ def test_a_new_server_plans_at_the_pace_the_last_one_measured(images: Path, cach
         process.kill()
 
 
+def test_a_server_logs_the_pace_it_plans_at_and_where_that_came_from(
+    images: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="impasto.server")
+    for _ in range(2):
+        with running_server("--styles-dir", str(images / "styles")):
+            pass
+    said = [r.getMessage() for r in caplog.records if " ready in " in r.getMessage()]
+    pace = r"cpu ready in \d+\.\d s; plans at (\d+\.\d ms a pass \+ \d+\.\d+ µs a pixel-iteration), "
+    first, second = (re.fullmatch(pace + r"(.+)", line) for line in said)
+    assert first and second, said
+    assert first[2] == "measured now" and second[2] == f"as kept in {cache_dir / LEARNED_COSTS}", said
+    assert first[1] == second[1], said
+
+
 def test_a_gpu_too_full_to_measure_its_pace_at_start_still_serves(
     images: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):

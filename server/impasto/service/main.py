@@ -13,7 +13,9 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc._cython import cygrpc
@@ -27,6 +29,9 @@ from .pairing import advertised_host, fingerprint_of, secrets_in
 from .parser import DEFAULT_HOST, build_parser
 from .servicer import SERVICE_NAME, StyleTransferServicer, lenient
 from .styles_command import styles_main, take_styles_dir
+
+if TYPE_CHECKING:
+    from ..engine import Engine
 
 log = logging.getLogger("impasto.server")
 # Host bytes per uploaded pixel while a job lives (raw RGBA, float RGB, resized copies, the reply):
@@ -150,8 +155,6 @@ def start(
     and no job for that long; main() then shuts down as on SIGTERM. Raises CannotListen.
     """
     # Engine imports pull in torch; kept here so that `--help` answers at once.
-    import torch
-
     from ..engine import describe
     from ..engine.loading import load_engines
     from ..jobs import Jobs
@@ -159,17 +162,7 @@ def start(
 
     engines = load_engines(args.device, precision=args.precision)
     for engine in engines:
-        try:
-            engine.warm_up()  # load and place the network once (and measure its pace), before the first job
-        except torch.OutOfMemoryError as error:
-            # A GPU that other programs fill now may have room later, and the jobs refuse or tile what does
-            # not fit: the server still serves.
-            log.warning(
-                "%s: too little free memory to warm up and measure its pace (%s); the first job will pay "
-                "the set-up and is planned from a guess",
-                engine.device,
-                str(error).splitlines()[0],
-            )
+        _warm_up(engine)
     devices = [describe(engine.device) for engine in engines]
     limits = limits_from(args, engines)
     library = StyleLibrary(args.styles_dir, limits.max_pixels)
@@ -287,6 +280,36 @@ def _channelz(query: Callable[..., str], *ids: int) -> dict:
         return json.loads(query(*ids))
     except ValueError:
         return {}
+
+
+def _warm_up(engine: Engine) -> None:
+    """Loads and places the network once, before the first job, and where no job has run on this device yet
+    measures its pace; logs which, and the pace its plans start from."""
+    import torch
+
+    measures = not engine.pace_measured
+    started = time.monotonic()
+    try:
+        engine.warm_up()
+    except torch.OutOfMemoryError as error:
+        # A GPU that other programs fill now may have room later, and the jobs refuse or tile what does not
+        # fit: the server still serves.
+        log.warning(
+            "%s: too little free memory to warm up and measure its pace (%s); the first job will pay the "
+            "set-up and is planned from a guess",
+            engine.device,
+            str(error).splitlines()[0],
+        )
+        return
+    cost = engine.cost_model
+    log.info(
+        "%s ready in %.1f s; plans at %.1f ms a pass + %.3f µs a pixel-iteration, %s",
+        engine.device,
+        time.monotonic() - started,
+        cost.seconds_per_pass * 1e3,
+        cost.seconds_per_pixel_iteration * 1e6,
+        "measured now" if measures else f"as kept in {engine.learned_costs.path}",
+    )
 
 
 async def _serve(args: argparse.Namespace, token: str | None, servicer: StyleTransferServicer):
