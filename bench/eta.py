@@ -15,12 +15,11 @@ The jobs (`--jobs`):
 * `sweep`: working sizes 128, 256 and 384 px (`--sizes`, `--iterations`): 1, 2 and 4 scales.
 
 Per precision (`--precision fp32 bf16`) one engine is built as the server builds it (`load_engine`,
-then `warm_up`, which measures this machine's pace with a small job, as on a machine where no job
-has run) and runs the chosen jobs twice over: the first job on that measured pace (as the first job on a
+then `warm_up`, which measures this machine's pace with a small job, as on a machine where no job has
+run) and runs the chosen jobs twice over: the first job on that measured pace (as the first job on a
 machine runs), every later one on the costs the engine learned from the jobs before (as a server runs,
-and the next server: engine/learned_costs.py). Each job gets an empty
-Gram cache, so it pays its style passes as a first use of that style does. Per scale: what the plan
-gave it and what it took.
+and the next server: engine/learned_costs.py). Each job gets an empty Gram cache, so it pays its style
+passes as a first use of that style does. Per scale: what the plan gave it and what it took.
 
     python bench/eta.py --precision fp32 bf16 --threads 1   # default and full jobs, ~15 min on 2 cores
     python bench/eta.py --jobs sweep --precision fp32        # the three working sizes

@@ -378,13 +378,13 @@ def test_a_new_engine_plans_at_the_pace_the_last_job_here_measured(
 def test_a_new_machine_is_planned_at_its_own_pace_before_its_first_job(
     original_weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """The first guess was fitted on another machine: on one three times slower, with a larger fixed cost,
-    the dialog's first quote would be a third of the truth. Warming up, a new engine times a small job
-    and plans at what it measured; the next engine here reads that and measures nothing."""
+    """The first guess was fitted on another machine: on one three times slower the dialog's first quote
+    would be a third of the truth. Warming up, a new engine times a small job and plans at that speed;
+    the next engine here reads it and measures nothing."""
     kept = tmp_path / "costs.json"
     fresh = Engine(original_weights, torch.device("cpu"), learned_costs=LearnedCosts(kept))
     guess = fresh.cost_model
-    machine = CostModel(3 * guess.seconds_per_pass + 0.02, 3 * guess.seconds_per_pixel_iteration)
+    machine = CostModel(3 * guess.seconds_per_pass, 3 * guess.seconds_per_pixel_iteration)
     FakeClock(fresh, monkeypatch, machine)
     fresh.warm_up()
     assert fresh.cost_model.seconds_per_pass == pytest.approx(machine.seconds_per_pass)

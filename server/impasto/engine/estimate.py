@@ -73,6 +73,11 @@ class CostModel:
             per_pixel = (uu * sum(v) - uv * sum(u)) / determinant
             if fixed >= 0 and per_pixel > 0:
                 return CostModel(fixed, per_pixel)
+        return self.rescaled(samples)
+
+    def rescaled(self, samples: Sequence[tuple[float, float, float]]) -> CostModel:
+        """This model's proportion of fixed cost to pixels', at the speed that `samples` (as for `learned`)
+        show in all: one number from their total time, steadier than both parts from a few small scales."""
         factor = sum(seconds for *_, seconds in samples) / sum(self.seconds(*work) for *work, _ in samples)
         return CostModel(self.seconds_per_pass * factor, self.seconds_per_pixel_iteration * factor)
 

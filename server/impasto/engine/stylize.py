@@ -34,8 +34,8 @@ class Style:
 
 
 # Iterations at the working size of the job that measures a new device's pace (`Engine.measure_pace`),
-# whose working size is half the device's default: its scales' sizes and its iterations are few, but
-# enough to part a pass's fixed cost from its pixels' (docs/benchmarks.md, "A new machine's first plan").
+# whose working size is half the device's default: a second on a 2-core CPU, and as steady as longer ones
+# (docs/benchmarks.md, "A new machine's first plan").
 PACE_JOB_ITERATIONS = 2
 
 # A memory budget left to its default keeps this share of the free memory, and at least this much, free.
@@ -133,8 +133,10 @@ class Engine:
         s on a 2-core CPU) and plans at its pace from then on.
 
         The first guess was fitted on one machine: a CPU of half its speed was planned at half the time,
-        and the dialog's first quote said so. What this job's scales took replaces it whole; later jobs
-        teach by their length as usual (docs/benchmarks.md, "A new machine's first plan")."""
+        and the dialog's first quote said so. The guess is scaled to this job's time in all (`rescaled`):
+        its few small scales, each with its set-up, cannot part the fixed cost from the pixels' steadily
+        (fitting both planned the default job 20 % short). Later jobs teach both parts by their length as
+        usual (docs/benchmarks.md, "A new machine's first plan")."""
         side = default_size(self.device) // 2
         generator = torch.Generator().manual_seed(0)
         content = torch.rand(1, 3, side * 3 // 4, side, generator=generator)
@@ -145,7 +147,7 @@ class Engine:
         # on its second run. Not measured (no GPU yet): bench/gpu.py prints its plan against a job.
         for _ in range(2 if self.device.type == "cuda" else 1):
             _, _, scale_work = self._optimise(content, [Style(style)], options)
-        self._keep_pace(self.cost_model.learned(scale_work))
+        self._keep_pace(self.cost_model.rescaled(scale_work))
 
     def plan(
         self, content_size: tuple[int, int], style_sizes: Sequence[tuple[int, int]], options: Options
