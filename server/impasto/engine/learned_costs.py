@@ -1,4 +1,5 @@
-"""Each engine's cost model as its last job left it, kept on disk between servers.
+"""Each engine's cost model as its measurement at start and its last job left it, kept on disk between
+servers.
 
 The first guess for a kind of device was fitted on one machine (estimate.FIRST_GUESS_COSTS); a user's
 machine runs at its own pace, measured by a small job where nothing is kept (`Engine.measure_pace`) and

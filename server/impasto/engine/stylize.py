@@ -34,8 +34,8 @@ class Style:
 
 
 # Iterations at the working size of the job that measures a new device's pace (`Engine.measure_pace`),
-# whose working size is half the device's default: a second on a 2-core CPU, and as steady as longer ones
-# (docs/benchmarks.md, "A new machine's first plan").
+# whose working size is half the device's default: 0.6–1.1 s on a 2-core CPU; longer ones (192 × 4, 256 × 2)
+# gave no clear gain (docs/benchmarks.md, "A new machine's first plan").
 PACE_JOB_ITERATIONS = 2
 
 # A memory budget left to its default keeps this share of the free memory, and at least this much, free.
