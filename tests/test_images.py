@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -102,23 +104,33 @@ def test_truncated_file_is_refused(images: Path):
         decode_picture(data[: len(data) // 2], "chelsea-cut.png")
 
 
-def test_header_claiming_huge_size_is_refused_before_decoding():
-    # A valid PNG header that claims 100000×100000 pixels, with no pixel data behind it.
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+def png_header(width: int, height: int) -> bytes:
+    """A valid PNG header that claims width×height pixels, with no pixel data behind it."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    data += struct.pack(">I", 0) + b"IDAT" + struct.pack(">I", zlib.crc32(b"IDAT"))
+    return data + struct.pack(">I", 0) + b"IDAT" + struct.pack(">I", zlib.crc32(b"IDAT"))
+
+
+def test_header_claiming_huge_size_is_refused_before_decoding():
     with pytest.raises(ImageError, match="bomb.png is .*over the limit"):
-        decode_picture(data, "bomb.png")
-    small = struct.pack(">IIBBBBB", 8_000, 8_000, 8, 2, 0, 0, 0)  # 64 Mpx: PIL would accept it, we don't
-    chunk = b"IHDR" + small
-    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(small)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    data += struct.pack(">I", 0) + b"IDAT" + struct.pack(">I", zlib.crc32(b"IDAT"))
+        decode_picture(png_header(100_000, 100_000), "bomb.png")
     with pytest.raises(ImageError, match="8000×8000 = 64,000,000 pixels, over the limit of 50,000,000"):
-        decode_picture(data, "big.png", max_pixels=50_000_000)
+        decode_picture(png_header(8_000, 8_000), "big.png", max_pixels=50_000_000)  # PIL would accept it
+
+
+def test_pictures_up_to_the_servers_limit_get_past_pillows_own_warning():
+    # 90 Mpx: over the 89.5 Mpx where Pillow warns of a decompression bomb, under the server's 100 Mpx.
+    # Before, that warning refused it; an RGBA upload of the same size was accepted.
+    sizes = []
+
+    def stop(width: int, height: int) -> None:
+        sizes.append((width, height))
+        raise InterruptedError("the size was accepted; its pixels are not decoded here")
+
+    with pytest.raises(InterruptedError):
+        decode_picture(png_header(10_000, 9_000), "big.png", max_pixels=100_000_000, before_decode=stop)
+    assert sizes == [(10_000, 9_000)]
 
 
 def test_only_the_supported_formats_are_decoded():
