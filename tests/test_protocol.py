@@ -219,6 +219,9 @@ def test_a_plan_comes_before_any_image_is_sent(images: Path):
         plan = client.plan(photo, udnie, Settings(size=384))
         preview = client.plan(photo, udnie, Settings(size=384, preview_only=True))
         full = client.plan(photo, udnie, Settings(full_size=True))
+        # The contract lets a plan's headers leave total_bytes 0: no bytes follow a plan.
+        unsized = [ImageHeader(kind, 0, 4000, 2670) for kind in ("rgba8", "encoded")]
+        unsized_plans = [client.plan(header, udnie, Settings(size=384)) for header in unsized]
         with pytest.raises(ImpastoError) as caught:
             client.plan(ImageHeader("encoded", 1000), udnie)
     assert (plan.working_width, plan.working_height) == (384, 256) and plan.device.kind == "cpu"
@@ -228,3 +231,4 @@ def test_a_plan_comes_before_any_image_is_sent(images: Path):
     assert preview.scales == plan.scales[:1] and preview.scales[0].width <= PREVIEW_SIDE
     assert full.scales[-1].width == 4000 and full.estimated_seconds > 10 * plan.estimated_seconds
     assert caught.value.kind is Kind.INVALID and "width and height" in caught.value.detail
+    assert [unsized_plan.scales for unsized_plan in unsized_plans] == [plan.scales, plan.scales]

@@ -40,9 +40,9 @@ from ..protocol import (
 )
 from .budget import ByteBudget
 from .queue import Job, JobQueue, shutting_down
-from .request import Expert, Request, Upload, check_request
+from .request import Expert, Request, Upload, check_counts, check_request
 
-__all__ = ["Expert", "Job", "Jobs", "Request", "Upload", "shutting_down"]
+__all__ = ["Expert", "Job", "Jobs", "Request", "Upload", "check_counts", "shutting_down"]
 
 # Host bytes per decoded pixel while a job lives: 8-bit RGBA plus a float32 RGB copy.
 DECODED_BYTES_PER_PIXEL = 16
@@ -137,7 +137,7 @@ class Jobs:
     def plan(self, request: Request) -> JobPlan:
         """What the request's job would do and cost here, from the sizes its headers give, before any
         image is sent. Blocking (it may read the style folders): call it off an event loop."""
-        check_request(request, self.limits)
+        check_request(request, self.limits, planning=True)
         content = request.parameters.content
         if not content.width or not content.height:
             raise ImpastoError(Kind.INVALID, "a plan needs the content's width and height in its header")

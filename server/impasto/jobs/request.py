@@ -43,12 +43,13 @@ class Request:
         return "content image" if index == 0 else f"uploaded image {index}"
 
 
-def check_request(request: Request, limits: Limits) -> None:
-    """Raises ImpastoError for the first thing wrong with `request`; cheap, needs no pixels."""
+def check_request(request: Request, limits: Limits, planning: bool = False) -> None:
+    """Raises ImpastoError for the first thing wrong with `request`; cheap, needs no pixels. `planning`:
+    the request is only planned, so no bytes follow and its headers may give total_bytes 0."""
     parameters = request.parameters
-    _check_counts(parameters, limits)
+    check_counts(len(parameters.styles), len(parameters.uploads), limits)
     for index, image in enumerate(request.images):
-        _check_image(image, request.image_name(index), limits)
+        _check_image(image, request.image_name(index), limits, bytes_follow=not planning)
     total = sum(image.total_bytes for image in request.images)
     if total > limits.max_request_bytes:
         raise ImpastoError(
@@ -64,20 +65,19 @@ def check_request(request: Request, limits: Limits) -> None:
     _check_settings(request, limits)
 
 
-def _check_counts(parameters: Parameters, limits: Limits) -> None:
-    if not parameters.styles:
+def check_counts(styles: int, uploads: int, limits: Limits) -> None:
+    """Raises ImpastoError if a request names no style, or more styles or uploads than `limits` allow."""
+    if not styles:
         raise ImpastoError(Kind.INVALID, "choose at least one style (a preset or an uploaded image)")
-    for what, count in (
-        ("style choices", len(parameters.styles)),
-        ("style uploads", len(parameters.uploads)),
-    ):
+    for what, count in (("style choices", styles), ("style uploads", uploads)):
         if count > limits.max_styles:
             raise ImpastoError(
                 Kind.TOO_LARGE, f"{count} {what} is over this server's limit of {limits.max_styles}"
             )
 
 
-def _check_image(image: ImageHeader, name: str, limits: Limits) -> None:
+def _check_image(image: ImageHeader, name: str, limits: Limits, bytes_follow: bool) -> None:
+    unannounced = not bytes_follow and image.total_bytes == 0
     if image.format == "rgba8":
         pixels = image.width * image.height
         if pixels == 0:
@@ -88,14 +88,14 @@ def _check_image(image: ImageHeader, name: str, limits: Limits) -> None:
                 f"{name} is {image.width}×{image.height} = {pixels:,} pixels, over this server's "
                 f"limit of {limits.max_pixels:,}",
             )
-        if image.total_bytes != pixels * 4:
+        if image.total_bytes != pixels * 4 and not unannounced:
             raise ImpastoError(
                 Kind.INVALID,
                 f"{name}: {image.width}×{image.height} RGBA8 is {pixels * 4:,} bytes, "
                 f"but the header announces {image.total_bytes:,}",
             )
     elif image.format == "encoded":
-        if image.total_bytes == 0:
+        if image.total_bytes == 0 and not unannounced:
             raise ImpastoError(Kind.INVALID, f"{name} is empty (0 bytes)")
         if image.total_bytes > limits.max_pixels * 4:
             raise ImpastoError(

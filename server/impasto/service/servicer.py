@@ -19,7 +19,7 @@ import grpc
 from grpc._cython.cygrpc import ExecuteBatchError  # what a write raises once the call has ended
 
 from .. import __version__
-from ..jobs import Job, Jobs, Request, Upload, shutting_down
+from ..jobs import Job, Jobs, Request, Upload, check_counts, shutting_down
 from ..protocol import (
     CHUNK_BYTES,
     KIND_KEY,
@@ -29,6 +29,8 @@ from ..protocol import (
     ImpastoError,
     Info,
     Kind,
+    Preview,
+    Progress,
     Result,
     wire,
 )
@@ -83,6 +85,11 @@ def _answers_with_status(method: Callable[..., Awaitable]) -> Callable[..., Awai
             await abort(context, ImpastoError(Kind.BUG, f"{method.__name__} failed"))
 
     return call
+
+
+def _release_admitted(admitting: asyncio.Future[Upload]) -> None:
+    if not admitting.cancelled() and admitting.exception() is None:
+        admitting.result().release()
 
 
 def client_key(context: grpc.aio.ServicerContext) -> str:
@@ -156,7 +163,7 @@ class StyleTransferServicer:
 
     @_answers_with_status
     async def PlanJob(self, request: pb.StylizeParameters, context) -> pb.JobPlan:
-        plan = await asyncio.to_thread(self.jobs.plan, Request(wire.parameters_from_message(request)))
+        plan = await asyncio.to_thread(self.jobs.plan, self._request(request))
         return wire.to_message(plan, pb.JobPlan())
 
     @_answers_with_status
@@ -276,8 +283,7 @@ class StyleTransferServicer:
         if first is EOF or not first.HasField("parameters"):
             raise ImpastoError(Kind.INVALID, "the first message must carry the parameters")
         self._start_working(slot)
-        request = Request(wire.parameters_from_message(first.parameters))
-        upload = await asyncio.to_thread(self.jobs.admit, request)  # it reads the style folders
+        upload = await self._admit(self._request(first.parameters))
         try:
             total = sum(image.total_bytes for image in upload.request.images)
             deadline = began + limits.upload_timeout_seconds + total / limits.min_upload_bytes_per_second
@@ -303,18 +309,40 @@ class StyleTransferServicer:
             raise
         return upload
 
+    def _request(self, message: pb.StylizeParameters) -> Request:
+        """The request a parameters message asks for; its lists are counted before they are converted,
+        so that a message of a million empty entries costs the event loop nothing."""
+        check_counts(len(message.styles), len(message.style_uploads), self.limits)
+        return Request(wire.parameters_from_message(message))
+
+    async def _admit(self, request: Request) -> Upload:
+        """`jobs.admit` in a thread (it reads the style folders). The thread cannot be stopped: if the
+        call is cancelled meanwhile, the memory it goes on to hold is given back when it ends."""
+        admitting = asyncio.ensure_future(asyncio.to_thread(self.jobs.admit, request))
+        try:
+            return await asyncio.shield(admitting)
+        except asyncio.CancelledError:
+            admitting.add_done_callback(_release_admitted)
+            raise
+
     async def _read(self, context: grpc.aio.ServicerContext, deadline: float, what: str, allowed: str):
         """The next message, or ImpastoError if it does not come by `deadline` (`allowed` says how that
         was reckoned) or the server is closing."""
         loop = asyncio.get_running_loop()
         reading = asyncio.ensure_future(context.read())
         closing = asyncio.ensure_future(self.closing.wait())
-        done, _ = await asyncio.wait(
-            {reading, closing}, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED
-        )
-        closing.cancel()
+        try:
+            done, _ = await asyncio.wait(
+                {reading, closing},
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            # Also when the call is cancelled while it waits: neither task may outlive it.
+            closing.cancel()
+            if not reading.done():
+                reading.cancel()
         if reading not in done:
-            reading.cancel()
             if self.closing.is_set():
                 raise shutting_down()
             raise ImpastoError(
@@ -331,22 +359,30 @@ class StyleTransferServicer:
 
     async def _send_events(self, job: Job, events: asyncio.Queue[Event], context) -> None:
         while True:
-            event = await events.get()
-            if isinstance(event, Failed):
-                raise event.error
-            if isinstance(event, Result):
-                try:
-                    for message in wire.result_messages(event.image):
-                        await self._write(context, message)
-                except (_ClientGone, asyncio.CancelledError):
-                    # A client that leaves mid-answer fails the write, or, where gRPC sees it first,
-                    # cancels this handler: the same departure, told once either way. A server that is
-                    # stopping cancels its handlers too; that is no client's leaving.
-                    if not self.closing.is_set():
-                        log.info("job id=%s: its client went away before it had the whole result", job.id)
-                    raise
-                return
-            await self._write(context, wire.event_message(event))
+            # With what came while the last message was written: a client that reads more slowly than the
+            # job reports gets its newest progress and preview, not a growing backlog of old ones.
+            backlog = [await events.get()]
+            while not events.empty():
+                backlog.append(events.get_nowait())
+            for event in _newest_only(backlog):
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, Result):
+                    await self._send_result(job, event, context)
+                    return
+                await self._write(context, wire.event_message(event))
+
+    async def _send_result(self, job: Job, result: Result, context) -> None:
+        try:
+            for message in wire.result_messages(result.image):
+                await self._write(context, message)
+        except (_ClientGone, asyncio.CancelledError):
+            # A client that leaves mid-answer fails the write, or, where gRPC sees it first, cancels this
+            # handler: the same departure, told once either way. A server that is stopping cancels its
+            # handlers too; that is no client's leaving.
+            if not self.closing.is_set():
+                log.info("job id=%s: its client went away before it had the whole result", job.id)
+            raise
 
     async def _write(self, context: grpc.aio.ServicerContext, message: pb.StylizeEvent) -> None:
         """Writes a message within the time its size allows; _ClientStalled if the client does not take
@@ -359,6 +395,18 @@ class StyleTransferServicer:
             raise _ClientStalled() from None
         except ExecuteBatchError:  # gRPC fails a write when the call is cancelled or its connection drops
             raise _ClientGone() from None
+
+
+def _newest_only(events: list[Event]) -> list[Event]:
+    """`events` in order, less each Progress or Preview that a newer one of its kind follows."""
+    kept, superseded = [], set()
+    for event in reversed(events):
+        if isinstance(event, Progress | Preview):
+            if type(event) in superseded:
+                continue
+            superseded.add(type(event))
+        kept.append(event)
+    return kept[::-1]
 
 
 async def _quietly(future: Awaitable[Job]) -> Job | None:
