@@ -1,5 +1,5 @@
-"""How the CPU runs: the precision `auto` picks (the one measured faster on that kind of chip), and how
-PyTorch's threads wait for each other."""
+"""How the CPU runs: the precision `auto` picks (the one measured faster on that kind of chip; on a CUDA GPU,
+bf16 from Ampere on), and how PyTorch's threads wait for each other."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from impasto.engine.device import cpu_prefers_bf16
+import torch
+from impasto.engine.device import cpu_prefers_bf16, pick_precision
 
 
 def cpuinfo(vendor: str, *flags: str) -> str:
@@ -53,3 +54,24 @@ def test_the_server_and_the_cli_start_pytorchs_threads_with_a_short_wait(chosen:
             [sys.executable, "-c", code], env={**environment, **chosen}, capture_output=True, text=True
         )
         assert result.returncode == 0 and result.stdout.split("\n")[0] == seen, (entry_point, result)
+
+
+@pytest.mark.parametrize(
+    ("capability", "precision"),
+    [
+        ((7, 0), "fp32"),  # V100: no bf16 units
+        ((7, 5), "fp32"),  # T4, RTX 20xx
+        ((8, 0), "bf16"),  # A100: Ampere's tensor cores multiply bf16
+        ((8, 6), "bf16"),  # RTX 30xx
+        ((9, 0), "bf16"),  # H100
+    ],
+)
+def test_auto_picks_bf16_on_a_cuda_gpu_only_from_ampere_on(monkeypatch, capability, precision):
+    asked = []
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability
+    )
+    device = torch.device("cuda:1")
+    assert pick_precision(device) == precision
+    assert asked == [device]  # the engine's own GPU, not the current one
+    assert pick_precision(device, "fp32") == "fp32" and pick_precision(device, "bf16") == "bf16"

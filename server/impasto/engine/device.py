@@ -38,7 +38,15 @@ def pick_precision(device: torch.device, precision: str = "auto") -> str:
     """bf16 convolutions where the hardware multiplies bf16 natively, else fp32."""
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_prefers_bf16()) else "fp32"
+    if device.type == "cuda":
+        return "bf16" if cuda_has_bf16_units(device) else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_prefers_bf16() else "fp32"
+
+
+def cuda_has_bf16_units(device: torch.device) -> bool:
+    """Whether the GPU's tensor cores multiply bf16: from Ampere (compute capability 8.0) on. Older GPUs
+    (V100, T4, GTX 10xx, RTX 20xx) would emulate it, slower than fp32."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def default_size(device: torch.device) -> int:
