@@ -119,7 +119,7 @@ class LBFGS:
         else:
             self._remember(gradient)
             direction = self._direction(gradient)
-            length = torch.tensor(self.lr, device=gradient.device)
+            length = self.lr  # a Python number: a new tensor of it would be a copy the host waits for
         step = direction.mul_(length)
         self.image.add_(step.view_as(self.image))
         self.previous_gradient = gradient
