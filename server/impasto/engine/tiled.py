@@ -296,7 +296,13 @@ class TiledScale:
     def _target_crop(self, target: torch.Tensor, tile: Tile, layer: str, like: torch.Tensor) -> torch.Tensor:
         s = self.strides[layer]
         y, x = tile.iy0 // s, tile.ix0 // s
-        return target[:, :, y : y + like.shape[2], x : x + like.shape[3]].to(like.device).float()
+        crop = target[:, :, y : y + like.shape[2], x : x + like.shape[3]]
+        if crop.device != like.device and crop.is_pinned():
+            # A crop is not contiguous: PyTorch would gather it into pageable memory and copy that while the
+            # host waits. Gathered into pinned memory, the copy is only queued, and PyTorch's pinned-memory
+            # cache keeps the block from reuse until the copy has run.
+            crop = torch.empty(crop.shape, dtype=crop.dtype, pin_memory=True).copy_(crop)
+        return crop.to(like.device, non_blocking=crop.is_pinned()).float()
 
     def _tv_counts(self) -> tuple[int, int]:
         return 3 * (self.height - 1) * self.width, 3 * self.height * (self.width - 1)
