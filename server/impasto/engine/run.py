@@ -292,7 +292,7 @@ class _LossReadout:
         host = torch.empty(3, pin_memory=True)
         host.copy_(values, non_blocking=True)
         landed = torch.cuda.Event()
-        landed.record()
+        landed.record(torch.cuda.current_stream(values.device))  # the copy's stream, whatever GPU is current
         self.in_flight.append((landed, host))
         while self.in_flight and self.in_flight[0][0].query():
             self.latest = tuple(self.in_flight.popleft()[1].tolist())

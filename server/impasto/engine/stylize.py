@@ -121,12 +121,13 @@ class Engine:
     def warm_up(self, recipe: Recipe = DEFAULT) -> None:
         """Loads the network and runs one small pass, so that a first job does not pay the set-up; then,
         where no job has measured this device's pace yet, measures it (`measure_pace`)."""
-        image = torch.rand(1, 3, 64, 64, device=self.device, requires_grad=True)
-        features = self.features(self.network(recipe), image)
-        sum(f.float().mean() for f in features.values()).backward()
-        torch.optim.Adam([image])  # PyTorch's first optimiser imports torch._dynamo: seconds
-        if not self.pace_measured:
-            self.measure_pace(recipe)
+        with self.on_device():
+            image = torch.rand(1, 3, 64, 64, device=self.device, requires_grad=True)
+            features = self.features(self.network(recipe), image)
+            sum(f.float().mean() for f in features.values()).backward()
+            torch.optim.Adam([image])  # PyTorch's first optimiser imports torch._dynamo: seconds
+            if not self.pace_measured:
+                self.measure_pace(recipe)
 
     def measure_pace(self, recipe: Recipe = DEFAULT) -> None:
         """Times a small job (random pictures, half the default working size, PACE_JOB_ITERATIONS: 0.6–1.1
@@ -145,8 +146,9 @@ class Engine:
         # On a CUDA GPU each new shape's first passes choose its convolutions' algorithms (cudnn.benchmark):
         # a moment that a real job's scales hardly notice but most of this small job's time. It is timed
         # on its second run. Not measured (no GPU yet): bench/gpu.py prints its plan against a job.
-        for _ in range(2 if self.device.type == "cuda" else 1):
-            _, _, scale_work = self._optimise(content, [Style(style)], options)
+        with self.on_device():
+            for _ in range(2 if self.device.type == "cuda" else 1):
+                _, _, scale_work = self._optimise(content, [Style(style)], options)
         self._keep_pace(self.cost_model.rescaled(scale_work))
 
     def plan(
@@ -223,16 +225,27 @@ class Engine:
 
         `plan` is what `self.plan` made for this content, styles and options (made here if not given).
         """
-        image, content, scale_work = self._optimise(
-            content, styles, options, plan, on_progress, on_preview, cancel
-        )
+        with self.on_device():
+            image, content, scale_work = self._optimise(
+                content, styles, options, plan, on_progress, on_preview, cancel
+            )
+            if options.preserve_colors:
+                image = keep_content_colours(image, content)
+            image = image.detach().clamp(0, 1).cpu()
         if not options.preview:
             # Not a preview's one small scale: measured, it planned whole jobs 12–64 % long on a quiet
             # machine (docs/benchmarks.md, "The dialog's cost line").
             self._keep_pace(self.cost_model.taught(scale_work))
-        if options.preserve_colors:
-            image = keep_content_colours(image, content)
-        return image.detach().clamp(0, 1).cpu()
+        return image
+
+    def on_device(self) -> contextlib.AbstractContextManager:
+        """Makes this engine's GPU the calling thread's current CUDA device while it runs a job.
+
+        Every thread starts on cuda:0, the jobs' worker threads too. What PyTorch takes from the current
+        device (the stream an event records on, the CUDA context a call without a tensor creates) would
+        otherwise be cuda:0's while the job runs on another GPU.
+        """
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def _optimise(
         self,
