@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import replace
 from types import SimpleNamespace
@@ -297,6 +298,39 @@ def test_a_failing_engine_fails_the_job_not_the_worker(jobs, engine, budget, cap
     end = oom_owner.ended()
     assert isinstance(end, Failed) and end.error.kind == Kind.OUT_OF_MEMORY
     assert "smaller working size" in end.error.detail and budget.used == 0
+
+
+class OutOfMemoryEngine(FakeEngine):
+    """Runs out of memory in every job, with a tensor of the job's still referenced by its frame."""
+
+    def __init__(self):
+        super().__init__()
+        self.tensors: list[weakref.ref] = []
+
+    def stylize(self, content, styles, options, *, plan, on_progress, on_preview, cancel):
+        activations = torch.zeros(1 << 10)
+        self.tensors.append(weakref.ref(activations))
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+
+def test_a_job_that_ran_out_of_memory_leaves_none_of_its_tensors_alive_for_the_next(budget):
+    """The frames of an out-of-memory error hold the job's picture, gradient and activations: kept in its
+    Failed event or by the worker, they would take the next job's memory (smaller tiles, or out of memory
+    again)."""
+    engine = OutOfMemoryEngine()
+    jobs = make_queue([engine])
+    try:
+        owners = []
+        for _ in range(2):
+            job, owner = make_job(budget)
+            jobs.submit(job)
+            owners.append(owner)
+        del job
+        assert [owner.ended().error.kind for owner in owners] == [Kind.OUT_OF_MEMORY] * 2
+        # The first job's tensor is gone by the time the next one ends: its owner still holds its event.
+        assert engine.tensors[0]() is None
+    finally:
+        jobs.close(grace_seconds=0)
 
 
 def test_a_job_that_needs_more_memory_than_is_free_is_refused_with_a_size_that_fits(budget):

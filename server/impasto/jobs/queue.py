@@ -197,6 +197,10 @@ class JobQueue:
             # Told once the worker is free: a client that plans its next job as soon as it has this one's
             # result must not find this job ahead of it.
             job.end(ending)
+            # Dropped before the cache is emptied: held until the next job, they would keep this one's memory
+            # (its result, or a failure) taken through it.
+            del job, ending
+            self._release_cached_memory(self.engines[worker])
 
     def _run(self, job: Job, worker: int) -> Result | Failed:
         engine = self.engines[worker]
@@ -207,7 +211,7 @@ class JobQueue:
             ending = Result(self._stylize(job, worker))
             outcome = "ok"
         except Exception as error:  # noqa: BLE001 - whatever happens, the job ends with a status
-            ending = Failed(self._failure(job, error))
+            ending = Failed(_without_frames(self._failure(job, error)))
             outcome = ending.error.kind.name.lower()
         # Logged before the client hears of it, so that the log never lags behind what a client saw.
         log.info(
@@ -220,9 +224,19 @@ class JobQueue:
             time.monotonic() - started,
             outcome,
         )
-        if engine.device.type == "cuda":
-            torch.cuda.empty_cache()
         return ending
+
+    def _release_cached_memory(self, engine: Engine) -> None:
+        """Gives back the GPU memory PyTorch cached for the job that ended, with the engine's GPU current (in
+        a thread left on cuda:0, a call would make a context there). A failure here is logged: the worker
+        goes on to the next job."""
+        if engine.device.type != "cuda":
+            return
+        try:
+            with engine.on_device():
+                torch.cuda.empty_cache()
+        except Exception:  # a worker that ended here would take its device's jobs with it
+            log.exception("could not release the cached memory of %s", engine.device)
 
     def _stylize(self, job: Job, worker: int) -> Image:
         if job.cancel.is_set():
@@ -254,12 +268,12 @@ class JobQueue:
                 on_preview=lambda image, p: job.on_event(_preview(image, p)),
                 cancel=job.cancel,
             )
-        except torch.OutOfMemoryError as error:
+        except torch.OutOfMemoryError:
             raise ImpastoError(
                 Kind.OUT_OF_MEMORY,
                 f"the {engine.device.type.upper()} ran out of memory during the job; "
                 "choose a smaller working size",
-            ) from error
+            ) from None  # the error and its frames are the failed job's memory: `_without_frames`
         source = job.source
         if job.options.preview:  # at its own small size
             source = source.resized(tuple(result.shape[2:]))
@@ -292,6 +306,14 @@ class JobQueue:
             f"choose a working size of at most {fits} px, or try again when other work on the device "
             "has finished",
         )
+
+
+def _without_frames(error: ImpastoError) -> ImpastoError:
+    """`error` without its traceback and the exceptions it was raised from, as a Failed event keeps it: their
+    frames hold the failed job's tensors (picture, gradient, activations), which would stay in memory for
+    as long as the event does, through the next job (smaller tiles there, or out of memory again)."""
+    error.__traceback__ = error.__cause__ = error.__context__ = None
+    return error
 
 
 def _started(job: Job, plan: Plan, device: Device) -> Started:
