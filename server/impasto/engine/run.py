@@ -190,6 +190,10 @@ class Run:
                     image.clamp_(0, 1)
             tiles_done = (scale.tiles, scale.tiles)
             self._report(index, image, iteration, parts[-1], tiles_done if tiles is not None else None)
+        if self.engine.device.type == "cuda":
+            # The host has only queued the scale's work: its time, which teaches the engine its costs, is
+            # read once the GPU has done it.
+            torch.cuda.synchronize(self.engine.device)
         self.scale_work.append((*scale.work, time.monotonic() - started))
         return image.detach().clamp(0, 1)
 
