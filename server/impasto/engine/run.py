@@ -222,7 +222,9 @@ class Run:
             cost_done = self.cost_total  # exactly 1 at the end, whatever the float sums of tiled costs
         elapsed = time.monotonic() - self.start
         eta = self._time_left(elapsed, cost_done)
-        content_loss, style_loss, tv_loss = self.losses.read(parts)
+        # A scale's last report goes out whatever the reporting rate: with its own losses, not earlier ones.
+        last_of_scale = not within and iteration == scale.iterations
+        content_loss, style_loss, tv_loss = self.losses.read(parts, wait=last_of_scale)
         progress = Progress(
             scale=index + 1,
             scales=len(self.scales),
@@ -281,7 +283,8 @@ class _LossReadout:
 
     On CUDA each iteration's values are copied to pinned host memory asynchronously and reported
     once the copy has landed, an iteration or two late; reading them at once would stall the GPU
-    every iteration. Elsewhere they are read at once.
+    every iteration. Elsewhere they are read at once. `wait`: the host waits for the copies in flight,
+    and the values are the iteration's own.
     """
 
     def __init__(self, device: torch.device):
@@ -289,7 +292,7 @@ class _LossReadout:
         self.in_flight: collections.deque[tuple[torch.cuda.Event, torch.Tensor]] = collections.deque()
         self.latest = (math.nan, math.nan, math.nan)
 
-    def read(self, parts: LossParts) -> tuple[float, float, float]:
+    def read(self, parts: LossParts, wait: bool = False) -> tuple[float, float, float]:
         values = torch.stack([parts.content, parts.style, parts.tv]).detach()
         if not self.asynchronous:
             return tuple(values.tolist())
@@ -298,6 +301,8 @@ class _LossReadout:
         landed = torch.cuda.Event()
         landed.record(torch.cuda.current_stream(values.device))  # the copy's stream, whatever GPU is current
         self.in_flight.append((landed, host))
+        if wait:
+            landed.synchronize()  # and so every copy before it, queued on the same stream
         while self.in_flight and self.in_flight[0][0].query():
             self.latest = tuple(self.in_flight.popleft()[1].tolist())
         return self.latest
