@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
@@ -428,3 +429,17 @@ def test_a_preview_is_the_whole_jobs_own_beginning(engine: Engine, monkeypatch: 
     preview = engine.stylize(CONTENT, [Style(STYLE)], preview_options)
     assert tuple(preview.shape[2:]) == first[-1].size
     assert torch.equal(preview, after_scale[len(first) - 1].cpu())
+
+
+def test_engines_forming_grams_at_once_keep_the_lowered_matmul_precision_until_the_last_is_done():
+    """Two bf16 engines in two worker threads, interleaved: the first to finish must neither restore the
+    setting under the other's Grams nor the other restore the lowered value for good."""
+    first, second = (Engine(None, torch.device("cpu"), "bf16") for _ in range(2))
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    with contextlib.ExitStack() as first_grams:
+        first_grams.enter_context(first.gram_matmuls())
+        with contextlib.ExitStack() as second_grams:
+            second_grams.enter_context(second.gram_matmuls())
+            first_grams.close()
+            assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"  # the second forms its Grams
+    assert torch.backends.mkldnn.matmul.fp32_precision == before

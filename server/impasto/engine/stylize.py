@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
@@ -191,24 +192,16 @@ class Engine:
     def features(self, net: VGGFeatures, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return net(image.contiguous(memory_format=torch.channels_last))
 
-    @contextlib.contextmanager
-    def gram_matmuls(self) -> Iterator[None]:
+    def gram_matmuls(self) -> contextlib.AbstractContextManager:
         """Lets float32 matmuls run on bf16 (CPU) or TF32 (CUDA) units while Grams are formed.
 
         With a bf16 network the features are bf16 values, so those units multiply them exactly and
         accumulate in float32: the Gram is as exact as in plain float32, at a third of the CPU cost.
         Only the gradient through the Gram, which flows into bf16 layers anyway, is rounded.
         """
-        backend = {"cpu": torch.backends.mkldnn, "cuda": torch.backends.cuda}.get(self.device.type)
-        if self.precision != "bf16" or backend is None:
-            yield
-            return
-        before = backend.matmul.fp32_precision
-        backend.matmul.fp32_precision = "bf16" if self.device.type == "cpu" else "tf32"
-        try:
-            yield
-        finally:
-            backend.matmul.fp32_precision = before
+        if self.precision != "bf16" or self.device.type not in _GRAM_MATMUL_PRECISION:
+            return contextlib.nullcontext()
+        return _gram_matmuls.lowered(self.device.type)
 
     def stylize(
         self,
@@ -284,6 +277,47 @@ class Engine:
         self.cost_model, self.pace_measured = model, True
         if self.learned_costs is not None:
             self.learned_costs.put(self.pace_key, model)
+
+
+# The float32 matmul precision that Grams of bf16 features are formed at, by device type.
+_GRAM_MATMUL_PRECISION = {"cpu": (torch.backends.mkldnn, "bf16"), "cuda": (torch.backends.cuda, "tf32")}
+
+
+class _LoweredMatmuls:
+    """PyTorch's float32 matmul precision is one setting per backend for the whole process, and engines on
+    several GPUs form Grams at once, each in its worker thread. Each saving and restoring it for itself,
+    one would restore it in the middle of another's Grams, or restore another's lowered value and leave it
+    so for good. Here the first to enter lowers it and the last to leave restores it.
+
+    A float32 engine of the same backend in the same process would see it lowered meanwhile; none runs
+    beside a bf16 one: every engine of a server has the same precision, except where `auto` gives fp32
+    to a GPU older than Ampere, which has no TF32 units for the setting to reach.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside: collections.Counter[str] = collections.Counter()  # by device type: engines in Grams now
+        self._before: dict[str, str] = {}  # by device type: the precision to restore
+
+    @contextlib.contextmanager
+    def lowered(self, device_type: str) -> Iterator[None]:
+        backend, precision = _GRAM_MATMUL_PRECISION[device_type]
+        with self._lock:
+            if not self._inside[device_type]:
+                self._before[device_type] = backend.matmul.fp32_precision
+                backend.matmul.fp32_precision = precision
+            self._inside[device_type] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside[device_type] -= 1
+                if not self._inside[device_type]:
+                    backend.matmul.fp32_precision = self._before.pop(device_type)
+
+
+# One for the process, as the setting it guards is.
+_gram_matmuls = _LoweredMatmuls()
 
 
 def check_options(options: Options, styles: Sequence[Style]) -> None:
