@@ -98,8 +98,7 @@ class Engine:
         # How fast state in host memory reaches the device; None: the host's memory is the device's.
         self.host_link_bytes_per_second = HOST_LINK_BYTES_PER_SECOND if device.type == "cuda" else None
         if device.type == "cuda":
-            # Shapes are fixed within a scale, so cuDNN's autotuning pays for itself at once.
-            torch.backends.cudnn.benchmark = True
+            _set_cudnn_for_jobs()
         self._networks: dict[tuple[frozenset[str], str], VGGFeatures] = {}
         # How long iterations take here: what the last job here took (kept by `learned_costs` between
         # servers), else a first guess for this kind of device until `measure_pace`.
@@ -277,6 +276,23 @@ class Engine:
         self.cost_model, self.pace_measured = model, True
         if self.learned_costs is not None:
             self.learned_costs.put(self.pace_key, model)
+
+
+def _set_cudnn_for_jobs() -> None:
+    """cuDNN's settings for every CUDA engine. They are the process's, and every engine wants the same, so
+    engines of either precision set them alike and never restore them:
+
+    - benchmark: shapes are fixed within a scale, so autotuning the convolutions pays for itself at once;
+    - deterministic: among deterministic algorithms only. Some backward convolutions are not, and the same
+      seed must give the same picture, and a preview exactly the beginning of its job;
+    - no TF32 convolutions (PyTorch's default has them): an fp32 engine's convolutions are float32; a bf16
+      engine's run in bf16 and are not affected. Set through `allow_tf32`, which keeps the per-operator
+      settings in step; setting only `cudnn.conv.fp32_precision` makes PyTorch's query without an
+      operator (`torch.backends.cudnn.allow_tf32`, `cudnn.flags()`) raise that the two APIs were mixed.
+    """
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.allow_tf32 = False
 
 
 # The float32 matmul precision that Grams of bf16 features are formed at, by device type.
