@@ -227,14 +227,20 @@ class JobQueue:
         return ending
 
     def _release_cached_memory(self, engine: Engine) -> None:
-        """Gives back the GPU memory PyTorch cached for the job that ended, with the engine's GPU current (in
-        a thread left on cuda:0, a call would make a context there). A failure here is logged: the worker
-        goes on to the next job."""
+        """Gives back the GPU memory and the pinned host memory PyTorch cached for the job that ended, with
+        the engine's GPU current (in a thread left on cuda:0, a call would make a context there). A failure
+        here is logged: the worker goes on to the next job.
+
+        The pinned memory holds a tiled scale's state kept on the host (L-BFGS's history, the content's
+        features), each block rounded up to a power of two; PyTorch's cache would keep it for good. Neither
+        call has a per-device form: blocks of a job running on another GPU that are in use stay.
+        """
         if engine.device.type != "cuda":
             return
         try:
             with engine.on_device():
                 torch.cuda.empty_cache()
+                torch.accelerator.empty_host_cache()
         except Exception:  # a worker that ended here would take its device's jobs with it
             log.exception("could not release the cached memory of %s", engine.device)
 
