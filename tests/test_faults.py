@@ -423,12 +423,12 @@ def test_cancelling_the_second_waiting_job(server: str, session: Session, log: p
     assert (b.queued_positions()[0], c.queued_positions()[0], d.queued_positions()[0]) == (1, 2, 3)
     probe = session.channel(server)
     c.cancel()
-    assert c.wait(10) == grpc.StatusCode.CANCELLED
-    assert wait_until(lambda: info(probe).queue_length == 2, 10), info(probe)
+    assert c.wait(60) == grpc.StatusCode.CANCELLED
+    assert wait_until(lambda: info(probe).queue_length == 2, 60), info(probe)
     assert not errors(log.records)
     b.cancel()
-    assert wait_until(lambda: info(probe).queue_length == 1, 10), info(probe)
-    moved = d.wait_for(lambda e: e.HasField("queued") and e.queued.position == 1, 10)
+    assert wait_until(lambda: info(probe).queue_length == 1, 60), info(probe)
+    moved = d.wait_for(lambda e: e.HasField("queued") and e.queued.position == 1, 60)
     assert moved is not None, f"D was not told its new place: {d.queued_positions()}"
     d.cancel()
     first.cancel()
@@ -453,11 +453,11 @@ def test_a_full_queue_with_cancels_in_the_middle(
     c.cancel()  # the last waiting job
     b.cancel()  # the first
     probe = session.channel(address)
-    assert wait_until(lambda: info(probe).queue_length == 0, 10), info(probe)
+    assert wait_until(lambda: info(probe).queue_length == 0, 60), info(probe)
     late = queued_job(session, address, 3)
     again = queued_job(session, address, 4)
     late.cancel()
-    assert again.wait_for(lambda e: e.HasField("queued") and e.queued.position == 1, 10) is not None
+    assert again.wait_for(lambda e: e.HasField("queued") and e.queued.position == 1, 60) is not None
     running.cancel()
     assert again.wait(60) == OK, again
     assert wait_idle(address)
