@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import grpc
 import helpers
+import impasto.library
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -752,6 +753,25 @@ def test_a_refused_job_saves_no_preset(
         assert "kept-style" in listed(channel)
         again = stylize(session.channel(address), params, [tiny_content(), style])
         assert again.code == grpc.StatusCode.ALREADY_EXISTS, again
+
+
+def test_a_full_library_saves_no_more_presets_but_still_paints(
+    server: str, session: Session, monkeypatch: pytest.MonkeyPatch
+):
+    # Before, any client could save presets without end: the disk filled, and past a few thousand the
+    # listing outgrew one message and ListStyles failed for every user.
+    channel = session.channel(server)
+    listed = len(stub(channel).ListStyles(pb.ListStylesRequest(), timeout=30).styles)
+    monkeypatch.setattr(impasto.library, "MAX_SAVED_PRESETS", listed)
+    style = encode(gradient(40, 32, seed=9), "PNG")
+    params = parameters(rgba_header(16, 16), uploads=[encoded_header(style)])
+    params.styles[0].save_as_preset = "one-too-many"
+    call = session.call(channel).parameters(params)  # refused with its parameters: no byte is sent
+    code, details = refusal(call)
+    assert code == EXHAUSTED and f"holds {listed} presets" in details and "without saving" in details, call
+    params.styles[0].save_as_preset = ""
+    assert stylize(channel, params, [tiny_content(), style]).code == OK
+    assert len(stub(channel).ListStyles(pb.ListStylesRequest(), timeout=30).styles) == listed
 
 
 # ---- 8. absurd values ------------------------------------------------------------------------

@@ -41,6 +41,9 @@ ID_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")  # always used with fullmat
 MAX_ID_LENGTH = 100  # ids and the names they are made from
 MAX_STYLE_BYTES = 64 << 20  # a style file larger than this is refused on import, save and load
 MAX_METADATA_BYTES = 64 << 10  # a larger .json beside a preset is ignored
+# Presets past which a client's upload is no longer saved as one: clients could otherwise fill the disk,
+# and the listing (one ListStyles message, which grpcio clients take up to 4 MiB) would outgrow them all.
+MAX_SAVED_PRESETS = 1000
 TEXT_LIMITS = {"title": 200, "artist": 200, "year": 40, "licence": 300, "source_url": 500}
 PICTURES_KEPT = 4  # decoded presets kept in memory, least recently used dropped first
 
@@ -51,6 +54,10 @@ class InvalidStyleId(ValueError):
 
 class StyleExists(ValueError):
     pass
+
+
+class LibraryFull(ValueError):
+    """The library holds MAX_SAVED_PRESETS presets: no upload is saved as another."""
 
 
 class BrokenPreset(ImageError):
@@ -273,14 +280,20 @@ class StyleLibrary:
             if suffix is None:
                 data, suffix = png_bytes(image), ".png"
         with self._saving:
-            if any(p.id == preset_id for p in self._all_presets()):
+            presets = self._all_presets()
+            if any(p.id == preset_id for p in presets):
                 raise StyleExists(f"a preset '{preset_id}' exists already; choose another name")
+            _check_room(len(presets))
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder.resolve() / f"{preset_id}{suffix}"
             write_atomically(path, data)
             if metadata:
                 write_atomically(path.with_suffix(".json"), json.dumps(metadata, indent=2).encode())
         return self.find(preset_id)
+
+    def check_room(self) -> None:
+        """Raises LibraryFull if no upload can be saved as a preset now."""
+        _check_room(len(self._all_presets()))
 
     def import_folder(self, source: Path) -> list[tuple[str, str]]:
         """Copies every image of `source` (with its .json metadata) into the user's folder; returns
@@ -358,6 +371,14 @@ def _with_metadata(preset_id: str, path: Path, version: str, builtin: bool) -> S
         builtin=builtin,
         version=version,
     )
+
+
+def _check_room(presets: int) -> None:
+    if presets >= MAX_SAVED_PRESETS:
+        raise LibraryFull(
+            f"this server's style library holds {presets:,} presets, its limit for saving more; paint "
+            "without saving the style, or ask the server's operator to remove some"
+        )
 
 
 def _make_thumbnail(path: Path, max_pixels: int) -> bytes:

@@ -26,7 +26,16 @@ from ..images import (
     picture_from_rgba8,
     png_bytes,
 )
-from ..library import BrokenPreset, InvalidStyleId, StyleExists, StyleFile, StyleLibrary, quoted, slug
+from ..library import (
+    BrokenPreset,
+    InvalidStyleId,
+    LibraryFull,
+    StyleExists,
+    StyleFile,
+    StyleLibrary,
+    quoted,
+    slug,
+)
 from ..protocol import (
     NO_PREVIEWS,
     Device,
@@ -250,6 +259,11 @@ class Jobs:
             raise ImpastoError(Kind.BROKEN_PRESET, str(error)) from None
 
     def _check_name_free(self, name: str) -> None:
+        """Raises ImpastoError unless an upload can be saved as a preset of that name now."""
+        try:
+            self.library.check_room()
+        except LibraryFull as error:
+            raise ImpastoError(Kind.TOO_LARGE, str(error)) from None
         preset_id = slug(name)
         try:
             self.library.find(preset_id)
@@ -272,6 +286,8 @@ class Jobs:
                 self.library.save(style.save_as_preset, data)
             except StyleExists as error:
                 raise ImpastoError(Kind.ALREADY_EXISTS, str(error)) from None
+            except LibraryFull as error:
+                raise ImpastoError(Kind.TOO_LARGE, str(error)) from None
             except (InvalidStyleId, ImageError) as error:
                 raise ImpastoError(Kind.INVALID, str(error)) from None
             except OSError as error:
