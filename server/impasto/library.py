@@ -57,7 +57,7 @@ class StyleExists(ValueError):
 
 
 class LibraryFull(ValueError):
-    """The library holds MAX_SAVED_PRESETS presets: no upload is saved as another."""
+    """The library holds MAX_SAVED_PRESETS presets: no client's upload is saved as another."""
 
 
 class BrokenPreset(ImageError):
@@ -261,9 +261,12 @@ class StyleLibrary:
 
     # ---- writing -------------------------------------------------------------------------------
 
-    def save(self, name: str, data: bytes, metadata: dict | None = None) -> StyleFile:
+    def save(
+        self, name: str, data: bytes, metadata: dict | None = None, from_client: bool = False
+    ) -> StyleFile:
         """Adds an image (file bytes) to the user's folder as a preset named `name`; checks it decodes,
-        is not huge, and that no preset (built-in or the user's) has its id."""
+        is not huge, and that no preset (built-in or the user's) has its id. `from_client`: a client's
+        upload, refused (LibraryFull) once the library holds MAX_SAVED_PRESETS; the operator's are not."""
         if not isinstance(name, str) or len(name) > MAX_ID_LENGTH:
             raise InvalidStyleId(f"preset name {quoted(name)} is over {MAX_ID_LENGTH} characters")
         preset_id = slug(name)
@@ -283,7 +286,8 @@ class StyleLibrary:
             presets = self._all_presets()
             if any(p.id == preset_id for p in presets):
                 raise StyleExists(f"a preset '{preset_id}' exists already; choose another name")
-            _check_room(len(presets))
+            if from_client:
+                _check_room(len(presets))
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder.resolve() / f"{preset_id}{suffix}"
             write_atomically(path, data)
@@ -292,7 +296,7 @@ class StyleLibrary:
         return self.find(preset_id)
 
     def check_room(self) -> None:
-        """Raises LibraryFull if no upload can be saved as a preset now."""
+        """Raises LibraryFull if no client's upload can be saved as a preset now."""
         _check_room(len(self._all_presets()))
 
     def import_folder(self, source: Path) -> list[tuple[str, str]]:

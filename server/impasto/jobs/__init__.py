@@ -283,7 +283,7 @@ class Jobs:
                 picture = uploads[index]
                 data = png_bytes(compose_result(picture.rgb, picture))
             try:
-                self.library.save(style.save_as_preset, data)
+                self.library.save(style.save_as_preset, data, from_client=True)
             except StyleExists as error:
                 raise ImpastoError(Kind.ALREADY_EXISTS, str(error)) from None
             except LibraryFull as error:
