@@ -237,6 +237,27 @@ def test_selection_limits_the_result(gimp, server: str, images: Path):
     assert out["repeat"] == ["success", "Impasto: Udnie #1"], out  # GIMP numbers a second of a name
 
 
+def test_a_selection_that_misses_the_layer_is_refused_before_any_job(gimp, images: Path):
+    """A selection beside a small layer would mask its result away entirely: refused with what to do, at
+    full size or not, before any server is asked (the one named here is down)."""
+    content = gimp.put(images / "content" / "coffee.png")
+    out = gimp.run(f"""
+        image = load({content!r})
+        small = Gimp.Layer.new(image, "Small", 20, 20, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+        image.insert_layer(small, None, 0)
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 100, 100, 40, 40)
+        out["runs"] = []
+        for full_size in (False, True):
+            status, message = impasto(image, small, style="udnie", server="127.0.0.1:9", **{{"full-size": full_size}})
+            out["runs"].append([status, str(message)])
+        out["layers"] = len(image.get_layers())
+    """)
+    assert "exception" not in out, out.get("exception")
+    refusal = "The selection does not touch layer 'Small': select part of it, or Select ▸ None."
+    assert out["runs"] == [["execution-error", refusal]] * 2, out
+    assert out["layers"] == 2, out
+
+
 def test_full_size_paints_the_layer_or_the_selection_box_at_its_own_size(
     gimp, server: str, server_without_full_size: str, images: Path, caplog
 ):

@@ -11,13 +11,17 @@ Box = tuple[int, int, int, int]  # x, y, width, height in layer coordinates
 
 def painted_box(image: Gimp.Image, layer: Gimp.Layer, full_size: bool) -> Box:
     """The part of the layer that is sent: the whole layer, or at full size with a selection, the
-    selection's bounding box (painted at its own size)."""
-    if full_size and not Gimp.Selection.is_empty(image):
-        ok, x, y, width, height = layer.mask_intersect()
-        if not ok or width < 1 or height < 1:
-            raise ValueError("The selection does not touch this layer; select part of it, or select none.")
-        return x, y, width, height
-    return 0, 0, layer.get_width(), layer.get_height()
+    selection's bounding box (painted at its own size). Raises ValueError for a selection that misses the
+    layer, whose result would be masked away entirely."""
+    whole = 0, 0, layer.get_width(), layer.get_height()
+    if Gimp.Selection.is_empty(image):
+        return whole
+    ok, x, y, width, height = layer.mask_intersect()
+    if not ok or width < 1 or height < 1:
+        raise ValueError(
+            f"The selection does not touch layer '{layer.get_name()}': select part of it, or Select ▸ None."
+        )
+    return (x, y, width, height) if full_size else whole
 
 
 def read_layer(layer: Gimp.Layer, box: Box | None = None) -> Image:
