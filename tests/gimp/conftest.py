@@ -320,10 +320,10 @@ def composite(image):
     copy.delete()
     return data
 
-def impasto(image, layer, **arguments):
+def impasto(image, layer, run_mode=Gimp.RunMode.NONINTERACTIVE, **arguments):
     procedure = Gimp.get_pdb().lookup_procedure("python-fu-impasto")
     config = procedure.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("run-mode", run_mode)
     config.set_property("image", image)
     config.set_core_object_array("drawables", [layer])
     for name, value in arguments.items():

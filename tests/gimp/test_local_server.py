@@ -167,6 +167,30 @@ def test_the_dialog_starts_the_server_then_connects_and_ok_paints(gimp, own_serv
     assert len(servers_on(own_server.port)) == 1 and own_server.starts() == 1
 
 
+def test_the_own_server_is_remembered_wherever_its_record_moves_it(gimp, own_server: OwnServer, images: Path):
+    """Filters ▸ Repeat (last values, which remembers the server used) with the Server field empty starts
+    the recorded server; once impasto-server.json names another port, as the plug-in's "port taken" advice
+    says, the next run starts and uses the server there, not the one remembered at the old port."""
+    gimp.forget_last_values()
+    moved = OwnServer(gimp, free_port())
+    content = gimp.put(images / "content" / "coffee.png")
+    repeat = f'impasto(image, source, run_mode=Gimp.RunMode.WITH_LAST_VALS, server="", {STYLE})[0]'
+    try:
+        out = gimp.run(f"""
+            {SERVERS_ON}
+            image = load({content!r})
+            source = image.get_layers()[0]
+            out["first"] = [{repeat}, servers_on({own_server.port})]
+            {moved.record(command=COMMAND, address=moved.address)}
+            out["moved"] = [{repeat}, servers_on({moved.port})]
+        """)
+    finally:
+        kill_servers_on(moved.port)
+    assert "exception" not in out, out.get("exception")
+    assert out["first"][0] == "success" and len(out["first"][1]) == 1, out
+    assert out["moved"][0] == "success" and len(out["moved"][1]) == 1, out
+
+
 def test_two_runs_started_together_leave_one_server(gimp, own_server: OwnServer, images: Path):
     """Two GIMPs call the plug-in at the same moment (each waits until the other is ready), both finding
     no server: one starts it, the other waits for it to answer; both get their layer."""

@@ -14,6 +14,9 @@ from gi.repository import Gimp
 from .local_server import local_address
 from .remote import split_token
 
+# Kept in place of the own server's address, which impasto-server.json may move to another port.
+OWN_SERVER = "own server"
+
 
 def settings_file() -> str:
     return os.path.join(Gimp.directory(), "impasto.json")
@@ -29,8 +32,12 @@ def _saved() -> dict:
 
 
 def remembered_address() -> str:
-    """The last address used, else $IMPASTO_SERVER, else the address of the plug-in's own server."""
-    return _saved().get("server") or os.environ.get("IMPASTO_SERVER") or local_address()
+    """The last address used, else $IMPASTO_SERVER, else the address of the plug-in's own server (as
+    impasto-server.json says now)."""
+    last = _saved().get("server")
+    if last == OWN_SERVER:
+        return local_address()
+    return last or os.environ.get("IMPASTO_SERVER") or local_address()
 
 
 def server_address(config: Gimp.ProcedureConfig) -> str:
@@ -53,11 +60,12 @@ def remembered_token(address: str) -> str | None:
 
 def remember(address: str, token: str | None = None) -> None:
     """The last address used; with a token, that token for this address (the file is this user's only).
-    A pairing string is kept without its token, which is kept with the others."""
+    A pairing string is kept without its token, which is kept with the others; the plug-in's own server
+    as OWN_SERVER, wherever it is."""
     address, own = _split(address)
     token = own or token
     saved = _saved()
-    saved["server"] = address
+    saved["server"] = OWN_SERVER if address == local_address() else address
     if token:
         tokens = saved.get("tokens") if isinstance(saved.get("tokens"), dict) else {}
         tokens[address] = token
