@@ -56,8 +56,11 @@ def tls_server(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 class MisfitResultServer(impasto_pb2_grpc.StyleTransferServicer):
-    """A server that answers every job with a 2×2 result, whatever the layer's size: one the plug-in must
-    not trust."""
+    """A server that answers every job with a result of 16 bytes that says it is `width`×`height` px,
+    whatever the layer's size: one the plug-in must not trust."""
+
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
 
     def GetServerInfo(self, request, context):  # noqa: N802 - the .proto's name
         return pb.ServerInfo(protocol_version=1, limits=pb.Limits(full_size=True))
@@ -68,35 +71,47 @@ class MisfitResultServer(impasto_pb2_grpc.StyleTransferServicer):
     def Stylize(self, requests, context):  # noqa: N802
         for _ in requests:
             pass  # the upload, read to its end
-        header = pb.ImageHeader(format=pb.PIXEL_FORMAT_RGBA8, width=2, height=2, total_bytes=16)
+        header = pb.ImageHeader(
+            format=pb.PIXEL_FORMAT_RGBA8, width=self.width, height=self.height, total_bytes=16
+        )
         yield pb.StylizeEvent(result=pb.ResultChunk(header=header, data=bytes(16)))
 
 
 @pytest.fixture(scope="module")
-def misfit_server() -> Iterator[str]:
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
-    impasto_pb2_grpc.add_StyleTransferServicer_to_server(MisfitResultServer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def misfit_servers() -> Iterator[dict[str, str]]:
+    """Addresses of misfit servers for coffee.png (256×171 px): "small" answers 2×2 px, "short" the
+    layer's size in 16 bytes."""
+    servers, addresses = [], {}
+    for name, size in (("small", (2, 2)), ("short", (256, 171))):
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        impasto_pb2_grpc.add_StyleTransferServicer_to_server(MisfitResultServer(*size), server)
+        addresses[name] = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        server.start()
+        servers.append(server)
     try:
-        yield f"127.0.0.1:{port}"
+        yield addresses
     finally:
-        server.stop(grace=None)
+        for server in servers:
+            server.stop(grace=None)
 
 
-def test_a_result_that_does_not_fit_the_layer_is_an_execution_error(gimp, misfit_server: str, images: Path):
-    """A broken or foreign server's result is refused with a sentence, as GIMP shows an execution error, and
-    the image is left as it was."""
+def test_a_result_that_does_not_fit_the_layer_is_an_execution_error(gimp, misfit_servers, images: Path):
+    """A broken or foreign server's result, of another size or too few bytes (which GEGL would silently
+    not write), is refused with a sentence, as GIMP shows an execution error, and the image is left as it
+    was."""
     content = gimp.put(images / "content" / "coffee.png")
     out = gimp.run(f"""
         image = load({content!r})
-        status, message = impasto(image, image.get_layers()[0], style="udnie", server={misfit_server!r}, {QUICK})
-        out["status"], out["message"] = status, str(message)
+        for name, server in {misfit_servers!r}.items():
+            status, message = impasto(image, image.get_layers()[0], style="udnie", server=server, {QUICK})
+            out[name] = [status, str(message)]
         out["layers"] = len(image.get_layers())
     """)
     assert "exception" not in out, out.get("exception")
-    refusal = "The server sent a result that does not fit the layer (2×2 px for 256×171 px)"  # coffee.png
-    assert out["status"] == "execution-error" and refusal in out["message"], out
+    refusal = "The server sent a result that does not fit the layer ({}); nothing was changed."
+    assert out["small"][0] == "execution-error" and refusal.format("2×2 px for 256×171 px") in out["small"][1]
+    too_few = "16 bytes for 256×171 px, which take 175104"
+    assert out["short"][0] == "execution-error" and refusal.format(too_few) in out["short"][1], out
     assert out["layers"] == 1
 
 

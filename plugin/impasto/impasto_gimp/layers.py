@@ -5,6 +5,7 @@ from gi.repository import Gegl, Gimp
 from .remote import Image
 
 PIXELS = "R'G'B'A u8"  # sRGB-encoded 8-bit RGBA: what the server reads and sends back
+PIXEL_BYTES = 4  # of PIXELS
 
 Box = tuple[int, int, int, int]  # x, y, width, height in layer coordinates
 
@@ -38,11 +39,7 @@ def add_result_layer(
     a selection's bounding box), masked by the selection: one undo step. The new layer is left selected
     (not its mask), so that Filters ▸ Repeat paints again on a layer."""
     box_x, box_y, width, height = box
-    if result.encoded or (result.width, result.height) != (width, height):
-        raise ValueError(
-            f"The server sent a result that does not fit the layer ({result.width}×{result.height} px for "
-            f"{width}×{height} px); nothing was changed. Is it an impasto-server of this plug-in's release?"
-        )
+    _check_fits(result, width, height)
     image.undo_group_start()
     try:
         kind = (
@@ -66,3 +63,19 @@ def add_result_layer(
         image.undo_group_end()
     Gimp.displays_flush()
     return layer
+
+
+def _check_fits(result: Image, width: int, height: int) -> None:
+    """Raises ValueError unless `result` is PIXELS for exactly width×height px: GEGL would write nothing
+    from data of another length, without a word, and the run would seem to succeed."""
+    due = width * height * PIXEL_BYTES
+    if result.encoded or (result.width, result.height) != (width, height):
+        misfit = f"{result.width}×{result.height} px for {width}×{height} px"
+    elif len(result.data) != due:
+        misfit = f"{len(result.data)} bytes for {width}×{height} px, which take {due}"
+    else:
+        return
+    raise ValueError(
+        f"The server sent a result that does not fit the layer ({misfit}); nothing was changed. Is it an "
+        "impasto-server of this plug-in's release?"
+    )
