@@ -138,6 +138,9 @@ class Impasto(Gimp.PlugIn):
 
 
 def run(procedure, run_mode, image, drawables, config, data):
+    # A selected mask (as Layer ▸ Mask ▸ Add Layer Mask leaves it) stands for its layer: the user sees one
+    # layer selected in the Layers dialog.
+    drawables = [Gimp.Layer.from_mask(d) if isinstance(d, Gimp.LayerMask) else d for d in drawables]
     if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
         return failed(procedure, "Select exactly one layer to stylise.")
     layer = drawables[0]

@@ -273,6 +273,23 @@ def test_a_selection_that_misses_the_layer_is_refused_before_any_job(gimp, image
     assert out["layers"] == 2, out
 
 
+def test_a_layer_whose_mask_is_selected_is_painted(gimp, server: str, images: Path):
+    """GIMP passes the mask when it is the selected drawable (as Add Layer Mask leaves it): its layer is
+    painted, as the Layers dialog shows one layer selected."""
+    content = gimp.put(images / "content" / "coffee.png")
+    out = gimp.run(f"""
+        image = load({content!r})
+        source = image.get_layers()[0]
+        source.add_mask(source.create_mask(Gimp.AddMaskType.WHITE))
+        status, layer = impasto(image, source.get_mask(), style="udnie", server={server!r}, {QUICK})
+        out["run"] = [status, layer.get_name() if status == "success" else str(layer)]
+        out["layers"] = [layer.get_name() for layer in image.get_layers()]
+    """)
+    assert "exception" not in out, out.get("exception")
+    assert out["run"] == ["success", "Impasto: Udnie"], out
+    assert out["layers"][0] == "Impasto: Udnie" and len(out["layers"]) == 2, out
+
+
 def test_full_size_paints_the_layer_or_the_selection_box_at_its_own_size(
     gimp, server: str, server_without_full_size: str, images: Path, caplog
 ):
