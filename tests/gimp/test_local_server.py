@@ -191,6 +191,31 @@ def test_the_own_server_is_remembered_wherever_its_record_moves_it(gimp, own_ser
     assert out["moved"][0] == "success" and len(out["moved"][1]) == 1, out
 
 
+def test_notepads_record_is_read_and_a_windows_path_says_how_to_write_it(gimp, own_server: OwnServer):
+    """impasto-server.json as Notepad saves it (UTF-8 that starts with a BOM) is read; a Windows path typed
+    as it is (C:\\Users\\…, no JSON string) is a problem that says how to write it."""
+    record = {"command": COMMAND, "address": own_server.address}
+    texts = {
+        "bom": "\ufeff" + json.dumps(record),
+        "backslashes": r'{"command": ["C:\Users\me\impasto-server.exe"]}',
+    }
+    plugin = gimp.inside(gimp.config / "plug-ins" / "impasto")
+    out = gimp.run(f"""
+        import sys
+        sys.path[:0] = [{plugin + "/vendor"!r}, {plugin!r}]  # as impasto.py has it: vendor/impasto first
+        from impasto_gimp.local_server import record_file, recorded
+        for name, text in {texts!r}.items():
+            with open(record_file(), "w", encoding="utf-8") as f:
+                f.write(text)
+            found = recorded()
+            out[name] = [found.command, found.address, found.problem]
+    """)
+    assert "exception" not in out, out.get("exception")
+    assert out["bom"] == [COMMAND, own_server.address, None], out
+    command, _, problem = out["backslashes"]
+    assert command is None and problem.endswith(r"; in a path such as C:\Users, write each \ as \\ or /"), out
+
+
 def test_two_runs_started_together_leave_one_server(gimp, own_server: OwnServer, images: Path):
     """Two GIMPs call the plug-in at the same moment (each waits until the other is ready), both finding
     no server: one starts it, the other waits for it to answer; both get their layer."""

@@ -56,12 +56,16 @@ class Recorded:
 def recorded() -> Recorded:
     path = record_file()
     try:
-        with open(path, encoding="utf-8") as file:
+        with open(path, encoding="utf-8-sig") as file:  # -sig: Notepad starts its UTF-8 with a BOM
             record = json.load(file)
     except FileNotFoundError:
         return Recorded()
     except (OSError, ValueError) as error:
-        return Recorded(problem=f"{path} cannot be read as JSON ({error})")
+        problem = f"{path} cannot be read as JSON ({error})"
+        # A Windows path typed by hand: "C:\Users\…" is no JSON string.
+        if isinstance(error, json.JSONDecodeError) and error.msg == r"Invalid \escape":
+            problem += r"; in a path such as C:\Users, write each \ as \\ or /"
+        return Recorded(problem=problem)
     if not isinstance(record, dict):
         return Recorded(problem=f"{path} holds no JSON object")
     problems = []
