@@ -3,7 +3,7 @@ runs), or in GIMP's status bar (scripts and Filters ▸ Repeat)."""
 
 import threading
 
-from gi.repository import Gimp, GLib, Gtk, Pango
+from gi.repository import Gimp, GimpUi, GLib, Gtk, Pango
 
 from . import hook
 from .cost import duration
@@ -56,6 +56,7 @@ class ProgressWindow:
         self.error = None
         self.finished = False
         self.dialog = Gtk.Dialog(title=f"Impasto: {title}", modal=True)
+        GimpUi.window_set_transient(self.dialog)  # above GIMP's image window, never behind it
         self.cancel_button = self.dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
         self.dialog.connect("response", lambda *_: self._cancel())
         box = self.dialog.get_content_area()
