@@ -187,6 +187,12 @@ class Gimp:
         shutil.copyfile(source, target)
         return self.inside(target)
 
+    def plug_in_modules(self) -> str:
+        """A line of a GIMP script after which the installed plug-in's modules import (impasto_gimp.…), its
+        vendored client first, as impasto.py has it."""
+        plugin = self.inside(self.config / "plug-ins" / "impasto")
+        return f"import sys; sys.path[:0] = [{plugin + '/vendor'!r}, {plugin!r}]"
+
     def command(self) -> list[str]:
         """The start of a command line that runs a program in the root, in a clean environment with
         the throwaway config folder (GIMP3_DIRECTORY: the same variable in 3.0 and 3.2) and temporary

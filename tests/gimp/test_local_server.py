@@ -199,10 +199,8 @@ def test_notepads_record_is_read_and_a_windows_path_says_how_to_write_it(gimp, o
         "bom": "\ufeff" + json.dumps(record),
         "backslashes": r'{"command": ["C:\Users\me\impasto-server.exe"]}',
     }
-    plugin = gimp.inside(gimp.config / "plug-ins" / "impasto")
     out = gimp.run(f"""
-        import sys
-        sys.path[:0] = [{plugin + "/vendor"!r}, {plugin!r}]  # as impasto.py has it: vendor/impasto first
+        {gimp.plug_in_modules()}
         from impasto_gimp.local_server import record_file, recorded
         for name, text in {texts!r}.items():
             with open(record_file(), "w", encoding="utf-8") as f:

@@ -290,6 +290,32 @@ def test_a_layer_whose_mask_is_selected_is_painted(gimp, server: str, images: Pa
     assert out["layers"][0] == "Impasto: Udnie" and len(out["layers"]) == 2, out
 
 
+def test_a_layer_deleted_or_an_image_closed_meanwhile_is_a_sentence(gimp, images: Path):
+    """The user may delete the layer or close the image while the dialog is open: what the dialog and the
+    run read first (painted_box) says so, instead of failing in GIMP's calls."""
+    content = gimp.put(images / "content" / "coffee.png")
+    out = gimp.run(f"""
+        {gimp.plug_in_modules()}
+        from impasto_gimp.layers import painted_box
+        image = load({content!r})
+        extra = Gimp.Layer.new(image, "Extra", 20, 20, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+        image.insert_layer(extra, None, 0)
+        image.remove_layer(extra)
+        source = image.get_layers()[0]
+        out["gone"] = []
+        for which in ("layer", "image"):
+            if which == "image":
+                image.delete()
+            try:
+                out["gone"].append(str(painted_box(image, extra if which == "layer" else source, False)))
+            except Exception as error:
+                out["gone"].append(f"{{type(error).__name__}}: {{error}}")
+    """)
+    assert "exception" not in out, out.get("exception")
+    gone = "ValueError: The image or layer was closed or deleted meanwhile; nothing was changed."
+    assert out["gone"] == [gone, gone], out
+
+
 def test_full_size_paints_the_layer_or_the_selection_box_at_its_own_size(
     gimp, server: str, server_without_full_size: str, images: Path, caplog
 ):

@@ -3,7 +3,7 @@ the job's progress shows, and the result comes back as a new layer."""
 
 from gi.repository import Gimp
 
-from .layers import add_result_layer, painted_box, read_layer
+from .layers import add_result_layer, check_still_there, painted_box, read_layer
 from .local_server import start_if_needed
 from .progress import ProgressWindow, follow_in_status_bar
 from .remote import chosen_style, connect, job_settings, style_title
@@ -37,6 +37,5 @@ def paint(
     if not finished:
         return None
     remember(address, token if remembers else None)
-    if not (image.is_valid() and layer.is_valid()):
-        raise ValueError("The image or layer was closed while Impasto worked; nothing was changed.")
+    check_still_there(image, layer)
     return add_result_layer(image, layer, box, job.result, title)

@@ -13,7 +13,8 @@ Box = tuple[int, int, int, int]  # x, y, width, height in layer coordinates
 def painted_box(image: Gimp.Image, layer: Gimp.Layer, full_size: bool) -> Box:
     """The part of the layer that is sent: the whole layer, or at full size with a selection, the
     selection's bounding box (painted at its own size). Raises ValueError for a selection that misses the
-    layer, whose result would be masked away entirely."""
+    layer, whose result would be masked away entirely, or for an image or layer that is gone."""
+    check_still_there(image, layer)
     whole = 0, 0, layer.get_width(), layer.get_height()
     if Gimp.Selection.is_empty(image):
         return whole
@@ -23,6 +24,13 @@ def painted_box(image: Gimp.Image, layer: Gimp.Layer, full_size: bool) -> Box:
             f"The selection does not touch layer '{layer.get_name()}': select part of it, or Select ▸ None."
         )
     return (x, y, width, height) if full_size else whole
+
+
+def check_still_there(image: Gimp.Image | None, layer: Gimp.Layer) -> None:
+    """Raises ValueError once the image is closed or the layer deleted: the user may do either while the
+    dialog is open or a job runs."""
+    if not (layer.is_valid() and image is not None and image.is_valid()):
+        raise ValueError("The image or layer was closed or deleted meanwhile; nothing was changed.")
 
 
 def read_layer(layer: Gimp.Layer, box: Box | None = None) -> Image:
