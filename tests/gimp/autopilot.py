@@ -12,8 +12,10 @@ the "ok" that closes the dialog, or "cancel", are the style dialog's:
 - `preview-shown` waits until a preview shows (one that started by itself),
 - `cost` waits until the cost line is for the choices as they are, and prints it ("cost shown: TEXT"),
 - `choose:ID` chooses the preset ID in the grid, as a click does,
-- `set:NAME=VALUE` sets an argument (`set:iterations=40`, `set:full-size=true`, `set:style-file=PATH`),
+- `set:NAME=VALUE` sets an argument (`set:iterations=40`, `set:full-size=true`, `set:style-file=PATH`), or
+  types in the Token field (`set:token=VALUE`),
 - `connect` presses Connect,
+- `save-settings` presses GIMP's Save Settings (it writes the settings file before it returns),
 - `open:SECTION`, `close:SECTION` open or close the section `server` or `advanced`,
 - `help:PATH` presses Help and waits until the file PATH exists (the test's stand-in browser writes it),
 - `measure` prints the dialog window's size as the X server has it ("window: WIDTHxHEIGHT"),
@@ -102,6 +104,8 @@ class DialogPilot:
             self._set(*argument.split("=", 1))
         elif name == "connect":
             self.dialog.connect_button.clicked()
+        elif name == "save-settings":
+            self._button("_Save Settings").clicked()
         elif name in ("open", "close"):
             getattr(self.dialog, f"{argument}_section").set_expanded(name == "open")
         elif name == "measure":
@@ -119,11 +123,28 @@ class DialogPilot:
 
     def _set(self, name: str, value: str) -> None:
         config = self.dialog.config
+        if name == "token":  # the dialog's own field, bound to no argument
+            self.dialog.token_field.get_entry().set_text(value)
+            return
         if name in FILES:
             config.set_property(name, Gio.File.new_for_path(value) if value else None)
             return
         kind = type(config.get_property(name))
         config.set_property(name, value == "true" if kind is bool else kind(value))
+
+    def _button(self, label: str) -> Gtk.Button:
+        """The dialog's button labelled `label` (GIMP's own, which the plug-in has no name for)."""
+        found = []
+
+        def look(widget: Gtk.Widget) -> None:
+            if isinstance(widget, Gtk.Button) and widget.get_label() == label:
+                found.append(widget)
+            elif isinstance(widget, Gtk.Container):
+                widget.foreach(look)
+
+        look(self.dialog.dialog)
+        assert found, f"no button {label!r} in the dialog"
+        return found[0]
 
     def _measure(self) -> None:
         """The window's size as the X server has it, once GTK has laid out and drawn what is pending."""

@@ -226,10 +226,10 @@ class Gimp:
         return outs
 
     def forget_last_values(self) -> None:
-        """An interactive run starts from GIMP's last values (the .last file) over what the script set, and
-        the plug-in remembers the last server and the tokens that worked (impasto.json): each GUI test
-        starts without another's."""
-        for path in (self.config / "plug-in-settings").glob("*impasto*.last"):
+        """An interactive run starts from GIMP's last values (the .last file) over what the script set, Save
+        Settings keeps a .default file, and the plug-in remembers the last server and the tokens that worked
+        (impasto.json): each GUI test starts without another's."""
+        for path in (self.config / "plug-in-settings").glob("*impasto*"):
             path.unlink()
         (self.config / "impasto.json").unlink(missing_ok=True)
 

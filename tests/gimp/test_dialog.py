@@ -166,6 +166,27 @@ def test_an_unreachable_server_and_a_refused_token_are_said_in_the_open_dialog(
     )
 
 
+def test_save_settings_never_writes_the_token(gimp, token_server: str, images: Path):
+    """The token typed, then GIMP's Save Settings pressed and OK: the settings file GIMP writes (and its
+    last values) hold the server but not the token, which still reaches the job."""
+    gimp.forget_last_values()
+    content = gimp.put(images / "content" / "coffee.png")
+    steps = ["connected", "set:token=s3cret", "connect", "connected", "save-settings", "choose:starry-night",
+             "set:size=48", "set:iterations=3", "ok"]  # fmt: skip
+    out, said = gimp.run_gui(
+        "save-settings", interactive_run(content, server=token_server), autopilot=",".join(steps)
+    )
+    assert out is not None and out["status"] == "success", (out, said)
+    said_in_order(
+        said, "set:token=s3cret", "connect", f"status: Connected to {token_server}", "save-settings"
+    )
+    saved = {
+        path.name: path.read_text(errors="replace") for path in (gimp.config / "plug-in-settings").iterdir()
+    }
+    assert any(name.endswith(".default") and token_server in text for name, text in saved.items()), saved
+    assert [name for name, text in saved.items() if "s3cret" in text] == [], saved
+
+
 def said_after(said: str, step: str, prefix: str) -> str:
     """What the autopilot said first with `prefix` after it said `step`."""
     at = said.index(f"impasto-autopilot: {step}\n")

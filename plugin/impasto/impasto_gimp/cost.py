@@ -6,6 +6,7 @@ so that the server never counts the dialog's own preview among the jobs ahead; t
 through GLib.idle_add, and one for choices changed meanwhile is dropped."""
 
 import dataclasses
+from collections.abc import Callable
 
 from gi.repository import Gimp, GLib, Gtk
 
@@ -88,9 +89,10 @@ class CostLine:
     it says what the choices before the latest change cost. The preview's pane shows it under its own line,
     beside the picture, where a few lines of text (a refusal's sentence) make the dialog no taller."""
 
-    def __init__(self, config: Gimp.ProcedureConfig, layer: Gimp.Layer):
+    def __init__(self, config: Gimp.ProcedureConfig, layer: Gimp.Layer, typed_token: Callable[[], str]):
         self.config = config
         self.layer = layer
+        self.typed_token = typed_token  # the dialog's token field, which is no argument of the config
         # Wrapped, asking for little width and using all there is: its text never widens the dialog.
         self.label = Gtk.Label(xalign=0, yalign=0, wrap=True, max_width_chars=36, no_show_all=True)
         self.asked: Question | None = None  # the latest question: answers to others are late
@@ -105,9 +107,8 @@ class CostLine:
         style = chosen_style(self.config)
         path = style_file_path(self.config)
         upload_size = file_image_size(path) if path is not None else (0, 0)
-        question = Question(
-            address, token_for(self.config, address), box, style, upload_size, job_settings(self.config)
-        )
+        token = token_for(address, self.typed_token())
+        question = Question(address, token, box, style, upload_size, job_settings(self.config))
         self.asked = question
         return question
 

@@ -3,7 +3,8 @@ image), the strength, the preview, then the cost; the connection's fields in a "
 opens by itself while not connected, and the rest in "Advanced".
 
 Every argument's widget is GIMP's own (GimpProcedureDialog), so that GIMP keeps them as last values and
-Filters ▸ Repeat reuses them. Errors stay in the dialog: OK is greyed out until a style is chosen, and
+Filters ▸ Repeat reuses them; but the token's, whose field is the dialog's own, so that no settings file of
+GIMP's ever holds it. Errors stay in the dialog: OK is greyed out until a style is chosen, and
 OK with an unreachable server or a refused token keeps the dialog open with the reason in its status
 line, the choices as they were."""
 
@@ -33,7 +34,8 @@ from .remote import (
 )
 from .store import server_address, token_for
 
-SERVER_FIELDS = ["server", "token", "tls-ca", "insecure"]  # a change: connect again before a job
+# A change, or one of the token field: connect again before a job.
+SERVER_FIELDS = ["server", "tls-ca", "insecure"]
 ADVANCED_FIELDS = ["iterations", "size", "full-size", "preserve-colors", "seed"]
 # A change: a new preview and cost, once the choices have settled.
 CHOICES = ["style", "strength", *ADVANCED_FIELDS]  # and style-file, which also replaces the preset
@@ -63,6 +65,7 @@ class StyleDialog:
         strength = dialog.fill_box("strength-box", ["strength"])
         server_fields = dialog.fill_box("server-fields", SERVER_FIELDS)
         server_fields.set_margin_start(12)  # a section's fields under its title
+        self.token_field = self._token_field(procedure, server_fields)
         dialog.get_label("server-title", "Ser_ver", False, True)
         self.server_section = dialog.fill_expander("server-section", "server-title", False, "server-fields")
         dialog.fill_box("advanced-fields", ADVANCED_FIELDS).set_margin_start(12)
@@ -77,7 +80,7 @@ class StyleDialog:
         style_row = Gtk.Box(spacing=12)
         style_row.pack_start(heading, False, False, 0)
         style_row.pack_end(style_file, False, False, 0)
-        self.cost = CostLine(config, layer)  # the preview's pane shows its line
+        self.cost = CostLine(config, layer, self.typed_token)  # the preview's pane shows its line
         self.preview = PreviewPane(config, layer, self._connected, self.cost)
         # The status line wraps, asking for little width and using all there is: its text never widens the
         # dialog.
@@ -109,15 +112,36 @@ class StyleDialog:
         self.full_size_tooltip = full_size.get_tooltip_text()
         config.connect("notify::full-size", lambda *_: self._show_auto())
         self._show_auto()
-        token_entry = dialog.get_widget("token", GObject.TYPE_NONE).get_entry()
-        token_entry.set_visibility(False)  # a password: dots, not letters
 
         for name in CHOICES:
             config.connect(f"notify::{name}", lambda *_: self._choices_changed())
         config.connect("notify::style-file", lambda *_: self._style_file_changed())
         for name in SERVER_FIELDS:
             config.connect(f"notify::{name}", lambda *_: self._server_fields_changed())
+        self.token_field.get_entry().connect("changed", lambda *_: self._server_fields_changed())
         self._choices_changed()
+
+    def _token_field(self, procedure: Gimp.Procedure, server_fields: Gtk.Box) -> GimpUi.LabelEntry:
+        """The Token field, second in the Server section as GIMP's widget would be, but bound to no argument:
+        GIMP's Save Settings writes the config as it is, and a token there would stay in plain text in
+        GIMP's folder. The token a script passed starts in it; OK hands it to the run."""
+        argument = procedure.find_argument("token")
+        field = GimpUi.LabelEntry.new(argument.get_nick())
+        field.set_tooltip_text(argument.get_blurb())
+        field.set_value(self.config.get_property("token"))
+        self.config.set_property("token", "")
+        field.get_entry().set_visibility(False)  # a password: dots, not letters
+        # Its label as wide as those of GIMP's fields: a chain of size groups joins GIMP's own.
+        labels = Gtk.SizeGroup(mode=Gtk.SizeGroupMode.HORIZONTAL)
+        labels.add_widget(self.dialog.get_widget("server", GObject.TYPE_NONE).get_label())
+        labels.add_widget(field.get_label())
+        server_fields.pack_start(field, False, False, 0)
+        server_fields.reorder_child(field, 1)
+        field.show_all()
+        return field
+
+    def typed_token(self) -> str:
+        return self.token_field.get_value()
 
     def _own_help(self) -> None:
         """Help (and F1) open the plug-in's help page in the web browser. GIMP's own Help button, which asks
@@ -157,6 +181,8 @@ class StyleDialog:
         ok = False
         while not ok and self.dialog.run():
             ok = self._ready_to_paint()
+        if ok:
+            self.config.set_property("token", self.typed_token())  # the run forgets it as it ends
         self.closed = True
         self.preview.close()
         self.cost.close()
@@ -237,7 +263,7 @@ class StyleDialog:
             return False
         fields = self._server_fields()
         try:
-            with connect(self.config, address, token_for(self.config, address), timeout=3) as client:
+            with connect(self.config, address, token_for(address, self.typed_token()), timeout=3) as client:
                 chosen_server = client.address  # of several: the least busy that answered
                 info = client.info()
                 presets = client.styles()
@@ -274,7 +300,7 @@ class StyleDialog:
     def _server_fields(self) -> tuple:
         ca = self.config.get_property("tls-ca")
         insecure = self.config.get_property("insecure")
-        return self.address(), self.config.get_property("token"), ca and ca.get_path(), insecure
+        return self.address(), self.typed_token(), ca and ca.get_path(), insecure
 
     def _server_fields_changed(self) -> None:
         """GIMP's widgets also notify values that did not change."""

@@ -22,7 +22,8 @@ def paint(
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
     remembers = run_mode != Gimp.RunMode.NONINTERACTIVE
     address = server_address(config)
-    token = token_for(config, address) if remembers else config.get_property("token")
+    typed = config.get_property("token")
+    token = token_for(address, typed) if remembers else typed
     style = chosen_style(config)
     full_size = config.get_property("full-size")
     box = painted_box(image, layer, full_size)

@@ -45,11 +45,11 @@ def server_address(config: Gimp.ProcedureConfig) -> str:
     return config.get_property("server").strip() or remembered_address()
 
 
-def token_for(config: Gimp.ProcedureConfig, address: str) -> str | None:
-    """A pairing string's own token, else the token field, else the token remembered for this address
-    (never another server's)."""
+def token_for(address: str, typed: str) -> str | None:
+    """A pairing string's own token, else the token `typed` in the token field (or passed by a script),
+    else the token remembered for this address (never another server's)."""
     kept, token = _split(address)
-    return token or config.get_property("token") or remembered_token(kept)
+    return token or typed or remembered_token(kept)
 
 
 def remembered_token(address: str) -> str | None:
