@@ -6,8 +6,10 @@ and the plug-in's hook (impasto_gimp/hook.py) calls `attach` with each window it
 the "ok" that closes the dialog, or "cancel", are the style dialog's:
 
 - `sleep:SECONDS` waits (for a screenshot),
-- `connected` waits until the status line says how connecting ended (connected, or why not): the
-  plug-in may be starting its own server first,
+- `connected` waits until the status line says how connecting ended (connected, or why not, or that the
+  Server section changed meanwhile): the plug-in may be starting its own server first,
+- `connects-ended` waits until every connect the dialog started has ended, and its news has been handled
+  (shown, or dropped),
 - `preview` presses Preview and waits until the preview has ended (shown, or an error said),
 - `preview-shown` waits until a preview shows (one that started by itself),
 - `cost` waits until the cost line is for the choices as they are, and prints it ("cost shown: TEXT"),
@@ -35,13 +37,13 @@ when a preview appears, and "question: TEXT | SECONDARY TEXT" when the question 
 import os
 import re
 import subprocess
+import threading
 
 import gi
 
 gi.require_version("GdkX11", "3.0")
 from gi.repository import GdkX11, Gio, GLib, Gtk  # noqa: E402, F401 - GdkX11: the dialog's X window id
-from impasto_gimp.dialog import StyleDialog  # noqa: E402
-from impasto_gimp.local_server import STARTING  # noqa: E402
+from impasto_gimp.dialog import CONNECTING, StyleDialog  # noqa: E402
 from impasto_gimp.progress import ProgressWindow  # noqa: E402
 
 STEPS = [step for step in os.environ.get("IMPASTO_AUTOPILOT", "").split(",") if step]
@@ -95,7 +97,17 @@ class DialogPilot:
         if name == "sleep":
             GLib.timeout_add(int(float(argument) * 1000), self.next_step)
             return False
-        if name in ("connected", "preview", "preview-shown", "cost", "help", "ok", "answer", "shot"):
+        if name in (
+            "connected",
+            "connects-ended",
+            "preview",
+            "preview-shown",
+            "cost",
+            "help",
+            "ok",
+            "answer",
+            "shot",
+        ):
             getattr(self, "_" + name.replace("-", "_"))(argument)
             return False
         if name == "choose":
@@ -187,8 +199,13 @@ class DialogPilot:
         handler = widget.connect(signal, changed)
 
     def _connected(self, _) -> None:
-        status = self.dialog.status
-        self._when(lambda: status.get_text() not in ("", STARTING), status, "notify::label")
+        dialog = self.dialog
+        self._when(lambda: dialog.connecting is None, dialog.status, "notify::label")
+
+    def _connects_ended(self, _) -> None:
+        """A worker posts its news before it ends: idle callbacks run in order, that news before the next
+        step."""
+        self._poll(lambda: not any(thread.name == CONNECTING for thread in threading.enumerate()))
 
     def _preview(self, _) -> None:
         stop = self.dialog.preview.stop

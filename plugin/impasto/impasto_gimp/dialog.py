@@ -15,7 +15,7 @@ from gi.repository import Gdk, Gimp, GimpUi, GLib, GObject, Gtk
 
 from . import hook
 from .cost import CostLine
-from .local_server import local_address, start_if_needed
+from .local_server import start_if_needed
 from .pictures import thumbnail_pixbuf
 from .presets import THUMBNAIL, Preset, PresetGrid
 from .preview import PreviewPane
@@ -27,6 +27,7 @@ from .remote import (
     addresses,
     chosen_style,
     connect,
+    display_address,
     job_settings,
     sentence,
     style_chosen,
@@ -42,13 +43,14 @@ CHOICES = ["style", "strength", *ADVANCED_FIELDS]  # and style-file, which also 
 STRENGTH_SLIDER = (0.0, 3.0)  # the slider's range; the number field takes the argument's whole range
 HELP_PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "help.html")
 NO_STYLE_YET = "Choose a style first: a preset above, or a style image file"
+CONNECTING = "impasto-connect"  # the name of each thread that connects to list the presets
 FULL_SIZE_UNAVAILABLE = "This server cannot paint at full size (an older impasto-server)"
 
 
 class StyleDialog:
     """The server is asked for its presets and info when the dialog opens and on Connect (short calls,
-    3 s timeout); the plug-in's own server, when it has to be started first, is waited for on a worker
-    thread, which reaches GTK through GLib.idle_add."""
+    3 s timeout), on a worker thread that also starts the plug-in's own server where it has to, and reaches
+    GTK through GLib.idle_add."""
 
     def __init__(self, procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, layer: Gimp.Layer):
         GimpUi.init(procedure.get_name())
@@ -57,7 +59,8 @@ class StyleDialog:
         self.connected_with: tuple | None = None  # the Server section's fields when it connected
         self.choices: tuple | None = None  # the style, style file and settings the preview was made for
         self.closed = False  # a worker's late news is dropped then
-        self.ok_when_connected = False  # OK was pressed while the plug-in's own server was starting
+        self.connecting: tuple | None = None  # the Server section's fields of the connect under way
+        self.ok_when_connected: tuple | None = None  # the fields as they were when OK was pressed meanwhile
         self.server_opened_by_itself = False
         self.dialog = dialog = GimpUi.ProcedureDialog.new(procedure, config, "Impasto Style Transfer")
         dialog.get_scale_entry("strength", 1.0).set_bounds(*STRENGTH_SLIDER, False)
@@ -198,11 +201,11 @@ class StyleDialog:
             self._say(sentence(error))
             return False
         if not self._connected():
-            self.ok_when_connected = True  # OK goes on by itself once connected, if the local server starts
-            self.load_presets()
-            if not self._connected():
-                return False
-            self.ok_when_connected = False
+            # OK goes on by itself once connected, but only to the server in the fields as they are now.
+            self.ok_when_connected = self._server_fields()
+            if self.connecting != self.ok_when_connected:
+                self.load_presets()
+            return False
         try:
             return self.cost.approve(self.dialog)
         except FAILURES as error:
@@ -219,33 +222,47 @@ class StyleDialog:
         return server_address(self.config)
 
     def load_presets(self) -> None:
-        """Connects and lists the server's presets; the plug-in's own server is first made sure of on a
-        worker thread (started if nothing answers), so that the dialog stays responsive meanwhile."""
-        address = self.address()
+        """Connects and lists the server's presets on a worker thread (the plug-in's own server started
+        first where nothing answers), so that the dialog stays responsive however slow the link."""
+        fields = self.connecting = self._server_fields()
+        address, token = fields[0], token_for(fields[0], fields[1])
         self.connected_with = None
         self.grid.clear()
-        if address == local_address():
-            threading.Thread(target=self._start_then_connect, args=(address,), daemon=True).start()
-        else:
-            self._connect(address)
+        self.status.set_text(f"Connecting to {display_address(address)}…")
+        worker = threading.Thread(target=self._fetch_presets, args=(fields, token), name=CONNECTING)
+        worker.daemon = True
+        worker.start()
 
-    def _start_then_connect(self, address: str) -> None:
-        """On a worker thread: no GTK here, only idle callbacks."""
+    def _fetch_presets(self, fields: tuple, token: str | None) -> None:
+        """On a worker thread: no GTK here, only idle callbacks, each with the fields it connected for."""
+        address = fields[0]
         try:
-            start_if_needed(address, lambda text: GLib.idle_add(self._show_state, text, None))
+            start_if_needed(address, lambda text: GLib.idle_add(self._starting, fields, text))
+            with connect(self.config, address, token, timeout=3) as client:
+                chosen_server = client.address  # of several: the least busy that answered
+                info = client.info()
+                presets = client.styles()
+                thumbnails = {p.id: _thumbnail_or_none(client, p.id) for p in presets}
         except FAILURES as error:
-            GLib.idle_add(self._show_state, None, error)
+            GLib.idle_add(self._not_connected, fields, error)
             return
-        GLib.idle_add(self._connect, address)
+        GLib.idle_add(self._show_server, fields, chosen_server, info, presets, thumbnails)
 
-    def _show_state(self, text: str | None, error: Exception | None) -> bool:
-        if self.closed:
-            return False
-        if error is None:
+    def _still_wanted(self, fields: tuple) -> bool:
+        """Whether news of the connect for `fields` is still wanted: the dialog is open, no other connect
+        has started since, and the Server section's fields are still those it connected for."""
+        return not self.closed and fields == self.connecting == self._server_fields()
+
+    def _starting(self, fields: tuple, text: str) -> bool:
+        if self._still_wanted(fields):
             self.status.set_text(text)
+        return False  # once, for GLib.idle_add
+
+    def _not_connected(self, fields: tuple, error: Exception) -> bool:
+        if not self._still_wanted(fields):
             return False
+        self.connecting = self.ok_when_connected = None
         self.info = None
-        self.ok_when_connected = False
         self.cost.forget()
         self._show_auto()
         problem = sentence(error).rstrip(".")
@@ -253,23 +270,17 @@ class StyleDialog:
         if not self.server_section.get_expanded():
             self.server_section.set_expanded(True)
             self.server_opened_by_itself = True
-        return False  # once, for GLib.idle_add
+        return False
 
     def _say(self, problem: str) -> None:
         self.status.set_markup(f"<b>{GLib.markup_escape_text(problem)}</b>")
 
-    def _connect(self, address: str) -> bool:
-        if self.closed:
+    def _show_server(
+        self, fields: tuple, chosen_server: str, info: Info, presets: list, thumbnails: dict
+    ) -> bool:
+        if not self._still_wanted(fields):
             return False
-        fields = self._server_fields()
-        try:
-            with connect(self.config, address, token_for(address, self.typed_token()), timeout=3) as client:
-                chosen_server = client.address  # of several: the least busy that answered
-                info = client.info()
-                presets = client.styles()
-                thumbnails = {p.id: _thumbnail_or_none(client, p.id) for p in presets}
-        except FAILURES as error:
-            return self._show_state(None, error)
+        self.connecting = None
         self.info = info
         self.connected_with = fields
         self._show_auto()
@@ -282,7 +293,7 @@ class StyleDialog:
         grid = [Preset(p.id, p.title or p.id, thumbnail_pixbuf(thumbnails[p.id], THUMBNAIL)) for p in presets]
         self.grid.show(grid, preselected)
         count = f"{len(presets)} presets" if presets else "no presets: choose a style image file"
-        servers = addresses(address)
+        servers = addresses(fields[0])
         which = f" (the least busy of {len(servers)} servers)" if len(servers) > 1 else ""
         self.status.set_markup(
             f"<b>Connected</b> to {GLib.markup_escape_text(chosen_server)}{which}: {count}; "
@@ -292,8 +303,8 @@ class StyleDialog:
             self.server_section.set_expanded(False)
             self.server_opened_by_itself = False
         self.preview.schedule()
-        if self.ok_when_connected:
-            self.ok_when_connected = False
+        if self.ok_when_connected == fields:
+            self.ok_when_connected = None
             self.dialog.response(Gtk.ResponseType.OK)
         return False  # once, for GLib.idle_add
 
@@ -304,10 +315,15 @@ class StyleDialog:
 
     def _server_fields_changed(self) -> None:
         """GIMP's widgets also notify values that did not change."""
-        if self.connected_with not in (None, self._server_fields()):
+        fields = self._server_fields()
+        if self.connecting not in (None, fields):
+            self.connecting = self.ok_when_connected = None  # the connect under way: its news is dropped
+        elif self.connected_with not in (None, fields):
             self.connected_with = None
             self.cost.forget()  # it was the other server's
-            self.status.set_text("The Server section changed: press Connect (or OK) to connect again.")
+        else:
+            return
+        self.status.set_text("The Server section changed: press Connect (or OK) to connect again.")
 
     def _show_auto(self):
         info = self.info

@@ -30,6 +30,7 @@ from impasto.protocol import (
     Started,
     StyleChoice,
     addresses,
+    display_address,
     parse_address,
     split_token,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "addresses",
     "chosen_style",
     "connect",
+    "display_address",
     "ensure_local_server",
     "impasto_answers",
     "job_settings",
