@@ -131,7 +131,7 @@ class StyleDialog:
         argument = procedure.find_argument("token")
         field = GimpUi.LabelEntry.new(argument.get_nick())
         field.set_tooltip_text(argument.get_blurb())
-        field.set_value(self.config.get_property("token"))
+        field.set_value(self.config.get_property("token") or "")  # None where a script passed none
         self.config.set_property("token", "")
         field.get_entry().set_visibility(False)  # a password: dots, not letters
         # Its label as wide as those of GIMP's fields: a chain of size groups joins GIMP's own.
