@@ -26,8 +26,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from helpers import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 MIRROR = os.environ.get("IMPASTO_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -358,6 +362,21 @@ def server(images: Path) -> Iterator[str]:
 
     with running_server("--styles-dir", str(images / "styles"), "--grace-seconds", "1") as address:
         yield address
+
+
+@pytest.fixture(scope="module")
+def remote(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServerProcess]]:
+    """`impasto-server --remote` on this machine, as on a GPU machine: (its pairing string, the server)."""
+    from helpers import ServerProcess, free_port
+
+    folder = tmp_path_factory.mktemp("remote")
+    flags = ["--remote", "--advertise", "127.0.0.1", "--port", str(free_port()), "--state-dir",
+             str(folder / "state"), "--styles-dir", str(images / "styles"), "--grace-seconds", "1"]  # fmt: skip
+    server = ServerProcess(folder / "server.log", *flags)
+    try:
+        yield server.first_line(), server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

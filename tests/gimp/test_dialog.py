@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 from helpers import running_server
 from impasto.client import Client
-from impasto.protocol import PREVIEW_SIDE, ImageHeader, ImpastoError, JobPlan, Settings, StyleChoice
+from impasto.protocol import (
+    PREVIEW_SIDE,
+    ImageHeader,
+    ImpastoError,
+    JobPlan,
+    Settings,
+    StyleChoice,
+    split_token,
+)
 from interactive import interactive_run
 from wire import job_lines
 
@@ -186,6 +194,25 @@ def test_save_settings_never_writes_the_token(gimp, token_server: str, images: P
     }
     assert any(name.endswith(".default") and token_server in text for name, text in saved.items()), saved
     assert [name for name, text in saved.items() if "s3cret" in text] == [], saved
+
+
+def test_a_pasted_pairing_string_leaves_its_token_in_the_token_field(gimp, remote, images: Path):
+    """The one string a GPU machine prints, pasted into Server: its token goes to the Token field, so that
+    GIMP's Save Settings keeps the address and the certificate's fingerprint but never the token; OK paints
+    with it. Before, Save Settings wrote the whole string, token and all, in plain text."""
+    string, _ = remote
+    address, token = split_token(string)
+    gimp.forget_last_values()
+    content = gimp.put(images / "content" / "coffee.png")
+    steps = [f"set:server={string}", "connect", "connected", "save-settings", "choose:udnie", "set:size=48",
+             "set:iterations=3", "ok"]  # fmt: skip
+    out, said = gimp.run_gui("pairing-paste", interactive_run(content), autopilot=",".join(steps))
+    assert out is not None and out["status"] == "success", (out, said)
+    saved = {
+        path.name: path.read_text(errors="replace") for path in (gimp.config / "plug-in-settings").iterdir()
+    }
+    assert any(name.endswith(".default") and address in text for name, text in saved.items()), saved
+    assert [name for name, text in saved.items() if token in text] == [], saved
 
 
 @pytest.fixture

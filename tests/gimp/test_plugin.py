@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from helpers import ServerProcess, free_port, running_server, self_signed
+from helpers import running_server, self_signed
 from impasto.client import Client
 from impasto.protocol import parse_address
 from impasto.v1 import impasto_pb2 as pb
@@ -113,19 +113,6 @@ def test_a_result_that_does_not_fit_the_layer_is_an_execution_error(gimp, misfit
     too_few = "16 bytes for 256×171 px, which take 175104"
     assert out["short"][0] == "execution-error" and refusal.format(too_few) in out["short"][1], out
     assert out["layers"] == 1
-
-
-@pytest.fixture(scope="module")
-def remote(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServerProcess]]:
-    """`impasto-server --remote` on this machine, as on a GPU machine: (its pairing string, the server)."""
-    folder = tmp_path_factory.mktemp("remote")
-    flags = ["--remote", "--advertise", "127.0.0.1", "--port", str(free_port()), "--state-dir",
-             str(folder / "state"), "--styles-dir", str(images / "styles"), "--grace-seconds", "1"]  # fmt: skip
-    server = ServerProcess(folder / "server.log", *flags)
-    try:
-        yield server.first_line(), server
-    finally:
-        server.stop()
 
 
 def test_the_pairing_string_is_all_the_server_field_needs(gimp, remote, images: Path):

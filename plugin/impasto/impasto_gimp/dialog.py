@@ -33,7 +33,7 @@ from .remote import (
     style_chosen,
     style_file_path,
 )
-from .store import server_address, token_for
+from .store import server_address, split_token_leniently, token_for
 
 # A change, or one of the token field: connect again before a job.
 SERVER_FIELDS = ["server", "tls-ca", "insecure"]
@@ -119,6 +119,9 @@ class StyleDialog:
         for name in CHOICES:
             config.connect(f"notify::{name}", lambda *_: self._choices_changed())
         config.connect("notify::style-file", lambda *_: self._style_file_changed())
+        self.server_text = ""
+        config.connect("notify::server", lambda *_: self._pairing_token_to_its_field())
+        self._pairing_token_to_its_field()
         for name in SERVER_FIELDS:
             config.connect(f"notify::{name}", lambda *_: self._server_fields_changed())
         self.token_field.get_entry().connect("changed", lambda *_: self._server_fields_changed())
@@ -142,6 +145,19 @@ class StyleDialog:
         server_fields.reorder_child(field, 1)
         field.show_all()
         return field
+
+    def _pairing_token_to_its_field(self) -> None:
+        """A pairing string pasted into Server leaves its token in the Token field: GIMP's Save Settings
+        writes the Server field as it is, and the token would stay there in plain text. Only a paste moves
+        it (the text grew by more than a letter): a string typed by hand would lose its token's first
+        letter."""
+        text = self.config.get_property("server")
+        pasted = len(text) > len(self.server_text) + 1
+        self.server_text = text
+        address, token = split_token_leniently(text)
+        if pasted and token:
+            self.token_field.set_value(token)
+            self.config.set_property("server", address)  # notifies again, without a token
 
     def typed_token(self) -> str:
         return self.token_field.get_value()

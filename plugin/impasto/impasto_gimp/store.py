@@ -48,7 +48,7 @@ def server_address(config: Gimp.ProcedureConfig) -> str:
 def token_for(address: str, typed: str) -> str | None:
     """A pairing string's own token, else the token `typed` in the token field (or passed by a script),
     else the token remembered for this address (never another server's)."""
-    kept, token = _split(address)
+    kept, token = split_token_leniently(address)
     return token or typed or remembered_token(kept)
 
 
@@ -62,7 +62,7 @@ def remember(address: str, token: str | None = None) -> None:
     """The last address used; with a token, that token for this address (the file is this user's only).
     A pairing string is kept without its token, which is kept with the others; the plug-in's own server
     as OWN_SERVER, wherever it is."""
-    address, own = _split(address)
+    address, own = split_token_leniently(address)
     token = own or token
     saved = _saved()
     saved["server"] = OWN_SERVER if address == local_address() else address
@@ -83,11 +83,12 @@ def forget_secrets(config: Gimp.ProcedureConfig) -> None:
     shared): the token field goes, and so does a pairing string's token in the Server field."""
     config.set_property("token", "")
     server = config.get_property("server")
-    config.set_property("server", _split(server)[0])
+    config.set_property("server", split_token_leniently(server)[0])
 
 
-def _split(address: str) -> tuple[str, str | None]:
+def split_token_leniently(address: str) -> tuple[str, str | None]:
+    """`split_token`, and for a pairing string cut short in copying, its address alone."""
     try:
         return split_token(address)
-    except ValueError:  # a pairing string cut short in copying: keep nothing after its address
+    except ValueError:
         return address.split("?", 1)[0], None
