@@ -277,6 +277,47 @@ def test_a_layer_whose_mask_is_selected_is_painted(gimp, server: str, images: Pa
     assert out["layers"][0] == "Impasto: Udnie" and len(out["layers"]) == 2, out
 
 
+def test_the_result_keeps_the_source_layers_mode_opacity_and_mask(gimp, server: str, images: Path):
+    """A filter changes a layer in place, keeping its mode, opacity and mask: the new layer looks as the
+    painted source would. A Multiply layer at 60 % whose mask hides its left half gives a Multiply layer at
+    60 % whose mask hides that half; at full size with an elliptic selection, the mask is the box's part
+    of the source's, hiding too what is outside the ellipse (the box's corners). A disabled mask hides
+    nothing, and is not copied."""
+    content = gimp.put(images / "content" / "chelsea.png")  # 256×170
+    out = gimp.run(f"""
+        image = load({content!r})
+        source = image.get_layers()[0]
+        source.set_mode(Gimp.LayerMode.MULTIPLY)
+        source.set_opacity(60.0)
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 128, 0, 128, 170)
+        source.add_mask(source.create_mask(Gimp.AddMaskType.SELECTION))
+        Gimp.Selection.none(image)
+        out["multiply"] = int(Gimp.LayerMode.MULTIPLY)
+
+        def looks(layer):  # mode, opacity, geometry, and its mask's middle row and top right corner
+            mask, width, height = layer.get_mask(), layer.get_width(), layer.get_height()
+            row = list(pixels(mask, 0, height // 2, width, 1)[::4]) if mask else None
+            corner = pixels(mask, width - 1, 0, 1, 1)[0] if mask else None
+            return [int(layer.get_mode()), layer.get_opacity(), width, height, *layer.get_offsets()[1:], row, corner]
+
+        status, whole = impasto(image, source, style="udnie", server={server!r}, {QUICK})
+        out["whole"] = [status, *looks(whole)]
+        Gimp.context_set_antialias(False)  # the ellipse's mask all 0 or 255
+        image.select_ellipse(Gimp.ChannelOps.REPLACE, 64, 40, 128, 80)
+        status, box = impasto(image, source, style="udnie", server={server!r}, **{{"full-size": True}}, {QUICK})
+        out["box"] = [status, *looks(box)]
+        Gimp.Selection.none(image)
+        source.set_apply_mask(False)
+        status, unmasked = impasto(image, source, style="udnie", server={server!r}, {QUICK})
+        out["unmasked"] = [status, *looks(unmasked)]
+    """)
+    assert "exception" not in out, out.get("exception")
+    multiply = out["multiply"]
+    assert out["whole"] == ["success", multiply, 60.0, 256, 170, 0, 0, [0] * 128 + [255] * 128, 255], out
+    assert out["box"] == ["success", multiply, 60.0, 128, 80, 64, 40, [0] * 64 + [255] * 64, 0], out
+    assert out["unmasked"] == ["success", multiply, 60.0, 256, 170, 0, 0, None, None], out
+
+
 def test_a_layer_deleted_or_an_image_closed_meanwhile_is_a_sentence(gimp, images: Path):
     """The user may delete the layer or close the image while the dialog is open: what the dialog and the
     run read first (painted_box) says so, instead of failing in GIMP's calls."""

@@ -44,8 +44,9 @@ def add_result_layer(
     image: Gimp.Image, source: Gimp.Layer, box: Box, result: Image, title: str
 ) -> Gimp.Layer:
     """A new layer "Impasto: `title`" directly above the source over the painted box (the whole layer, or
-    a selection's bounding box), masked by the selection: one undo step. The new layer is left selected
-    (not its mask), so that Filters ▸ Repeat paints again on a layer."""
+    a selection's bounding box), looking as the source would painted in place: with its mode and
+    opacity, masked by the selection and by the source's own mask. One undo step. The new layer is left
+    selected (not its mask), so that Filters ▸ Repeat paints again on a layer."""
     box_x, box_y, width, height = box
     _check_fits(result, width, height)
     image.undo_group_start()
@@ -55,22 +56,42 @@ def add_result_layer(
             if image.get_base_type() == Gimp.ImageBaseType.GRAY
             else Gimp.ImageType.RGBA_IMAGE
         )
-        layer = Gimp.Layer.new(image, f"Impasto: {title}", width, height, kind, 100.0, Gimp.LayerMode.NORMAL)
+        layer = Gimp.Layer.new(
+            image, f"Impasto: {title}", width, height, kind, source.get_opacity(), source.get_mode()
+        )
         image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
         _, x, y = source.get_offsets()
         layer.set_offsets(x + box_x, y + box_y)
         buffer = layer.get_buffer()
         buffer.set(Gegl.Rectangle.new(0, 0, width, height), PIXELS, result.data)
         buffer.flush()
-        if not Gimp.Selection.is_empty(image):
-            layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
-            # Adding a mask makes the mask the selected drawable; Repeat needs the layer (inserted: selected).
-            layer.set_edit_mask(False)
+        _mask_as_source_shows(image, source, layer, box)
         layer.update(0, 0, width, height)
     finally:
         image.undo_group_end()
     Gimp.displays_flush()
     return layer
+
+
+def _mask_as_source_shows(image: Gimp.Image, source: Gimp.Layer, layer: Gimp.Layer, box: Box) -> None:
+    """Gives the new layer over `box` a mask where a painted source would hide parts: outside the
+    selection, and where the source's own mask (unless disabled) hides them; where both apply, only what
+    both show is shown."""
+    source_mask = source.get_mask()
+    if source_mask is not None and not source.get_apply_mask():
+        source_mask = None  # disabled: the whole source shows
+    selected = not Gimp.Selection.is_empty(image)
+    if source_mask is None and not selected:
+        return
+    # A SELECTION mask with nothing selected is all black: GIMP's "nothing selected" means "all".
+    layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION if selected else Gimp.AddMaskType.WHITE))
+    if source_mask is not None:
+        # INTERSECT keeps the lower value of the two masks; the offset is the source mask's corner as seen
+        # from the box's, so that only the box's part of it counts.
+        box_x, box_y, _, _ = box
+        layer.get_mask().combine_masks(source_mask, Gimp.ChannelOps.INTERSECT, -box_x, -box_y)
+    # Adding a mask makes the mask the selected drawable; Repeat needs the layer (inserted: selected).
+    layer.set_edit_mask(False)
 
 
 def _check_fits(result: Image, width: int, height: int) -> None:
