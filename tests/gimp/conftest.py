@@ -18,6 +18,7 @@ import collections
 import functools
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import textwrap
@@ -277,7 +278,7 @@ class Gimp:
         shell.write_text(
             GUI.format(
                 hook=self.hook(),
-                autopilot=autopilot,
+                autopilot=shlex.quote(autopilot),  # a pairing string holds ? and &
                 gimp=self.gui,
                 script=self.inside(self.work / f"{name}.py"),
                 log=self.inside(log),
