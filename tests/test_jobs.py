@@ -265,15 +265,21 @@ def test_a_full_queue_refuses_with_its_limit(engine, budget):
         jobs.close(grace_seconds=0)
 
 
+def submit_jobs(jobs, budget, count: int) -> list:
+    """Submits `count` jobs; returns their owners (only they hold on to their jobs' events)."""
+    owners = []
+    for _ in range(count):
+        job, owner = make_job(budget)
+        jobs.submit(job)
+        owners.append(owner)
+    return owners
+
+
 def test_two_workers_run_two_jobs_and_the_third_takes_the_first_free_one(budget):
     engines = [FakeEngine(), FakeEngine()]
     jobs = make_queue(engines)
     try:
-        owners = []
-        for _ in range(3):
-            job, owner = make_job(budget)
-            jobs.submit(job)
-            owners.append(owner)
+        owners = submit_jobs(jobs, budget, 3)
         runs = [engine.next_run() for engine in engines]  # each worker took one
         assert jobs.busy() == [True, True] and jobs.waiting == 1
         assert owners[2].positions()[-1] == 1  # both busy: one must finish first
@@ -320,12 +326,7 @@ def test_a_job_that_ran_out_of_memory_leaves_none_of_its_tensors_alive_for_the_n
     engine = OutOfMemoryEngine()
     jobs = make_queue([engine])
     try:
-        owners = []
-        for _ in range(2):
-            job, owner = make_job(budget)
-            jobs.submit(job)
-            owners.append(owner)
-        del job
+        owners = submit_jobs(jobs, budget, 2)
         assert [owner.ended().error.kind for owner in owners] == [Kind.OUT_OF_MEMORY] * 2
         # The first job's tensor is gone by the time the next one ends: its owner still holds its event.
         assert engine.tensors[0]() is None
