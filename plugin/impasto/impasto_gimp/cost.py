@@ -22,6 +22,7 @@ from .remote import (
     Kind,
     Settings,
     Style,
+    Tls,
     chosen_style,
     connect,
     job_settings,
@@ -40,6 +41,7 @@ class Question:
 
     address: str
     token: str | None
+    tls: Tls
     box: Box  # the part of the layer OK paints (x, y, width, height)
     style: Style
     upload_size: tuple[int, int]  # a style image's width and height; (0, 0): none, or unknown
@@ -108,7 +110,9 @@ class CostLine:
         path = style_file_path(self.config)
         upload_size = file_image_size(path) if path is not None else (0, 0)
         token = token_for(address, self.typed_token())
-        question = Question(address, token, box, style, upload_size, job_settings(self.config))
+        question = Question(
+            address, token, Tls.of(self.config), box, style, upload_size, job_settings(self.config)
+        )
         self.asked = question
         return question
 
@@ -143,7 +147,7 @@ class CostLine:
         question = self.question()
         if not self.shows(question):
             try:
-                with connect(self.config, question.address, question.token, timeout=PLAN_TIMEOUT) as client:
+                with connect(question.tls, question.address, question.token, timeout=PLAN_TIMEOUT) as client:
                     self._answered(question, plan(client, question))
             except FAILURES as error:
                 self._answered(question, (None, error))

@@ -24,6 +24,7 @@ from .remote import (
     Client,
     ImpastoError,
     Info,
+    Tls,
     addresses,
     chosen_style,
     connect,
@@ -254,7 +255,7 @@ class StyleDialog:
         address = fields[0]
         try:
             start_if_needed(address, lambda text: GLib.idle_add(self._starting, fields, text))
-            with connect(self.config, address, token, timeout=3) as client:
+            with connect(fields[2], address, token, timeout=3) as client:
                 chosen_server = client.address  # of several: the least busy that answered
                 info = client.info()
                 presets = client.styles()
@@ -325,9 +326,7 @@ class StyleDialog:
         return False  # once, for GLib.idle_add
 
     def _server_fields(self) -> tuple:
-        ca = self.config.get_property("tls-ca")
-        insecure = self.config.get_property("insecure")
-        return self.address(), self.typed_token(), ca and ca.get_path(), insecure
+        return self.address(), self.typed_token(), Tls.of(self.config)
 
     def _server_fields_changed(self) -> None:
         """GIMP's widgets also notify values that did not change."""

@@ -6,7 +6,7 @@ from gi.repository import Gimp
 from .layers import add_result_layer, check_still_there, painted_box, read_layer
 from .local_server import start_if_needed
 from .progress import ProgressWindow, follow_in_status_bar
-from .remote import chosen_style, connect, job_settings, style_title
+from .remote import Tls, chosen_style, connect, job_settings, style_title
 from .store import remember, server_address, token_for
 
 
@@ -29,7 +29,7 @@ def paint(
     box = painted_box(image, layer, full_size)
     content = read_layer(layer, box)
     start_if_needed(address, Gimp.progress_init)  # its progress text says so while it starts
-    with connect(config, address, token) as client:
+    with connect(Tls.of(config), address, token) as client:
         if full_size:
             client.require_full_size()  # an older server would paint at its working size without a word
         title = style_title(client, style)

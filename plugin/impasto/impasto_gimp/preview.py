@@ -163,7 +163,7 @@ class PreviewPane:
         address = question.address
         try:
             start_if_needed(address, lambda text: GLib.idle_add(self._said, generation, text))
-            with connect(self.config, address, question.token) as client:
+            with connect(question.tls, address, question.token) as client:
                 if self.cost.answer(client, question) is not None:
                     GLib.idle_add(self._done, generation, None, None, REFUSED)
                     return

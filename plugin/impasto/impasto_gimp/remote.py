@@ -6,6 +6,8 @@ The client (vendor/impasto/client.py, pure Python) and its launcher of the local
 plug-in that imports them, so the rest of the plug-in imports their names from here.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import os
 from pathlib import Path
@@ -56,6 +58,7 @@ __all__ = [
     "Settings",
     "Started",
     "Style",
+    "Tls",
     "addresses",
     "chosen_style",
     "connect",
@@ -82,20 +85,28 @@ def sentence(error: Exception) -> str:
     return text[:1].upper() + text[1:]
 
 
-def connect(config: Gimp.ProcedureConfig, address: str, token: str | None, timeout: float = 10.0) -> Client:
-    """A Client for the config's TLS settings. Raises ImpastoError where the token would go in clear to
-    another machine without `insecure`."""
-    ca = config.get_property("tls-ca")
-    ca_path = Path(ca.get_path()) if ca is not None and ca.get_path() else None
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """The config's TLS settings as plain values, read on GTK's thread: the preview's, the cost line's and
+    the connect's workers must not touch the config, which GTK's thread changes meanwhile (a plug-in
+    crashed that way, under load)."""
+
+    ca: str | None  # the certificate file's path; None: the system's roots
+    insecure: bool
+
+    @classmethod
+    def of(cls, config: Gimp.ProcedureConfig) -> Tls:
+        ca = config.get_property("tls-ca")
+        return cls(ca.get_path() if ca is not None else None, config.get_property("insecure"))
+
+
+def connect(tls: Tls, address: str, token: str | None, timeout: float = 10.0) -> Client:
+    """A Client with these TLS settings. Raises ImpastoError where the token would go in clear to another
+    machine without `insecure`."""
+    ca_path = Path(tls.ca) if tls.ca else None
     if ca_path is not None and not ca_path.is_file():
         raise ValueError(f"The TLS certificate {ca_path} cannot be read; choose the server's PEM file.")
-    return Client(
-        address,
-        token=token or None,
-        tls_ca=ca_path,
-        timeout=timeout,
-        insecure=config.get_property("insecure"),
-    )
+    return Client(address, token=token or None, tls_ca=ca_path, timeout=timeout, insecure=tls.insecure)
 
 
 @dataclasses.dataclass(frozen=True)
