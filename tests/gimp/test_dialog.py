@@ -89,10 +89,9 @@ def test_the_dialog_fits_reads_in_order_and_opens_its_help(gimp, server: str, im
              "windows", "cancel"]  # fmt: skip
     out, said = gimp.run_gui("fits", interactive_run(content, server=server), autopilot=",".join(steps))
     assert out is not None and out["status"] == "cancel" and out["after"] == out["before"], (out, said)
-    said_in_order(
+    said_in_order(  # the connect, on its own thread, may end before or after the step "connected" begins
         said,
         "server section: closed",
-        "connected",
         f"style: {presets[0]}",
         f"status: Connected to {server}: {len(presets)} presets",
         "preview-shown",
@@ -150,10 +149,11 @@ def test_an_unreachable_server_and_a_refused_token_are_said_in_the_open_dialog(
     assert height <= MAX_HEIGHT and connected[0] == width, sizes(said)
     error = re.search(r"impasto-autopilot: status: ((?!Connecting to).*127\.0\.0\.1:9.*)", said)
     assert error and "Server field" in error.group(1) and "--" not in error.group(1), said
+    # The first connect fails on its own thread: before or after the autopilot's first step ("connected")
+    # begins, as the machine's load has it.
     said_in_order(
         said,
         "ok: insensitive Choose a style first",
-        "connected",
         "server section: open",
         f"set:style-file={style_file}",
         "ok: sensitive",
