@@ -19,17 +19,10 @@ from impasto.catalogue import fetch, load_catalogue
 from impasto.client import Client
 from impasto.engine import Engine, Options, Style
 from impasto.engine.gram_cache import GramCache
-from impasto.library import (
-    BUILTIN_STYLES_DIR,
-    BrokenPreset,
-    InvalidStyleId,
-    StyleExists,
-    StyleLibrary,
-    check_id,
-    slug,
-)
+from impasto.library import BUILTIN_STYLES_DIR, BrokenPreset, StyleExists, StyleLibrary
 from impasto.protocol import NO_PREVIEWS, Image, ImpastoError, Kind, Settings, StyleChoice
 from impasto.service.styles_command import styles_main
+from impasto.style_files import InvalidStyleId, check_id, slug
 from PIL import Image as PILImage
 
 FAST = Settings(size=48, iterations=3, preview_seconds=NO_PREVIEWS)

@@ -13,15 +13,11 @@ once in the log and left out of listings until its file changes.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import os
-import re
 import threading
-import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -29,27 +25,30 @@ from PIL import Image, ImageOps
 from .engine.weights import default_cache_dir
 from .files import write_atomically, write_cache_file
 from .images import DEFAULT_MAX_PIXELS, ImageError, Picture, decode_picture, decoding, png_bytes
-from .protocol import Preset
 from .protocol.formats import IMAGE_SUFFIXES, PILLOW_FORMATS, suffix_for
+from .style_files import (
+    MAX_ID_LENGTH,
+    MAX_METADATA_BYTES,
+    InvalidStyleId,
+    StyleFile,
+    check_id,
+    file_stat_version,
+    file_version,
+    quoted,
+    slug,
+    with_metadata,
+)
 
 log = logging.getLogger("impasto.library")
 
 
 BUILTIN_STYLES_DIR = Path(__file__).resolve().parent / "presets"
 THUMBNAIL_SIDE = 256
-ID_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")  # always used with fullmatch: no trailing newline
-MAX_ID_LENGTH = 100  # ids and the names they are made from
 MAX_STYLE_BYTES = 64 << 20  # a style file larger than this is refused on import, save and load
-MAX_METADATA_BYTES = 64 << 10  # a larger .json beside a preset is ignored
 # Presets past which a client's upload is no longer saved as one: clients could otherwise fill the disk,
 # and the listing (one ListStyles message, which grpcio clients take up to 4 MiB) would outgrow them all.
 MAX_SAVED_PRESETS = 1000
-TEXT_LIMITS = {"title": 200, "artist": 200, "year": 40, "licence": 300, "source_url": 500}
 PICTURES_KEPT = 4  # decoded presets kept in memory, least recently used dropped first
-
-
-class InvalidStyleId(ValueError):
-    """An id or name that cannot name a preset (empty, path-like, too long, nothing left after slugging)."""
 
 
 class StyleExists(ValueError):
@@ -62,39 +61,6 @@ class LibraryFull(ValueError):
 
 class BrokenPreset(ImageError):
     """A preset's file does not decode; the message names the preset, never the server's paths."""
-
-
-@dataclass(frozen=True)
-class StyleFile(Preset):
-    """A preset as clients see it, and the file it is read from (never shown to a client)."""
-
-    path: Path = field(kw_only=True)
-
-
-def quoted(text: object, limit: int = 60) -> str:
-    """A client's string for an error message: shortened to about `limit` characters and repr-quoted."""
-    text = str(text)
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return repr(text)
-
-
-def slug(text: str) -> str:
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
-
-
-def check_id(preset_id: str) -> str:
-    if (
-        not isinstance(preset_id, str)
-        or len(preset_id) > MAX_ID_LENGTH
-        or not ID_PATTERN.fullmatch(preset_id)
-    ):
-        raise InvalidStyleId(
-            f"{quoted(preset_id)} is not a preset id: ids are lowercase letters, digits and single "
-            f"dashes, at most {MAX_ID_LENGTH} characters"
-        )
-    return preset_id
 
 
 class StyleLibrary:
@@ -154,7 +120,7 @@ class StyleLibrary:
             try:
                 with open(preset.path, "rb") as file:
                     stat = os.fstat(file.fileno())
-                    key = _version(preset.path, stat)  # the version actually read
+                    key = file_stat_version(preset.path, stat)  # the version actually read
                     if stat.st_size > MAX_STYLE_BYTES:
                         raise ImageError(
                             f"preset '{preset.id}' is {stat.st_size:,} bytes, "
@@ -174,7 +140,7 @@ class StyleLibrary:
 
     def thumbnail(self, preset: StyleFile) -> bytes:
         """PNG, long side ≤ 256 px; made once per file version, kept in memory and on disk."""
-        key = preset.version or _file_version(preset.path)
+        key = preset.version or file_version(preset.path)
         self._check_not_broken(preset, key)
         with self._lock:
             if key in self._thumbnails:
@@ -252,7 +218,7 @@ class StyleLibrary:
         with self._lock:
             preset = self._listed.get(key)
         if preset is None:
-            preset = _with_metadata(preset_id, path, _version(path, stat), builtin)
+            preset = with_metadata(preset_id, path, file_stat_version(path, stat), builtin)
             with self._lock:
                 if len(self._listed) > 10_000:  # files come and go: forget old entries now and then
                     self._listed.clear()
@@ -331,52 +297,6 @@ class StyleLibrary:
         return [found[key] for key in sorted(found)]
 
 
-def _with_metadata(preset_id: str, path: Path, version: str, builtin: bool) -> StyleFile:
-    title = path.stem.replace("-", " ").replace("_", " ").strip().title()
-    metadata_file = path.with_suffix(".json")
-    metadata = {}
-    try:
-        if (
-            not metadata_file.is_symlink()
-            and metadata_file.is_file()
-            and metadata_file.stat().st_size <= MAX_METADATA_BYTES
-        ):
-            metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass  # a broken metadata file must not hide the image
-    if not isinstance(metadata, dict):
-        metadata = {}
-
-    def number(name: str) -> float:
-        try:
-            value = float(metadata.get(name) or 0)
-        except (TypeError, ValueError, OverflowError):
-            return 0.0
-        return value if 0 < value < 100 else 0.0
-
-    def text(name: str) -> str:
-        value = metadata.get(name, "")
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            return ""
-        value = " ".join(str(value).split())  # no newlines or control whitespace in a listing
-        limit = TEXT_LIMITS[name]
-        return value if len(value) <= limit else value[: limit - 1] + "…"
-
-    return StyleFile(
-        id=preset_id,
-        path=path,
-        title=text("title") or title[: TEXT_LIMITS["title"]],
-        artist=text("artist"),
-        year=text("year"),
-        licence=text("licence"),
-        source_url=text("source_url"),
-        recommended_strength=number("strength"),
-        recommended_style_scale=number("style_scale"),
-        builtin=builtin,
-        version=version,
-    )
-
-
 def _check_room(presets: int) -> None:
     if presets >= MAX_SAVED_PRESETS:
         raise LibraryFull(
@@ -398,13 +318,3 @@ def _make_thumbnail(path: Path, max_pixels: int) -> bytes:
             small = ImageOps.exif_transpose(image).convert("RGB")
     small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     return png_bytes(small)
-
-
-def _version(path: Path, stat: os.stat_result) -> str:
-    return hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}".encode()).hexdigest()[:32]
-
-
-def _file_version(path: Path) -> str:
-    """A key that changes whenever the file is replaced or rewritten."""
-    path = path.resolve()
-    return _version(path, path.stat())

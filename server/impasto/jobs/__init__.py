@@ -26,16 +26,7 @@ from ..images import (
     picture_from_rgba8,
     png_bytes,
 )
-from ..library import (
-    BrokenPreset,
-    InvalidStyleId,
-    LibraryFull,
-    StyleExists,
-    StyleFile,
-    StyleLibrary,
-    quoted,
-    slug,
-)
+from ..library import BrokenPreset, LibraryFull, StyleExists, StyleLibrary
 from ..protocol import (
     NO_PREVIEWS,
     Device,
@@ -47,6 +38,7 @@ from ..protocol import (
     ScalePlan,
     bounds,
 )
+from ..style_files import InvalidStyleId, StyleFile, quoted, slug
 from .budget import ByteBudget
 from .queue import Job, JobQueue, shutting_down
 from .request import Expert, Request, Upload, check_counts, check_request

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..engine import RECIPES
-from ..library import InvalidStyleId, StyleFile, check_id, quoted, slug
 from ..protocol import NO_PREVIEWS, ImageHeader, ImpastoError, Kind, Limits, Parameters, StyleChoice, bounds
+from ..style_files import InvalidStyleId, StyleFile, check_id, quoted, slug
 from .budget import Reservation
 
 
