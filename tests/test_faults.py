@@ -31,6 +31,7 @@ from impasto.protocol import Image as ResultImage
 from impasto.protocol import Limits, Preview, Progress, Result
 from impasto.protocol import wire as wire_codec
 from impasto.service.servicer import StyleTransferServicer
+from impasto.service.streams import StreamCounts
 from impasto.v1 import impasto_pb2 as pb
 from PIL import Image, ImageFile
 from wire import (
@@ -504,12 +505,13 @@ def test_concurrent_uploads_over_the_inflight_budget(frugal_server: str, session
 def calls_ended(patch: pytest.MonkeyPatch) -> threading.Semaphore:
     """Released once for each Stylize call the server has ended (its status sent or the client gone)."""
     ended = threading.Semaphore(0)
-    stream_done = StyleTransferServicer._stream_done
-    patch.setattr(
-        StyleTransferServicer,
-        "_stream_done",
-        lambda servicer, slot: (stream_done(servicer, slot), ended.release()),
-    )
+    close = StreamCounts.close
+
+    def counted(streams: StreamCounts, slot) -> None:
+        close(streams, slot)
+        ended.release()
+
+    patch.setattr(StreamCounts, "close", counted)
     return ended
 
 

@@ -197,7 +197,7 @@ def start(
         servicer.closing.set()
         await health_servicer.enter_graceful_shutdown()
         stopped = await asyncio.to_thread(jobs.close, args.grace_seconds)
-        await servicer.drain(timeout=5)
+        await servicer.streams.drain(timeout=5)
         # Every job has ended and told its call. gRPC's stop then sends GOAWAY and a PING, which grpclib
         # (the plug-in's and the CLI's client) takes as the end of every stream of the connection: a
         # status it has received but not yet handed to its caller is lost, and one read together with

@@ -1,6 +1,6 @@
 """The StyleTransfer service: translates between the proto contract and the jobs layer.
 
-It owns what belongs to the transport — message parsing, open streams per connection, upload
+It owns what belongs to the transport — message parsing, open streams (counted in streams.py), upload
 deadlines — and nothing else: checks, decoding, the queue and the library live in `impasto.jobs`.
 Runs on grpc.aio, so an idle or slow client holds no thread, and unary calls are never starved.
 """
@@ -8,7 +8,6 @@ Runs on grpc.aio, so an idle or slow client holds no thread, and unary calls are
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
 import threading
@@ -36,6 +35,7 @@ from ..protocol import (
 )
 from ..v1 import impasto_pb2 as pb
 from .idle import Activity
+from .streams import Slot, StreamCounts, client_key
 
 log = logging.getLogger("impasto.service")
 
@@ -92,23 +92,6 @@ def _release_admitted(admitting: asyncio.Future[Upload]) -> None:
         admitting.result().release()
 
 
-def client_key(context: grpc.aio.ServicerContext) -> str:
-    """Whom a call counts against: the id its client sends (behind a proxy, every user may arrive on one
-    connection), else its connection. An id can be forged; the server-wide caps bound what that takes."""
-    for key, value in context.invocation_metadata() or ():
-        if key == wire.CLIENT_ID_KEY and 0 < len(value) <= 64 and value.isprintable():
-            return f"client {value}"
-    return f"connection {context.peer()}"
-
-
-class _Slot:
-    """One Stylize call's place in the counts: its client's, and the waiting or the working calls'."""
-
-    def __init__(self, client: str):
-        self.client = client
-        self.working = False  # its parameters have come
-
-
 class _ClientGone(Exception):
     """The client cancelled, or its connection dropped, while a message was being written to it."""
 
@@ -124,10 +107,7 @@ class StyleTransferServicer:
         self.idle_exit_minutes = idle_exit_minutes
         self.activity = Activity(lambda: bool(jobs.queue.waiting or jobs.queue.running))  # for --idle-exit
         self.closing = asyncio.Event()  # set when the server begins to shut down
-        self._streams_changed = asyncio.Event()
-        # Loop thread only: open calls per client; calls waiting for their parameters, and the others.
-        self._streams: collections.Counter[str] = collections.Counter()
-        self._waiting = self._working = 0
+        self.streams = StreamCounts(self.limits)
         self._decoders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="impasto-decode")
 
     @_answers_with_status
@@ -168,40 +148,14 @@ class StyleTransferServicer:
 
     @_answers_with_status
     async def Stylize(self, requests, context: grpc.aio.ServicerContext) -> None:
-        slot = self._open_stream(client_key(context))
+        if self.closing.is_set():
+            raise shutting_down()
+        slot = self.streams.open(client_key(context))
         # Counted until the call has fully ended, its status sent: what `drain` waits for.
-        context.add_done_callback(lambda _: self._stream_done(slot))
+        context.add_done_callback(lambda _: self.streams.close(slot))
         await self._stylize(context, slot)
 
-    def _stream_done(self, slot: _Slot) -> None:
-        self._streams[slot.client] -= 1
-        if not self._streams[slot.client]:
-            del self._streams[slot.client]
-        if slot.working:
-            self._working -= 1
-        else:
-            self._waiting -= 1
-        self._streams_changed.set()
-
-    async def drain(self, timeout: float) -> bool:
-        """Waits, up to `timeout`, until every Stylize call has ended: at shutdown each has been told its
-        job's fate, and its status must reach the client before the connection closes. True if any
-        call was open."""
-        if not self._streams:
-            return False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._streams and loop.time() < deadline:
-            self._streams_changed.clear()
-            try:
-                await asyncio.wait_for(self._streams_changed.wait(), deadline - loop.time())
-            except TimeoutError:
-                break
-        if self._streams:
-            log.warning("%d Stylize calls still open at shutdown", sum(self._streams.values()))
-        return True
-
-    async def _stylize(self, context: grpc.aio.ServicerContext, slot: _Slot) -> None:
+    async def _stylize(self, context: grpc.aio.ServicerContext, slot: Slot) -> None:
         upload = await self._receive(context, slot)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
@@ -239,50 +193,16 @@ class StyleTransferServicer:
             if job is not None:
                 self.jobs.cancel(job)
 
-    def _open_stream(self, client: str) -> _Slot:
-        """Counts a new call as waiting for its parameters. Waiting calls have a cap of their own, so
-        that calls which never send anything cannot take the places of clients that are sending."""
-        limits = self.limits
-        if self.closing.is_set():
-            raise shutting_down()
-        if self._streams[client] >= limits.max_streams_per_client:
-            raise ImpastoError(
-                Kind.BUSY,
-                f"this client has {limits.max_streams_per_client} Stylize calls open, this server's "
-                "limit per client; wait for one to finish",
-            )
-        if self._waiting >= limits.max_streams:
-            raise ImpastoError(
-                Kind.BUSY,
-                f"the server has {limits.max_streams} Stylize calls waiting for their parameters, its "
-                f"limit; try again in {limits.parameters_timeout_seconds:g} s",
-            )
-        self._streams[client] += 1
-        self._waiting += 1
-        return _Slot(client)
-
-    def _start_working(self, slot: _Slot) -> None:
-        """Moves a call whose parameters have come from the waiting calls to the working ones."""
-        limits = self.limits
-        if self._working >= limits.max_streams:
-            raise ImpastoError(
-                Kind.BUSY,
-                f"the server has {limits.max_streams} Stylize calls open, its limit; try again shortly",
-            )
-        self._waiting -= 1
-        self._working += 1
-        slot.working = True
-
     # ---- proto -> job ----------------------------------------------------------------------------
 
-    async def _receive(self, context: grpc.aio.ServicerContext, slot: _Slot) -> Upload:
+    async def _receive(self, context: grpc.aio.ServicerContext, slot: Slot) -> Upload:
         limits = self.limits
         began = asyncio.get_running_loop().time()
         waited = limits.parameters_timeout_seconds
         first = await self._read(context, began + waited, "the parameters", f"{waited:g} s")
         if first is EOF or not first.HasField("parameters"):
             raise ImpastoError(Kind.INVALID, "the first message must carry the parameters")
-        self._start_working(slot)
+        self.streams.start_working(slot)
         upload = await self._admit(self._request(first.parameters))
         try:
             total = sum(image.total_bytes for image in upload.request.images)
