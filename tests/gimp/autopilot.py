@@ -136,7 +136,7 @@ class DialogPilot:
     def _set(self, name: str, value: str) -> None:
         config = self.dialog.config
         if name == "token":  # the dialog's own field, bound to no argument
-            self.dialog.token_field.get_entry().set_text(value)
+            self.dialog.token_field.entry.set_text(value)
             return
         if name in FILES:
             config.set_property(name, Gio.File.new_for_path(value) if value else None)

@@ -10,7 +10,8 @@ runs it. Read in this order:
 - progress.py: a job's progress, in its own window or in GIMP's status bar
 - dialog.py: the style dialog; presets.py: its grid of the server's presets; preview.py: its preview
   (OK's own job, only its beginning); cost.py: its cost line (the server's plan of OK's job) and the
-  question before a long job (and ../help.html: the page its Help button opens)
+  question before a long job; token_field.py: its Token field, bound to no argument (and ../help.html:
+  the page its Help button opens)
 - store.py: impasto.json, the server last used and a token per server
 - pictures.py: pictures for the dialogs (GdkPixbuf)
 - hook.py: the GUI tests' door (IMPASTO_TEST_HOOK), unused otherwise

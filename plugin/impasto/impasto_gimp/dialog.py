@@ -10,6 +10,7 @@ line, the choices as they were."""
 
 import os
 import threading
+from typing import NamedTuple
 
 from gi.repository import Gdk, Gimp, GimpUi, GLib, GObject, Gtk
 
@@ -34,7 +35,8 @@ from .remote import (
     style_chosen,
     style_file_path,
 )
-from .store import server_address, split_token_leniently, token_for
+from .store import server_address, token_for
+from .token_field import TokenField
 
 # A change, or one of the token field: connect again before a job.
 SERVER_FIELDS = ["server", "tls-ca", "insecure"]
@@ -48,6 +50,14 @@ CONNECTING = "impasto-connect"  # the name of each thread that connects to list 
 FULL_SIZE_UNAVAILABLE = "This server cannot paint at full size (an older impasto-server)"
 
 
+class ServerFields(NamedTuple):
+    """The Server section as it is: a connect is for these, and its news is wanted while they stay."""
+
+    address: str
+    token: str  # as typed in the Token field
+    tls: Tls
+
+
 class StyleDialog:
     """The server is asked for its presets and info when the dialog opens and on Connect (short calls,
     3 s timeout), on a worker thread that also starts the plug-in's own server where it has to, and reaches
@@ -57,11 +67,11 @@ class StyleDialog:
         GimpUi.init(procedure.get_name())
         self.config = config
         self.info: Info | None = None
-        self.connected_with: tuple | None = None  # the Server section's fields when it connected
+        self.connected_with: ServerFields | None = None  # the Server section's fields when it connected
         self.choices: tuple | None = None  # the style, style file and settings the preview was made for
         self.closed = False  # a worker's late news is dropped then
-        self.connecting: tuple | None = None  # the Server section's fields of the connect under way
-        self.ok_when_connected: tuple | None = None  # the fields as they were when OK was pressed meanwhile
+        self.connecting: ServerFields | None = None  # the fields of the connect under way
+        self.ok_when_connected: ServerFields | None = None  # the fields when OK was pressed meanwhile
         self.server_opened_by_itself = False
         self.dialog = dialog = GimpUi.ProcedureDialog.new(procedure, config, "Impasto Style Transfer")
         dialog.get_scale_entry("strength", 1.0).set_bounds(*STRENGTH_SLIDER, False)
@@ -69,7 +79,7 @@ class StyleDialog:
         strength = dialog.fill_box("strength-box", ["strength"])
         server_fields = dialog.fill_box("server-fields", SERVER_FIELDS)
         server_fields.set_margin_start(12)  # a section's fields under its title
-        self.token_field = self._token_field(procedure, server_fields)
+        self.token_field = TokenField(procedure, config, dialog, server_fields)
         dialog.get_label("server-title", "Ser_ver", False, True)
         self.server_section = dialog.fill_expander("server-section", "server-title", False, "server-fields")
         dialog.fill_box("advanced-fields", ADVANCED_FIELDS).set_margin_start(12)
@@ -84,7 +94,7 @@ class StyleDialog:
         style_row = Gtk.Box(spacing=12)
         style_row.pack_start(heading, False, False, 0)
         style_row.pack_end(style_file, False, False, 0)
-        self.cost = CostLine(config, layer, self.typed_token)  # the preview's pane shows its line
+        self.cost = CostLine(config, layer, self.token_field.value)  # the preview's pane shows its line
         self.preview = PreviewPane(config, layer, self._connected, self.cost)
         # The status line wraps, asking for little width and using all there is: its text never widens the
         # dialog.
@@ -120,48 +130,10 @@ class StyleDialog:
         for name in CHOICES:
             config.connect(f"notify::{name}", lambda *_: self._choices_changed())
         config.connect("notify::style-file", lambda *_: self._style_file_changed())
-        self.server_text = ""
-        config.connect("notify::server", lambda *_: self._pairing_token_to_its_field())
-        self._pairing_token_to_its_field()
         for name in SERVER_FIELDS:
             config.connect(f"notify::{name}", lambda *_: self._server_fields_changed())
-        self.token_field.get_entry().connect("changed", lambda *_: self._server_fields_changed())
+        self.token_field.entry.connect("changed", lambda *_: self._server_fields_changed())
         self._choices_changed()
-
-    def _token_field(self, procedure: Gimp.Procedure, server_fields: Gtk.Box) -> GimpUi.LabelEntry:
-        """The Token field, second in the Server section as GIMP's widget would be, but bound to no argument:
-        GIMP's Save Settings writes the config as it is, and a token there would stay in plain text in
-        GIMP's folder. The token a script passed starts in it; OK hands it to the run."""
-        argument = procedure.find_argument("token")
-        field = GimpUi.LabelEntry.new(argument.get_nick())
-        field.set_tooltip_text(argument.get_blurb())
-        field.set_value(self.config.get_property("token") or "")  # None where a script passed none
-        self.config.set_property("token", "")
-        field.get_entry().set_visibility(False)  # a password: dots, not letters
-        # Its label as wide as those of GIMP's fields: a chain of size groups joins GIMP's own.
-        labels = Gtk.SizeGroup(mode=Gtk.SizeGroupMode.HORIZONTAL)
-        labels.add_widget(self.dialog.get_widget("server", GObject.TYPE_NONE).get_label())
-        labels.add_widget(field.get_label())
-        server_fields.pack_start(field, False, False, 0)
-        server_fields.reorder_child(field, 1)
-        field.show_all()
-        return field
-
-    def _pairing_token_to_its_field(self) -> None:
-        """A pairing string pasted into Server leaves its token in the Token field: GIMP's Save Settings
-        writes the Server field as it is, and the token would stay there in plain text. Only a paste moves
-        it (the text grew by more than a letter): a string typed by hand would lose its token's first
-        letter."""
-        text = self.config.get_property("server")
-        pasted = len(text) > len(self.server_text) + 1
-        self.server_text = text
-        address, token = split_token_leniently(text)
-        if pasted and token:
-            self.token_field.set_value(token)
-            self.config.set_property("server", address)  # notifies again, without a token
-
-    def typed_token(self) -> str:
-        return self.token_field.get_value()
 
     def _own_help(self) -> None:
         """Help (and F1) open the plug-in's help page in the web browser. GIMP's own Help button, which asks
@@ -202,7 +174,7 @@ class StyleDialog:
         while not ok and self.dialog.run():
             ok = self._ready_to_paint()
         if ok:
-            self.config.set_property("token", self.typed_token())  # the run forgets it as it ends
+            self.config.set_property("token", self.token_field.value())  # the run forgets it as it ends
         self.closed = True
         self.preview.close()
         self.cost.close()
@@ -242,20 +214,20 @@ class StyleDialog:
         """Connects and lists the server's presets on a worker thread (the plug-in's own server started
         first where nothing answers), so that the dialog stays responsive however slow the link."""
         fields = self.connecting = self._server_fields()
-        address, token = fields[0], token_for(fields[0], fields[1])
+        token = token_for(fields.address, fields.token)
         self.connected_with = None
         self.grid.clear()
-        self.status.set_text(f"Connecting to {display_address(address)}…")
+        self.status.set_text(f"Connecting to {display_address(fields.address)}…")
         worker = threading.Thread(target=self._fetch_presets, args=(fields, token), name=CONNECTING)
         worker.daemon = True
         worker.start()
 
-    def _fetch_presets(self, fields: tuple, token: str | None) -> None:
+    def _fetch_presets(self, fields: ServerFields, token: str | None) -> None:
         """On a worker thread: no GTK here, only idle callbacks, each with the fields it connected for."""
-        address = fields[0]
+        address = fields.address
         try:
             start_if_needed(address, lambda text: GLib.idle_add(self._starting, fields, text))
-            with connect(fields[2], address, token, timeout=3) as client:
+            with connect(fields.tls, address, token, timeout=3) as client:
                 chosen_server = client.address  # of several: the least busy that answered
                 info = client.info()
                 presets = client.styles()
@@ -265,17 +237,17 @@ class StyleDialog:
             return
         GLib.idle_add(self._show_server, fields, chosen_server, info, presets, thumbnails)
 
-    def _still_wanted(self, fields: tuple) -> bool:
+    def _still_wanted(self, fields: ServerFields) -> bool:
         """Whether news of the connect for `fields` is still wanted: the dialog is open, no other connect
         has started since, and the Server section's fields are still those it connected for."""
         return not self.closed and fields == self.connecting == self._server_fields()
 
-    def _starting(self, fields: tuple, text: str) -> bool:
+    def _starting(self, fields: ServerFields, text: str) -> bool:
         if self._still_wanted(fields):
             self.status.set_text(text)
         return False  # once, for GLib.idle_add
 
-    def _not_connected(self, fields: tuple, error: Exception) -> bool:
+    def _not_connected(self, fields: ServerFields, error: Exception) -> bool:
         if not self._still_wanted(fields):
             return False
         self.connecting = self.ok_when_connected = None
@@ -293,7 +265,7 @@ class StyleDialog:
         self.status.set_markup(f"<b>{GLib.markup_escape_text(problem)}</b>")
 
     def _show_server(
-        self, fields: tuple, chosen_server: str, info: Info, presets: list, thumbnails: dict
+        self, fields: ServerFields, chosen_server: str, info: Info, presets: list, thumbnails: dict
     ) -> bool:
         if not self._still_wanted(fields):
             return False
@@ -310,7 +282,7 @@ class StyleDialog:
         grid = [Preset(p.id, p.title or p.id, thumbnail_pixbuf(thumbnails[p.id], THUMBNAIL)) for p in presets]
         self.grid.show(grid, preselected)
         count = f"{len(presets)} presets" if presets else "no presets: choose a style image file"
-        servers = addresses(fields[0])
+        servers = addresses(fields.address)
         which = f" (the least busy of {len(servers)} servers)" if len(servers) > 1 else ""
         self.status.set_markup(
             f"<b>Connected</b> to {GLib.markup_escape_text(chosen_server)}{which}: {count}; "
@@ -325,8 +297,8 @@ class StyleDialog:
             self.dialog.response(Gtk.ResponseType.OK)
         return False  # once, for GLib.idle_add
 
-    def _server_fields(self) -> tuple:
-        return self.address(), self.typed_token(), Tls.of(self.config)
+    def _server_fields(self) -> ServerFields:
+        return ServerFields(self.address(), self.token_field.value(), Tls.of(self.config))
 
     def _server_fields_changed(self) -> None:
         """GIMP's widgets also notify values that did not change."""
